@@ -1,0 +1,1 @@
+"""Pure functions shared by the Ansible modules in library/ and the servekit CLI."""

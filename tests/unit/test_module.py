@@ -1,0 +1,111 @@
+"""The vllm_launch module, run by ansible-playbook on the control node.
+
+These go through Ansible for real (argument spec, check mode, diff,
+idempotence, module_utils shipping), not through a mocked AnsibleModule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+
+
+def run_play(tmp_path: Path, task: dict, *flags: str) -> tuple[int, dict]:
+    """Run one vllm_launch task on localhost; return rc and the task result."""
+    task = dict(task, register="out")
+    play = [{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "tasks": [
+            dict(task, ignore_errors=True),
+            {"ansible.builtin.copy": {"content": "{{ out | to_json }}",
+                                      "dest": str(tmp_path / "result.json")},
+             "check_mode": False},
+            {"ansible.builtin.fail": {"msg": "module failed"}, "when": "out is failed"},
+        ],
+    }]
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(yaml.safe_dump(play))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+               ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_LOCALHOST_WARNING="false")
+    proc = subprocess.run([ANSIBLE_PLAYBOOK, str(playbook), *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    result = json.loads((tmp_path / "result.json").read_text())
+    return proc.returncode, result
+
+
+def launch(**params):
+    base = {"registry_path": str(ROOT / "config" / "model_registry.yml")}
+    return {"vllm_launch": dict(base, **params)}
+
+
+def test_writes_unit_then_is_idempotent(tmp_path):
+    dest = tmp_path / "units" / "vllm.service"
+    task = launch(model="lab-tiny", node_rank=1, nnodes=2, executor="mp",
+                  head_address="10.0.0.1", host_address="10.0.0.2", dest=str(dest))
+    rc, first = run_play(tmp_path, task)
+    assert rc == 0 and first["changed"] is True
+    assert dest.read_text() == first["unit"]
+    assert "--headless" in first["argv"] and first["role"] == "worker"
+    assert oct(dest.stat().st_mode & 0o777) == "0o644"
+    rc, second = run_play(tmp_path, task)
+    assert rc == 0 and second["changed"] is False
+
+
+def test_check_mode_reports_diff_without_writing(tmp_path):
+    dest = tmp_path / "vllm.service"
+    rc, result = run_play(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)),
+                          "--check", "--diff")
+    assert rc == 0 and result["changed"] is True
+    assert not dest.exists()
+    assert result["diff"]["before"] == "" and "ExecStart=vllm serve" in result["diff"]["after"]
+
+
+def test_inactive_node_retires_an_old_unit(tmp_path):
+    dest = tmp_path / "vllm.service"
+    dest.write_text("old unit\n")
+    rc, result = run_play(tmp_path, launch(model="gpt-oss-20b", node_rank=1, nnodes=2,
+                                           dest=str(dest)))
+    assert rc == 0 and result["changed"] and not result["active"]
+    assert not dest.exists()
+
+
+def test_registry_dict_is_accepted_and_returned(tmp_path):
+    registry = yaml.safe_load((ROOT / "config" / "model_registry.yml").read_text())
+    rc, result = run_play(tmp_path, {"vllm_launch": {"registry": registry, "model": "gpt-oss-20b",
+                                                     "nnodes": 2}})
+    assert rc == 0
+    assert result["registry"] == registry
+    assert result["models"] == sorted(registry["models"])
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"model": "nope"}, "unknown model 'nope'; available models: gpt-oss-120b, gpt-oss-20b"),
+        ({"model": "gpt-oss-20b", "nnodes": 1}, "but the inventory offers 1"),
+        ({"model": "gpt-oss-20b", "nnodes": 2, "executor": "slurm"},
+         "value of executor must be one of: ray, mp, got: slurm"),
+    ],
+)
+def test_bad_input_fails_with_named_field(tmp_path, params, message):
+    dest = tmp_path / "vllm.service"
+    rc, result = run_play(tmp_path, launch(dest=str(dest), **params))
+    assert rc != 0 and result["failed"]
+    assert message in result["msg"]
+    assert not dest.exists()
+
+
+def test_yaml_error_reports_line(tmp_path):
+    bad = tmp_path / "reg.yml"
+    bad.write_text("models:\n  a:\n    model: x\n   dtype: auto\n")
+    rc, result = run_play(tmp_path, {"vllm_launch": {"registry_path": str(bad), "model": "a"}})
+    assert rc != 0 and "YAML syntax error at line 4" in result["msg"]
