@@ -1,0 +1,329 @@
+"""servekit: look at the model registry, render launches, run the playbooks.
+
+Exit codes: 0 success; 2 bad input (one line on stderr), including what the
+playbook's validate play rejects; 1 a playbook failure on a host; 130
+cancelled with Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from servekit.module_utils.vllm_registry import (
+    EXECUTORS,
+    RUNTIMES,
+    NodeSpec,
+    RegistryError,
+    build_launch_plan,
+    load_registry_file,
+    render_unit,
+    select_model,
+)
+
+EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 130
+VALIDATE_PLAY = "Validate inventory and model registry"  # playbooks/validate.yml
+
+
+class UsageError(Exception):
+    """Bad command-line input; reported as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def project_root() -> Path:
+    """The checkout holding site.yml (SERVEKIT_HOME overrides)."""
+    env = os.environ.get("SERVEKIT_HOME")
+    root = Path(env) if env else Path(__file__).resolve().parent.parent
+    if not (root / "site.yml").is_file():
+        raise UsageError(
+            f"no site.yml under {root}; set SERVEKIT_HOME to the servekit checkout"
+        )
+    return root
+
+
+def default_registry() -> Path:
+    return project_root() / "config" / "model_registry.yml"
+
+
+def _models(registry: str | None) -> dict:
+    return load_registry_file(str(registry or default_registry()))
+
+
+# --------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    models = _models(args.registry)
+    rows = [("NAME", "MODEL", "TP", "PP", "DTYPE", "DESCRIPTION")]
+    for name, entry in models.items():
+        rows.append((
+            name,
+            entry["model"],
+            str(entry.get("tensor-parallel-size", 1)),
+            str(entry.get("pipeline-parallel-size", 1)),
+            str(entry.get("dtype", "auto")),
+            entry.get("description", ""),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+    return 0
+
+
+# --------------------------------------------------------------------------
+# render
+# --------------------------------------------------------------------------
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    models = _models(args.registry)
+    name = args.model or os.environ.get("MODEL_NAME")
+    entry = select_model(models, name)
+    nnodes = args.nnodes
+    if nnodes is None:
+        world = entry.get("tensor-parallel-size", 1) * entry.get("pipeline-parallel-size", 1)
+        nnodes = max(1, -(-world // args.devices_per_node))
+    node = NodeSpec(
+        node_rank=args.node_rank,
+        nnodes=nnodes,
+        head_address=args.head_address,
+        host_address=args.host_address,
+        devices_per_node=args.devices_per_node,
+        executor=args.executor,
+        runtime=args.runtime,
+        api_port=args.api_port,
+    )
+    plan = build_launch_plan(name, entry, node, shlex.split(args.command))
+    unit = render_unit(plan) if plan.active else ""
+    if args.format == "json":
+        print(json.dumps(dict(plan.as_dict(), unit=unit), indent=2))
+        return 0
+    print(f"# model {name}, node rank {plan.node_rank} of {nnodes}, role {plan.role}")
+    if not plan.active:
+        print(f"# this node runs no vLLM process ({args.executor} executor)")
+        return 0
+    for key, value in sorted(plan.env.items()):
+        print(f"{key}={shlex.quote(value)} \\")
+    print(shlex.join(plan.argv))
+    return 0
+
+
+# --------------------------------------------------------------------------
+# up
+# --------------------------------------------------------------------------
+
+
+def _runner_cmdline(args: argparse.Namespace) -> str:
+    words: list[str] = []
+    if args.check:
+        words += ["--check", "--diff"]
+    elif args.diff:
+        words.append("--diff")
+    if args.skip_tags:
+        words += ["--skip-tags", args.skip_tags]
+    for extra in args.extra_vars or []:
+        words += ["--extra-vars", extra]
+    return shlex.join(words)
+
+
+def _runner_env(root: Path) -> dict[str, str]:
+    # ansible-playbook comes from the same environment as servekit, even
+    # when that venv is not activated.
+    bindir = str(Path(sys.executable).parent)
+    env = {
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]),
+    }
+    if sys.stdout.isatty():
+        env["ANSIBLE_FORCE_COLOR"] = "1"
+    return env
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    root = project_root()
+    inventory = Path(args.inventory).resolve()
+    if not inventory.exists():
+        raise UsageError(f"--inventory {args.inventory}: no such file or directory")
+    if args.model:
+        os.environ["MODEL_NAME"] = args.model
+    if os.environ.get("MODEL_NAME"):
+        # Fail here, before ansible starts, with the list of models.
+        select_model(_models(None), os.environ["MODEL_NAME"])
+
+    import ansible_runner  # slow import: only for the command that needs it
+
+    cancel = threading.Event()
+    failures: list[dict] = []
+
+    def on_event(event: dict) -> bool:
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
+            data = event.get("event_data", {})
+            if not data.get("ignore_errors"):
+                failures.append(data)
+        return True  # keep the event in the artifacts
+
+    private_dir = root / ".cache" / "runner"
+    private_dir.mkdir(parents=True, exist_ok=True)
+    thread, runner = ansible_runner.run_async(
+        private_data_dir=str(private_dir),
+        project_dir=str(root),
+        playbook=str(root / "site.yml"),
+        inventory=str(inventory),
+        tags=args.tags or None,
+        limit=args.limit or None,
+        cmdline=_runner_cmdline(args) or None,
+        verbosity=args.verbose or None,
+        envvars=_runner_env(root),
+        cancel_callback=cancel.is_set,
+        event_handler=on_event,
+        rotate_artifacts=5,
+        quiet=False,
+    )
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        print("\nservekit: cancelling the playbook run...", file=sys.stderr)
+        # ansible-runner stops ansible-playbook only; the module processes it
+        # started (a long command, a wait loop) would live on as orphans.
+        terminate_descendants(os.getpid())
+        cancel.set()
+        thread.join()
+    if cancel.is_set() or runner.status == "canceled":
+        print("servekit: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    if runner.rc == 0:
+        return 0
+    return _report_failure(failures, runner.rc, private_dir)
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return children
+
+
+def terminate_descendants(pid: int, grace_s: float = 5.0) -> list[int]:
+    """SIGTERM every descendant of ``pid`` (then SIGKILL after a grace period)."""
+    if not Path("/proc/self/stat").exists():
+        return []
+    children = _children_map()
+    found: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for child in found:
+            try:
+                os.kill(child, sig)
+                alive.append(child)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + grace_s
+        while alive and time.monotonic() < deadline:
+            alive = [c for c in alive if Path(f"/proc/{c}").exists() and not _is_zombie(c)]
+            time.sleep(0.1)
+        if not alive:
+            break
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _report_failure(failures: list[dict], rc: int | None, artifacts: Path) -> int:
+    """Bad input caught by the validate play exits 2 like any bad input; else 1."""
+    first = failures[0] if failures else {}
+    message = str(first.get("res", {}).get("msg", "")).strip().replace("\n", " ")
+    if first.get("play") == VALIDATE_PLAY:
+        print(f"servekit: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    where = f" on {first.get('host')} at '{first.get('task')}'" if first else ""
+    print(f"servekit: playbook failed{where} (ansible-playbook rc {rc}); "
+          f"events under {artifacts / 'artifacts'}", file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="servekit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command_name", required=True, parser_class=_Parser)
+
+    models = sub.add_parser("models", help="list the models in the registry")
+    models.add_argument("--registry", help="registry YAML (default: config/model_registry.yml)")
+    models.set_defaults(func=cmd_models)
+
+    render = sub.add_parser("render", help="show what one node would launch for a model")
+    render.add_argument("model", nargs="?", help="registry name (default: $MODEL_NAME)")
+    render.add_argument("--registry", help="registry YAML (default: config/model_registry.yml)")
+    render.add_argument("--node-rank", type=int, default=0, help="0 is the head (default 0)")
+    render.add_argument("--nnodes", type=int, help="nodes in the cluster (default: what the model spans)")
+    render.add_argument("--devices-per-node", type=int, default=1, help="GPUs per node (default 1)")
+    render.add_argument("--head-address", default="127.0.0.1", help="head's data address")
+    render.add_argument("--host-address", help="this node's data address (VLLM_HOST_IP)")
+    render.add_argument("--executor", choices=EXECUTORS, default="ray")
+    render.add_argument("--runtime", choices=RUNTIMES, default="native")
+    render.add_argument("--api-port", type=int, default=8000)
+    render.add_argument("--command", default="vllm", help="argv prefix before 'serve' (default: vllm)")
+    render.add_argument("--format", choices=("text", "json"), default="text")
+    render.set_defaults(func=cmd_render)
+
+    up = sub.add_parser("up", help="run site.yml through ansible-runner")
+    up.add_argument("--inventory", "-i", default="inventory/example-2node-roce/hosts.yml")
+    up.add_argument("--tags", "-t", help="comma-separated stages (preflight, rdma, vllm, ...)")
+    up.add_argument("--skip-tags", help="comma-separated stages to skip")
+    up.add_argument("--limit", "-l", help="host pattern")
+    up.add_argument("--model", help="registry name to serve (sets MODEL_NAME)")
+    up.add_argument("--check", action="store_true", help="dry run: --check --diff")
+    up.add_argument("--diff", action="store_true", help="show file changes")
+    up.add_argument("--extra-vars", "-e", action="append", help="extra variables, as for ansible")
+    up.add_argument("--verbose", "-v", action="count", default=0)
+    up.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RegistryError, UsageError) as exc:
+        print(f"servekit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

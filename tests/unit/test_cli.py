@@ -1,0 +1,150 @@
+"""The servekit console script, run as a subprocess the way a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVEKIT = str(Path(sys.executable).with_name("servekit"))
+
+
+def servekit(*args: str, env: dict | None = None, timeout: int = 180):
+    return subprocess.run([SERVEKIT, *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})), check=False)
+
+
+def test_models_table_lists_every_registry_entry():
+    proc = servekit("models")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "MODEL", "TP", "PP", "DTYPE", "DESCRIPTION"]
+    row = next(line for line in lines if line.startswith("gpt-oss-20b "))
+    assert row.split()[:5] == ["gpt-oss-20b", "openai/gpt-oss-20b", "2", "1", "bfloat16"]
+    assert row.endswith("Lightweight")
+    assert any(line.startswith("lab-tiny ") for line in lines)
+
+
+def test_render_json_shows_seed_arguments_plus_executor():
+    proc = servekit("render", "gpt-oss-20b", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["argv"][:15] == [
+        "vllm", "serve", "openai/gpt-oss-20b", "--dtype", "bfloat16",
+        "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.35",
+        "--max-num-seqs", "8", "--max-model-len", "131072",
+        "--served-model-name", "gpt-oss-20b"]
+    assert out["argv"][15:17] == ["--distributed-executor-backend", "ray"]
+    assert isinstance(out["env"], dict)
+    assert out["unit"].startswith("# Managed by servekit")
+
+
+def test_model_name_env_is_the_default_model():
+    proc = servekit("render", "--format", "json", "--executor", "mp", "--node-rank", "1",
+                    "--head-address", "10.0.0.1", env={"MODEL_NAME": "lab-tiny"})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["model_name"] == "lab-tiny" and out["role"] == "worker"
+    assert "--headless" in out["argv"]
+
+
+def test_render_text_is_a_shell_command():
+    proc = servekit("render", "lab-tiny", "--executor", "mp", "--host-address", "10.0.0.1")
+    assert proc.returncode == 0
+    assert "VLLM_HOST_IP=10.0.0.1 \\" in proc.stdout
+    assert "vllm serve /opt/servekit/models/lab-tiny" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["render", "nope"], {}, "unknown model 'nope'; available models: gpt-oss-120b"),
+        (["render"], {"MODEL_NAME": ""}, "no model selected (set MODEL_NAME); available models"),
+        (["render", "gpt-oss-20b", "--nnodes", "1"], {}, "but the inventory offers 1"),
+        (["render", "gpt-oss-20b", "--executor", "slurm"], {}, "argument --executor: invalid choice"),
+        (["render", "gpt-oss-20b", "--node-rank", "x"], {}, "argument --node-rank: invalid int"),
+        (["render", "gpt-oss-20b", "--node-rank", "5"], {}, "node_rank 5 is outside the cluster"),
+        (["models", "--registry", "/nonexistent.yml"], {}, "cannot read"),
+        (["up", "--inventory", "/nonexistent"], {}, "--inventory /nonexistent: no such file"),
+        (["up", "--model", "nope"], {}, "unknown model 'nope'"),
+        (["frobnicate"], {}, "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, env, message):
+    proc = servekit(*args, env=env)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_registry_file_exits_2(tmp_path):
+    bad = tmp_path / "reg.yml"
+    bad.write_text("models:\n  x:\n    model: m\n    tensor-parallel-size: two\n")
+    proc = servekit("render", "x", "--registry", str(bad))
+    assert proc.returncode == 2
+    assert "model 'x': key 'tensor-parallel-size' must be an integer" in proc.stderr
+
+
+def test_up_runs_site_yml_through_ansible_runner():
+    proc = servekit("up", "--check", "-i", "inventory/example-2node-roce/hosts.yml",
+                    "--model", "gpt-oss-20b")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "model gpt-oss-20b: 2 device(s) over 2 of 2 node(s)" in proc.stdout
+    assert "PLAY RECAP" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("cluster_executor=slurm", "value of cluster_executor must be one of: ray, mp, got: slurm"),
+        ("cluster_devices_per_node=0", "devices_per_node is 0; allowed: an integer >= 1"),
+    ],
+)
+def test_up_reports_inventory_errors_from_the_validate_play_as_bad_input(extra, message):
+    proc = servekit("up", "-i", "inventory/example-2node-roce/hosts.yml", "-e", extra)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_ctrl_c_cancels_a_running_playbook(tmp_path):
+    """SIGINT while a play runs: the playbook is stopped and servekit exits 130."""
+    marker = f"sleep {600 + os.getpid() % 1000}"  # unique: no other process matches it
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "ansible.cfg", project / "ansible.cfg")
+    (project / "site.yml").write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        f"    - ansible.builtin.command: {marker}\n      changed_when: false\n"
+    )
+    inventory = project / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                         f"      ansible_python_interpreter: {sys.executable}\n")
+    proc = subprocess.Popen([SERVEKIT, "up", "-i", str(inventory)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, SERVEKIT_HOME=str(project)))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-f", marker], capture_output=True,
+                          check=False).returncode == 0:
+            break
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("the playbook never started its task")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "cancelled" in stderr
+    time.sleep(1)
+    leftover = subprocess.run(["pgrep", "-f", marker], capture_output=True, check=False)
+    assert leftover.returncode == 1, f"playbook task still running: {leftover.stdout}"
