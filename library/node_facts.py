@@ -1,0 +1,168 @@
+#!/usr/bin/python
+"""Ansible module: GPU, RDMA, GPUDirect and locked-memory facts of one host."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: node_facts
+short_description: Gather GPU, RDMA, GPUDirect and locked-memory facts for preflight
+version_added: "0.1.0"
+description:
+  - Reads C(nvidia-smi --query-gpu), C(nvidia-smi -q -x) and C(nvidia-smi topo -m) where
+    C(nvidia-smi) exists; the RDMA devices, ports, link state, rate and GID table (with RoCE type
+    and netdev) from C(/sys/class/infiniband); C(rdma link show) where iproute2's C(rdma) exists;
+    the MTU of every netdev; whether C(nvidia_peermem) is loaded or available and whether
+    C(/sys/kernel/mm/memory_peers/nv_mem) exists; the locked-memory limits of PID 1 and of
+    this process.
+  - Read-only; runs the same in check mode. Hosts without GPUs or RDMA NICs (the CPU lab)
+    return empty lists, not errors.
+  - Parsing is done by pure functions in C(module_utils/node_facts.py), tested on output
+    recorded on real H100 hosts.
+options:
+  sysfs_root:
+    description: Root of the sysfs tree to read (tests point it at a recorded tree).
+    type: path
+    default: /sys
+  proc_root:
+    description: Root of procfs.
+    type: path
+    default: /proc
+author:
+  - servekit contributors
+"""
+
+EXAMPLES = r"""
+- name: Gather GPU and RDMA facts
+  node_facts:
+
+- name: Show the RoCE v2 GID index of the data netdev
+  ansible.builtin.debug:
+    var: servekit_node.rdma.roceP2p1s0f0.ports['1'].gids
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts under C(servekit_node).
+  returned: always
+  type: dict
+  contains:
+    servekit_node:
+      description: gpus, driver_version, cuda_version, topology, rdma (per HCA, per port),
+        rdma_links, netdevs (mtu, operstate), peermem_loaded, peermem_available, nv_mem_peer,
+        kernel, memlock (pid1 and self), gpudirect (mode and reason).
+      type: dict
+      returned: always
+"""
+
+import glob  # noqa: E402 - Ansible modules put documentation first
+import os  # noqa: E402
+import platform  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.node_facts import (  # noqa: E402
+    GPU_QUERY,
+    parse_gpu_query,
+    parse_nvidia_smi_xml,
+    parse_proc_limits,
+    parse_rdma_link,
+    parse_sysfs_port,
+    parse_topo_matrix,
+    peermem_decision,
+)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def _run(module: AnsibleModule, argv: list[str]) -> str | None:
+    if not module.get_bin_path(argv[0]):
+        return None
+    rc, out, _ = module.run_command(argv)
+    return out if rc == 0 else None
+
+
+def gather_gpus(module: AnsibleModule) -> dict:
+    facts: dict = {"gpus": [], "driver_version": None, "cuda_version": None, "topology": None}
+    query = _run(module, GPU_QUERY)
+    if query is None:
+        return facts
+    facts["gpus"] = parse_gpu_query(query)
+    xml = _run(module, ["nvidia-smi", "-q", "-x"])
+    if xml:
+        parsed = parse_nvidia_smi_xml(xml)
+        facts["driver_version"] = parsed["driver_version"]
+        facts["cuda_version"] = parsed["cuda_version"]
+    elif facts["gpus"]:
+        facts["driver_version"] = facts["gpus"][0]["driver_version"]
+    topo = _run(module, ["nvidia-smi", "topo", "-m"])
+    if topo:
+        facts["topology"] = parse_topo_matrix(topo)
+    return facts
+
+
+def gather_rdma(sysfs: str) -> dict:
+    hcas = {}
+    for hca_dir in sorted(glob.glob(os.path.join(sysfs, "class/infiniband/*"))):
+        ports = {}
+        for port_dir in sorted(glob.glob(os.path.join(hca_dir, "ports/*"))):
+            files = {}
+            for rel in ("state", "phys_state", "rate", "link_layer"):
+                files[rel] = _read(os.path.join(port_dir, rel))
+            for path in glob.glob(os.path.join(port_dir, "gids/*")):
+                index = os.path.basename(path)
+                files[f"gids/{index}"] = _read(path)
+                for attr in ("types", "ndevs"):
+                    files[f"gid_attrs/{attr}/{index}"] = _read(
+                        os.path.join(port_dir, "gid_attrs", attr, index))
+            ports[os.path.basename(port_dir)] = parse_sysfs_port(files)
+        hcas[os.path.basename(hca_dir)] = {"ports": ports}
+    return hcas
+
+
+def gather_netdevs(sysfs: str) -> dict:
+    netdevs = {}
+    for dev_dir in sorted(glob.glob(os.path.join(sysfs, "class/net/*"))):
+        mtu = _read(os.path.join(dev_dir, "mtu")).strip()
+        netdevs[os.path.basename(dev_dir)] = {
+            "mtu": int(mtu) if mtu.isdigit() else None,
+            "operstate": _read(os.path.join(dev_dir, "operstate")).strip() or None,
+        }
+    return netdevs
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "sysfs_root": {"type": "path", "default": "/sys"},
+            "proc_root": {"type": "path", "default": "/proc"},
+        },
+        supports_check_mode=True,
+    )
+    sysfs, proc = module.params["sysfs_root"], module.params["proc_root"]
+    facts = gather_gpus(module)
+    facts["rdma"] = gather_rdma(sysfs)
+    links = _run(module, ["rdma", "link", "show"])
+    facts["rdma_links"] = parse_rdma_link(links) if links else []
+    facts["netdevs"] = gather_netdevs(sysfs)
+    facts["peermem_loaded"] = os.path.isdir(os.path.join(sysfs, "module/nvidia_peermem"))
+    facts["nv_mem_peer"] = os.path.isdir(os.path.join(sysfs, "kernel/mm/memory_peers/nv_mem"))
+    modinfo = module.get_bin_path("modinfo")
+    facts["peermem_available"] = bool(
+        modinfo and module.run_command([modinfo, "-n", "nvidia_peermem"])[0] == 0)
+    facts["kernel"] = platform.release()
+    facts["memlock"] = {
+        "pid1": parse_proc_limits(_read(os.path.join(proc, "1/limits"))).get("Max locked memory"),
+        "self": parse_proc_limits(_read(os.path.join(proc, "self/limits"))).get("Max locked memory"),
+    }
+    facts["gpudirect"] = peermem_decision(facts)
+    module.exit_json(changed=False, ansible_facts={"servekit_node": facts})
+
+
+if __name__ == "__main__":
+    main()
