@@ -22,7 +22,7 @@ Formats parsed:
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET  # noqa: S405 - parses nvidia-smi's own output
+import xml.etree.ElementTree as ET
 
 GPU_QUERY_FIELDS = ("index", "name", "uuid", "pci_bus_id", "memory_total_mib",
                     "driver_version", "compute_cap")
@@ -155,9 +155,9 @@ def parse_sysfs_port(files: dict[str, str]) -> dict:
 
     rate = re.match(r"^([\d.]+) Gb/sec", files.get("rate", "").strip())
     gids = []
-    for path, gid in files.items():
+    for path, raw_gid in files.items():
         match = re.fullmatch(r"gids/(\d+)", path)
-        gid = gid.strip()
+        gid = raw_gid.strip()
         if not match or not gid or gid == ZERO_GID:
             continue
         index = match.group(1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from servekit.module_utils.node_facts import (
     bandwidth_gate,
     cluster_problems,

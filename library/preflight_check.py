@@ -1,0 +1,108 @@
+#!/usr/bin/python
+"""Ansible module: decide, from every node's node_facts, whether the cluster can be configured."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: preflight_check
+short_description: Fail before any change when GPU/RDMA facts cannot carry the cluster
+version_added: "0.1.0"
+description:
+  - Takes the C(servekit_node) facts of every node (from M(node_facts)) and what the inventory
+    expects, and fails listing every problem, each naming the host and the fix, when an
+    inventory HCA or netdev is missing (listing what is there), a link is down, the MTU differs
+    from the wanted one or between nodes, a RoCE v2 GID is missing on the data netdev, the GPUs
+    are fewer than tensor-parallel x pipeline-parallel needs, the driver is older than required,
+    or the CUDA version differs between nodes.
+  - Pure decision logic (C(module_utils/node_facts.py)); changes nothing. Run it once, on the
+    control node.
+options:
+  facts:
+    description: Mapping of host name to its C(servekit_node) facts.
+    type: dict
+    required: true
+  expect:
+    description: Mapping of host name to what the inventory expects of it (rdma_hca,
+      rdma_netdev, mtu, min_driver, gpus_per_node, require_rdma).
+    type: dict
+    required: true
+  world_size:
+    description: tensor-parallel-size x pipeline-parallel-size of the selected model.
+    type: int
+    required: true
+  require_gpus:
+    description: Whether the cluster must have NVIDIA GPUs (false on the CPU lab).
+    type: bool
+    default: true
+author:
+  - servekit contributors
+"""
+
+EXAMPLES = r"""
+- name: Check the cluster
+  preflight_check:
+    facts: "{{ dict(nodes | zip(nodes | map('extract', hostvars, 'servekit_node'))) }}"
+    expect: "{{ __preflight_expect }}"
+    world_size: 2
+  vars:
+    nodes: "{{ groups['head'] + groups['workers'] }}"
+  run_once: true
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+problems:
+  description: Every problem found, each naming the host and the fix; empty when ready.
+  returned: always
+  type: list
+  elements: str
+gid_index:
+  description: Host name to the RoCE v2 GID index of its data netdev (null where none).
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - documentation first
+from ansible.module_utils.node_facts import (  # noqa: E402
+    cluster_problems,
+    host_problems,
+    roce_v2_gid_index,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "facts": {"type": "dict", "required": True},
+            "expect": {"type": "dict", "required": True},
+            "world_size": {"type": "int", "required": True},
+            "require_gpus": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    facts, expect = module.params["facts"], module.params["expect"]
+    problems: list[str] = []
+    gid_index: dict = {}
+    data_mtu = {}
+    for host in sorted(facts):
+        want = expect.get(host, {})
+        if not module.params["require_gpus"]:
+            want = dict(want, gpus_per_node=0, min_driver=None)
+        problems += host_problems(host, facts[host], want)
+        netdev = want.get("rdma_netdev")
+        port = next(iter(facts[host].get("rdma", {}).get(want.get("rdma_hca"), {})
+                         .get("ports", {}).values()), None)
+        gid_index[host] = roce_v2_gid_index(port, netdev) if port and netdev else None
+        data_mtu[host] = (facts[host].get("netdevs") or {}).get(netdev, {}).get("mtu")
+    world = module.params["world_size"] if module.params["require_gpus"] else 0
+    with_mtu = {h: dict(f, data_mtu=data_mtu[h]) for h, f in facts.items()}
+    problems += cluster_problems(with_mtu, world)
+    if problems:
+        module.fail_json(msg="preflight failed:\n- " + "\n- ".join(problems), problems=problems,
+                         gid_index=gid_index)
+    module.exit_json(changed=False, problems=[], gid_index=gid_index)
+
+
+if __name__ == "__main__":
+    main()
