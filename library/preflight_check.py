@@ -66,6 +66,7 @@ gid_index:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - documentation first
 from ansible.module_utils.node_facts import (  # noqa: E402
     cluster_problems,
+    data_port,
     host_problems,
     roce_v2_gid_index,
 )
@@ -91,8 +92,7 @@ def main() -> None:
             want = dict(want, gpus_per_node=0, min_driver=None)
         problems += host_problems(host, facts[host], want)
         netdev = want.get("rdma_netdev")
-        port = next(iter(facts[host].get("rdma", {}).get(want.get("rdma_hca"), {})
-                         .get("ports", {}).values()), None)
+        port = data_port(facts[host], want.get("rdma_hca"))
         gid_index[host] = roce_v2_gid_index(port, netdev) if port and netdev else None
         data_mtu[host] = (facts[host].get("netdevs") or {}).get(netdev, {}).get("mtu")
     world = module.params["world_size"] if module.params["require_gpus"] else 0

@@ -300,6 +300,12 @@ def _version_tuple(version: str | None) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", version or ""))
 
 
+def data_port(facts: dict, hca: str | None) -> dict | None:
+    """The port of ``hca`` the data path uses (its first port), or None."""
+    ports = ((facts.get("rdma") or {}).get(hca) or {}).get("ports") or {}
+    return next(iter(ports.values()), None)
+
+
 def host_problems(host: str, facts: dict, want: dict) -> list[str]:
     """What stops ``host`` from joining an RDMA GPU cluster; each names the fix.
 
@@ -324,8 +330,7 @@ def host_problems(host: str, facts: dict, want: dict) -> list[str]:
         problems.append(f"{host}: RDMA device rdma_hca={hca!r} not present; present: "
                         f"{', '.join(sorted(hcas)) or 'none (is mlx5_ib loaded?)'}")
         return problems
-    ports = hcas[hca]["ports"]
-    port = next(iter(ports.values()), None) if ports else None
+    port = data_port(facts, hca)
     if port is None:
         problems.append(f"{host}: {hca} has no ports in sysfs")
         return problems
