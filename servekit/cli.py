@@ -125,6 +125,59 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# ask
+# --------------------------------------------------------------------------
+
+
+def _inventory_head(inventory: str) -> tuple[str, dict]:
+    """The head's name and variables, as ansible-inventory resolves them."""
+    import subprocess
+
+    root = project_root()
+    path = Path(inventory) if Path(inventory).is_absolute() else root / inventory
+    if not path.exists():
+        raise UsageError(f"--inventory: {inventory} does not exist (for the lab: servekit lab up)")
+    tool = Path(sys.executable).with_name("ansible-inventory")
+    proc = subprocess.run(
+        [str(tool), "-i", str(path), "--list"], capture_output=True, text=True, check=False,
+        env=_runner_env(root),
+    )
+    if proc.returncode != 0:
+        raise UsageError(f"--inventory: {inventory}: {proc.stderr.strip().splitlines()[-1:]}")
+    data = json.loads(proc.stdout)
+    heads = data.get("head", {}).get("hosts", [])
+    if len(heads) != 1:
+        raise UsageError(f"--inventory: {inventory}: group 'head' must hold exactly one host, has {heads}")
+    return heads[0], data["_meta"]["hostvars"].get(heads[0], {})
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """One chat completion through the head's OpenAI-compatible API, with the openai client."""
+    try:
+        import openai
+    except ImportError as exc:
+        raise UsageError("the openai package is not installed (pip install openai)") from exc
+    name, hv = _inventory_head(args.inventory)
+    address = hv.get("cluster_data_address", hv.get("ansible_host", name))
+    port = hv.get("cluster_api_port", 8000)
+    model = args.model or os.environ.get("MODEL_NAME") or hv.get("cluster_default_model")
+    if not model:
+        raise UsageError("--model: the inventory sets no cluster_default_model; name the model")
+    endpoint = f"http://{address}:{port}/v1"
+    client = openai.OpenAI(base_url=endpoint, api_key=os.environ.get("OPENAI_API_KEY", "none"),
+                           timeout=args.timeout)
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": args.prompt}], max_tokens=args.max_tokens,
+    )
+    print(f"endpoint:   {endpoint}")
+    print(f"model:      {model}")
+    print(f"prompt:     {args.prompt}")
+    print(f"completion: {json.dumps(reply.choices[0].message.content)}")
+    print(f"tokens:     {reply.usage.prompt_tokens} in, {reply.usage.completion_tokens} out")
+    return 0
+
+
+# --------------------------------------------------------------------------
 # up
 # --------------------------------------------------------------------------
 
@@ -311,7 +364,51 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--extra-vars", "-e", action="append", help="extra variables, as for ansible")
     up.add_argument("--verbose", "-v", action="count", default=0)
     up.set_defaults(func=cmd_up)
+
+    ask = sub.add_parser("ask", help="one chat completion from the cluster's API (openai client)")
+    ask.add_argument("prompt", nargs="?", default="Say hello to the cluster.")
+    ask.add_argument("--inventory", "-i", default="inventory/lab")
+    ask.add_argument("--model", help="served model name (default: $MODEL_NAME, else the inventory's default)")
+    ask.add_argument("--max-tokens", type=int, default=32)
+    ask.add_argument("--timeout", type=float, default=120.0)
+    ask.set_defaults(func=cmd_ask)
+
+    lab = sub.add_parser("lab", help="the local lab cluster (systemd-nspawn nodes on a bridge)")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
+    lab_up = lab_sub.add_parser("up", help="build and boot the nodes; write inventory/lab")
+    lab_up.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
+    lab_down = lab_sub.add_parser("down", help="stop and remove every node, netns, bridge and rule")
+    lab_down.add_argument("--purge", action="store_true", help="also remove the cached base, wheels, model")
+    lab_sub.add_parser("status", help="nodes, addresses and systemd state")
+    lab_ssh = lab_sub.add_parser("ssh", help="ssh to a node (as root)")
+    lab_ssh.add_argument("node", help="node name, e.g. lab-head")
+    lab_ssh.add_argument("remote", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
+    lab.set_defaults(func=cmd_lab)
     return parser
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from servekit import lab
+
+    paths = lab.Paths.default(project_root())
+    try:
+        if args.lab_command == "up":
+            lab.up(paths, workers=args.workers)
+        elif args.lab_command == "down":
+            lab.down(paths, purge=args.purge)
+        elif args.lab_command == "status":
+            rows = lab.status(paths)
+            if not rows:
+                print("no lab is up")
+            for row in rows:
+                print(f"{row['name']:<14} {row['group']:<8} {row['address']:<12} "
+                      f"pid={row['pid'] or '-':<8} {row['state']}")
+        else:
+            return lab.ssh(paths, args.node, args.remote)
+    except lab.LabError as exc:
+        print(f"servekit lab: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

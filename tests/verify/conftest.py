@@ -9,6 +9,7 @@ Tests that need GPUs or RDMA select themselves from the inventory
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import pytest
@@ -41,3 +42,50 @@ def gpus(host) -> str:
     if not host.exists("nvidia-smi"):
         pytest.skip("no nvidia-smi on this host: not an NVIDIA GPU node")
     return host.check_output(shlex.join(GPU_QUERY))
+
+
+@pytest.fixture(scope="session")
+def inventory_vars(request) -> dict[str, dict]:
+    """Variables of every head/workers host in the inventory under test, in rank order."""
+    from testinfra.utils.ansible_runner import AnsibleRunner
+
+    path = request.config.option.ansible_inventory
+    if not path:
+        pytest.skip("these checks need --ansible-inventory (the cluster's inventory)")
+    runner = AnsibleRunner(path)
+    groups = runner.get_variables(runner.get_hosts("all")[0])["groups"]
+    names = groups.get("head", []) + groups.get("workers", [])
+    return {name: runner.get_variables(name) for name in names}
+
+
+@pytest.fixture(scope="session")
+def cluster(inventory_vars) -> dict[str, dict]:
+    return {
+        name: {
+            "name": name,
+            "rank": rank,
+            "address": hv.get("cluster_data_address", hv.get("ansible_host", name)),
+            "api_port": hv.get("cluster_api_port", 8000),
+            "vars": hv,
+        }
+        for rank, (name, hv) in enumerate(inventory_vars.items())
+    }
+
+
+@pytest.fixture
+def node(host, cluster) -> dict:
+    name = host.ansible.get_variables()["inventory_hostname"]
+    if name not in cluster:
+        pytest.skip(f"{name} is in neither 'head' nor 'workers'")
+    return cluster[name]
+
+
+@pytest.fixture
+def model(node) -> str:
+    hv = node["vars"]
+    return os.environ.get("MODEL_NAME") or hv.get("cluster_default_model", "gpt-oss-20b")
+
+
+@pytest.fixture
+def venv(node) -> str:
+    return node["vars"].get("runtime_venv", "/opt/servekit/venv")

@@ -1,0 +1,152 @@
+"""Cluster checks for any inventory: data network, limits, Ray, vLLM units and the API.
+
+They run on every node of the inventory (head and workers); checks that
+belong to the head skip themselves on workers and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+from servekit.module_utils.node_facts import parse_proc_limits
+
+VLLM_UNIT = "servekit-vllm.service"
+RAY_UNIT = "servekit-ray.service"
+JUMBO_PAYLOAD = 9000 - 28  # MTU minus IPv4 and ICMP headers
+
+
+def _data_interface(host, address: str) -> str:
+    for line in host.check_output("ip -o -4 addr show").splitlines():
+        fields = line.split()
+        if fields[3].split("/")[0] == address:
+            return fields[1]
+    raise AssertionError(f"no interface holds the data address {address}: run --tags network")
+
+
+def test_data_interface_mtu_9000(host, node):
+    iface = _data_interface(host, node["address"])
+    mtu = host.file(f"/sys/class/net/{iface}/mtu").content_string.strip()
+    assert mtu == "9000", f"{iface} MTU is {mtu}: run --tags network"
+
+
+def test_jumbo_frames_reach_every_other_node(host, node, cluster):
+    others = {name: info["address"] for name, info in cluster.items() if name != node["name"]}
+    if not others:
+        pytest.skip("single-node inventory: no peer to ping")
+    for name, address in sorted(others.items()):
+        cmd = host.run(f"ping -M do -s {JUMBO_PAYLOAD} -c 2 -W 2 {shlex.quote(address)}")
+        assert cmd.rc == 0, (
+            f"{node['name']} -> {name} ({address}): {JUMBO_PAYLOAD}-byte unfragmented ping failed "
+            f"({cmd.stdout.strip().splitlines()[-1] if cmd.stdout.strip() else cmd.stderr.strip()}); "
+            "check the MTU on both ends and on every switch port")
+
+
+def _pids(host, unit: str) -> list[int]:
+    out = host.run(f"systemctl show -P ControlGroup {unit}").stdout.strip()
+    if not out:
+        return []
+    procs = host.file(f"/sys/fs/cgroup{out}/cgroup.procs")
+    return [int(p) for p in procs.content_string.split()] if procs.exists else []
+
+
+def _memlock_ceiling(host) -> str:
+    return parse_proc_limits(host.file("/proc/1/limits").content_string)["Max locked memory"]["hard"]
+
+
+@pytest.mark.parametrize("unit", [RAY_UNIT, VLLM_UNIT])
+def test_units_configure_unlimited_memlock(host, unit):
+    value = host.check_output(f"systemctl show -P LimitMEMLOCK {unit}")
+    assert value == "infinity", f"{unit} has LimitMEMLOCK={value}: the unit must set LimitMEMLOCK=infinity"
+
+
+@pytest.mark.parametrize("unit", [RAY_UNIT, VLLM_UNIT])
+def test_running_processes_get_the_node_memlock_ceiling(host, unit):
+    """Unlimited on real hosts; in a container that caps it (the lab: 8 MiB), the cap itself."""
+    pids = _pids(host, unit)
+    assert pids, f"{unit} runs no process on this node"
+    ceiling = _memlock_ceiling(host)
+    for pid in pids:
+        limits = host.file(f"/proc/{pid}/limits")
+        if not limits.exists:  # exited between the listing and the read
+            continue
+        entry = parse_proc_limits(limits.content_string)["Max locked memory"]
+        assert entry["soft"] == entry["hard"] == ceiling, (
+            f"{unit} PID {pid} locked memory {entry}, the node allows {ceiling}")
+
+
+def test_cluster_env_in_serving_processes(host, node):
+    for unit in (RAY_UNIT, VLLM_UNIT):
+        main_pid = host.check_output(f"systemctl show -P MainPID {unit}")
+        assert main_pid != "0", f"{unit} is not running"
+        environ = host.file(f"/proc/{main_pid}/environ").content.split(b"\0")
+        env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+        assert env.get("VLLM_HOST_IP") == node["address"], f"{unit}: VLLM_HOST_IP={env.get('VLLM_HOST_IP')}"
+        assert env.get("GLOO_SOCKET_IFNAME") == _data_interface(host, node["address"]), (
+            f"{unit}: GLOO_SOCKET_IFNAME={env.get('GLOO_SOCKET_IFNAME')}, not the data interface")
+
+
+def test_vllm_unit_runs_with_this_node_rank(host, node, cluster):
+    assert host.service(VLLM_UNIT.removesuffix(".service")).is_running, f"{VLLM_UNIT} is not active"
+    argv = host.check_output(f"systemctl show -P ExecStart {VLLM_UNIT}")
+    executor = node["vars"].get("cluster_executor", "ray")
+    if executor == "mp" and len(cluster) > 1:
+        assert f"--node-rank {node['rank']} " in argv + " ", f"{VLLM_UNIT} argv lacks --node-rank {node['rank']}"
+        assert ("--headless" in argv) == (node["rank"] > 0), "only the head (rank 0) serves the API"
+
+
+def test_ray_sees_every_node(host, node, cluster, venv):
+    if node["rank"] != 0:
+        pytest.skip("checked from the head")
+    script = (
+        "import json, ray; ray.init(address='auto', logging_level='ERROR', log_to_driver=False); "
+        "print(json.dumps(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))"
+    )
+    alive = json.loads(host.check_output(f"{venv}/bin/python -c {shlex.quote(script)}").splitlines()[-1])
+    missing = {name: info["address"] for name, info in cluster.items() if info["address"] not in alive}
+    assert not missing, f"Ray does not see {missing}; alive: {alive}"
+
+
+def _post(host, port: int, path: str, body: dict) -> dict:
+    script = (
+        "import json, sys, urllib.request\n"
+        f"req = urllib.request.Request('http://127.0.0.1:{port}{path}', data=sys.stdin.buffer.read(), "
+        "headers={'Content-Type': 'application/json'})\n"
+        "print(urllib.request.urlopen(req, timeout=120).read().decode())\n"
+    )
+    cmd = host.run(f"echo {shlex.quote(json.dumps(body))} | python3 -c {shlex.quote(script)}")
+    assert cmd.rc == 0, f"POST {path} failed: {cmd.stderr.strip().splitlines()[-1:]}"
+    return json.loads(cmd.stdout)
+
+
+def test_text_completion_on_the_head(host, node, model):
+    if node["rank"] != 0:
+        pytest.skip("the API runs on the head")
+    reply = _post(host, node["api_port"], "/v1/completions",
+                  {"model": model, "prompt": "The cluster", "max_tokens": 8, "temperature": 0})
+    assert reply["choices"][0]["text"], f"empty completion: {reply}"
+    assert reply["usage"]["completion_tokens"] > 0
+
+
+def test_chat_completion_on_the_head(host, node, model):
+    if node["rank"] != 0:
+        pytest.skip("the API runs on the head")
+    reply = _post(host, node["api_port"], "/v1/chat/completions",
+                  {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})
+    assert reply["choices"][0]["message"]["content"] is not None, f"no message: {reply}"
+    assert reply["usage"]["completion_tokens"] > 0
+
+
+def test_api_reachable_from_the_control_node(node, model):
+    """The OpenAI client on the machine running pytest, over the data network."""
+    if node["rank"] != 0:
+        pytest.skip("the API runs on the head")
+    openai = pytest.importorskip("openai", reason="the openai client is not installed here")
+    client = openai.OpenAI(base_url=f"http://{node['address']}:{node['api_port']}/v1",
+                           api_key="unused", timeout=120)
+    served = [m.id for m in client.models.list()]
+    assert model in served, f"the API serves {served}, not {model}"
+    reply = client.chat.completions.create(model=model, max_tokens=8,
+                                           messages=[{"role": "user", "content": "Say hi"}])
+    assert reply.usage.completion_tokens > 0
