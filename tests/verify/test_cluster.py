@@ -44,11 +44,20 @@ def test_jumbo_frames_reach_every_other_node(host, node, cluster):
 
 
 def _pids(host, unit: str) -> list[int]:
-    out = host.run(f"systemctl show -P ControlGroup {unit}").stdout.strip()
-    if not out:
+    """The unit's main process and all its descendants (cgroup layouts differ between hosts)."""
+    main = int(host.check_output(f"systemctl show -P MainPID {unit}"))
+    if main == 0:
         return []
-    procs = host.file(f"/sys/fs/cgroup{out}/cgroup.procs")
-    return [int(p) for p in procs.content_string.split()] if procs.exists else []
+    children: dict[int, list[int]] = {}
+    for line in host.check_output("ps -e -o pid=,ppid=").splitlines():
+        pid, ppid = (int(x) for x in line.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [main]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
 
 
 def _memlock_ceiling(host) -> str:
@@ -92,7 +101,8 @@ def test_vllm_unit_runs_with_this_node_rank(host, node, cluster):
     argv = host.check_output(f"systemctl show -P ExecStart {VLLM_UNIT}")
     executor = node["vars"].get("cluster_executor", "ray")
     if executor == "mp" and len(cluster) > 1:
-        assert f"--node-rank {node['rank']} " in argv + " ", f"{VLLM_UNIT} argv lacks --node-rank {node['rank']}"
+        rank = node["rank"]
+        assert f"--node-rank {rank} " in argv + " ", f"{VLLM_UNIT} argv lacks --node-rank {rank}"
         assert ("--headless" in argv) == (node["rank"] > 0), "only the head (rank 0) serves the API"
 
 

