@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servekit import lab
-
 from conftest import ROOT
+
+from servekit import lab
 
 
 def test_plan_nodes_default_is_head_and_one_worker():
