@@ -34,7 +34,7 @@ LAB_INV  := inventory/lab
 PLAYBOOK := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-playbook -i $(LAB_INV)
 # Debian packages the lab needs on this machine (command:package).
 HOST_TOOLS := debootstrap:debootstrap systemd-nspawn:systemd-container iptables:iptables \
-	ssh:openssh-client docker-compose:docker-compose
+	ssh:openssh-client docker-compose:docker-compose nft:nftables
 
 host-deps:
 	@missing=""; for t in $(HOST_TOOLS); do \

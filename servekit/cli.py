@@ -373,6 +373,30 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=float, default=120.0)
     ask.set_defaults(func=cmd_ask)
 
+    _add_lab_parser(sub)
+    return parser
+
+
+def _lab_scan(lab, paths, args: argparse.Namespace) -> int:
+    """Print what an outsider reaches; exit 1 when more than SSH (and the API on the head) answers."""
+    started = time.monotonic()
+    found = lab.scan(paths, args.ports)
+    nodes = {n.name: n for n in lab.load_nodes(paths)}
+    unexpected = {}
+    for name, ports in found.items():
+        allowed = {22} | ({args.api_port} if nodes[name].group == "head" else set())
+        print(f"{name:<14} {nodes[name].address:<12} open: {', '.join(map(str, ports)) or 'none'}")
+        if set(ports) - allowed:
+            unexpected[name] = sorted(set(ports) - allowed)
+    print(f"scanned {args.ports} on {len(found)} nodes from {lab.OUTSIDER_ADDRESS} "
+          f"in {time.monotonic() - started:.0f} s")
+    if unexpected:
+        print(f"servekit lab scan: reachable beyond SSH and the API: {unexpected}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_lab_parser(sub) -> None:
     lab = sub.add_parser("lab", help="the local lab cluster (systemd-nspawn nodes on a bridge)")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
     lab_up = lab_sub.add_parser("up", help="build and boot the nodes; write inventory/lab")
@@ -380,11 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     lab_down = lab_sub.add_parser("down", help="stop and remove every node, netns, bridge and rule")
     lab_down.add_argument("--purge", action="store_true", help="also remove the cached base, wheels, model")
     lab_sub.add_parser("status", help="nodes, addresses and systemd state")
+    lab_scan = lab_sub.add_parser("scan", help="scan every TCP port of every node from an outsider namespace")
+    lab_scan.add_argument("--ports", default="1-65535", help="ports to try (default 1-65535)")
+    lab_scan.add_argument("--api-port", type=int, default=8000, help="the API port allowed on the head")
     lab_ssh = lab_sub.add_parser("ssh", help="ssh to a node (as root)")
     lab_ssh.add_argument("node", help="node name, e.g. lab-head")
     lab_ssh.add_argument("remote", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
     lab.set_defaults(func=cmd_lab)
-    return parser
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -403,6 +429,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
             for row in rows:
                 print(f"{row['name']:<14} {row['group']:<8} {row['address']:<12} "
                       f"pid={row['pid'] or '-':<8} {row['state']}")
+        elif args.lab_command == "scan":
+            return _lab_scan(lab, paths, args)
         else:
             return lab.ssh(paths, args.node, args.remote)
     except lab.LabError as exc:

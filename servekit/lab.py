@@ -538,3 +538,33 @@ def ssh(paths: Paths, name: str, command: list[str]) -> int:
         argv.insert(1, "-t")
     os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh, argv built above
     return 0  # not reached
+
+
+OUTSIDER_NETNS = "svk-outsider"
+OUTSIDER_VETH = "svkvout"
+OUTSIDER_ADDRESS = f"{SUBNET}.99"
+
+
+def scan(paths: Paths, ports: str = "1-65535") -> dict[str, list[int]]:
+    """Every open TCP port of every node, seen from a namespace on the bridge that is not a node."""
+    require_host()
+    nodes = load_nodes(paths)
+    if not nodes or not _link_exists(BRIDGE):
+        raise LabError("no lab is up; run `servekit lab up`")
+    try:
+        run(["ip", "netns", "add", OUTSIDER_NETNS])
+        run(["ip", "link", "add", OUTSIDER_VETH, "type", "veth", "peer", "name", "eth0",
+             "netns", OUTSIDER_NETNS])
+        run(["ip", "link", "set", OUTSIDER_VETH, "master", BRIDGE, "up"])
+        run(["ip", "-n", OUTSIDER_NETNS, "addr", "add", f"{OUTSIDER_ADDRESS}/24", "dev", "eth0"])
+        run(["ip", "-n", OUTSIDER_NETNS, "link", "set", "eth0", "up"])
+        run(["ip", "-n", OUTSIDER_NETNS, "link", "set", "lo", "up"])
+        proc = run(["ip", "netns", "exec", OUTSIDER_NETNS, sys.executable, "-m", "servekit.portscan",
+                    "--ports", ports, *(n.address for n in nodes)])
+    finally:
+        if _netns_exists(OUTSIDER_NETNS):
+            run(["ip", "netns", "del", OUTSIDER_NETNS], check=False)
+        if _link_exists(OUTSIDER_VETH):
+            run(["ip", "link", "del", OUTSIDER_VETH], check=False)
+    found = json.loads(proc.stdout)
+    return {node.name: found[node.address] for node in nodes}

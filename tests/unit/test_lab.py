@@ -129,3 +129,25 @@ def test_inventory_files_are_marked_generated(lab_checkout):
         text = path.read_text()
         assert text.startswith("# Written by `servekit lab up`")
         yaml.safe_load(text)
+
+
+def test_portscan_ports_parse_and_reject_out_of_range():
+    from servekit.portscan import parse_ports
+
+    assert parse_ports("20-22,8000,22") == [20, 21, 22, 8000]
+    with pytest.raises(ValueError, match="not within 1-65535"):
+        parse_ports("0-10")
+
+
+def test_portscan_finds_a_listening_loopback_port():
+    import asyncio
+    import socket
+
+    from servekit.portscan import scan
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        found = asyncio.run(scan(["127.0.0.1"], [port, port + 1 if port < 65535 else port - 1], 1.0, 10))
+    assert found == {"127.0.0.1": [port]}
