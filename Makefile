@@ -31,7 +31,10 @@ unit: venv
 
 # --- the local lab: two systemd-nspawn nodes serving lab-tiny (TP 2) -------------
 LAB_INV  := inventory/lab
-PLAYBOOK := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ansible-playbook -i $(LAB_INV)
+# `servekit lab up` keeps the lab's vault password (API key) here.
+LAB_VAULT ?= /var/lib/servekit/lab/vault-pass
+LAB_ENV  := PATH="$(abspath $(BIN)):$$PATH" ANSIBLE_VAULT_PASSWORD_FILE=$(LAB_VAULT)
+PLAYBOOK := $(LAB_ENV) $(BIN)/ansible-playbook -i $(LAB_INV)
 # Debian packages the lab needs on this machine (command:package).
 HOST_TOOLS := debootstrap:debootstrap systemd-nspawn:systemd-container iptables:iptables \
 	ssh:openssh-client docker-compose:docker-compose nft:nftables
@@ -49,10 +52,10 @@ site: lab-up
 
 # The README's first command: everything from a fresh machine to a completion.
 demo: site
-	$(BIN)/servekit ask "Say hello to the cluster."
+	$(LAB_ENV) $(BIN)/servekit ask "Say hello to the cluster."
 
 verify:
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -p no:cacheprovider -o addopts=-ra tests/verify \
+	$(LAB_ENV) $(BIN)/pytest -p no:cacheprovider -o addopts=-ra tests/verify \
 	  --hosts=ansible://all --ansible-inventory=$(LAB_INV)
 
 # Serving benchmark (and the NCCL gate on GPU clusters); results in .cache/bench/.

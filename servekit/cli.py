@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -140,15 +141,30 @@ def _inventory_head(inventory: str) -> tuple[str, dict]:
     tool = Path(sys.executable).with_name("ansible-inventory")
     proc = subprocess.run(
         [str(tool), "-i", str(path), "--list"], capture_output=True, text=True, check=False,
-        env=_runner_env(root),
+        env=os.environ | _runner_env(root),
     )
     if proc.returncode != 0:
-        raise UsageError(f"--inventory: {inventory}: {proc.stderr.strip().splitlines()[-1:]}")
+        detail = (proc.stderr.strip().splitlines() or [""])[-1]
+        if "vault" in detail:
+            detail += " (set ANSIBLE_VAULT_PASSWORD_FILE; the lab's is /var/lib/servekit/lab/vault-pass)"
+        raise UsageError(f"--inventory: {inventory}: {detail}")
     data = json.loads(proc.stdout)
     heads = data.get("head", {}).get("hosts", [])
     if len(heads) != 1:
         raise UsageError(f"--inventory: {inventory}: group 'head' must hold exactly one host, has {heads}")
     return heads[0], data["_meta"]["hostvars"].get(heads[0], {})
+
+
+def resolve_plain_var(hostvars: dict, name: str):
+    """``name`` from ansible-inventory output, following one ``{{ other }}`` indirection.
+
+    ansible-inventory does not template; the lab's ``vllm_api_key`` is
+    ``{{ vault_vllm_api_key }}``, whose value comes decrypted from vault.yml.
+    """
+    value = hostvars.get(name)
+    match = re.fullmatch(r"\{\{\s*(\w+)\s*(?:\|\s*default\(None\)\s*)?\}\}", value) \
+        if isinstance(value, str) else None
+    return hostvars.get(match.group(1)) if match else value
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -164,8 +180,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not model:
         raise UsageError("--model: the inventory sets no cluster_default_model; name the model")
     endpoint = f"http://{address}:{port}/v1"
-    client = openai.OpenAI(base_url=endpoint, api_key=os.environ.get("OPENAI_API_KEY", "none"),
-                           timeout=args.timeout)
+    api_key = os.environ.get("OPENAI_API_KEY") or resolve_plain_var(hv, "vllm_api_key") or "none"
+    client = openai.OpenAI(base_url=endpoint, api_key=api_key, timeout=args.timeout)
     reply = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": args.prompt}], max_tokens=args.max_tokens,
     )

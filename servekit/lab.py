@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,10 @@ class Paths:
     @property
     def known_hosts(self) -> Path:
         return self.state / "ssh" / "known_hosts"
+
+    @property
+    def vault_password(self) -> Path:
+        return self.state / "vault-pass"
 
     @property
     def state_file(self) -> Path:
@@ -434,6 +439,25 @@ def write_inventory(paths: Paths, nodes: list[Node]) -> None:
            header + "---\n" + yaml.safe_dump(lab_vars, sort_keys=False))
 
 
+def ensure_vault(paths: Paths) -> None:
+    """An API key for the lab, ansible-vault encrypted in inventory/lab/group_vars/all/vault.yml.
+
+    The vault password lives in the lab state (0600); the Makefile hands it to
+    Ansible with ANSIBLE_VAULT_PASSWORD_FILE. Made once; kept while the lab is up.
+    """
+    vault_file = paths.inventory / "group_vars/all/vault.yml"
+    if vault_file.is_file() and paths.vault_password.is_file():
+        return
+    from ansible.constants import DEFAULT_VAULT_ID_MATCH
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    password = secrets.token_urlsafe(32)
+    _write(paths.vault_password, password + "\n", 0o600)
+    plain = yaml.safe_dump({"vault_vllm_api_key": "sk-lab-" + secrets.token_urlsafe(24)})
+    vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
+    _write(vault_file, vault.encrypt(plain.encode()).decode(), 0o600)
+
+
 def save_state(paths: Paths, nodes: list[Node]) -> None:
     _write(paths.state_file, json.dumps({"nodes": [asdict(n) for n in nodes]}, indent=2) + "\n", 0o600)
 
@@ -467,6 +491,7 @@ def up(paths: Paths, workers: int = 1) -> list[Node]:
     write_known_hosts(paths, nodes)
     wait_ready(paths, nodes)
     write_inventory(paths, nodes)
+    ensure_vault(paths)
     inventory = paths.inventory / "hosts.yml"
     log(f"{len(nodes)} nodes up in {time.monotonic() - started:.0f} s; inventory: {inventory}")
     return nodes
@@ -506,7 +531,8 @@ def down(paths: Paths, purge: bool = False) -> None:
         while run(["iptables", "-C", *rule], check=False).returncode == 0:
             run(["iptables", "-D", *rule])
     shutil.rmtree(paths.state, ignore_errors=True)
-    for generated in (paths.inventory / "hosts.yml", paths.inventory / "group_vars/all/lab.yml"):
+    for generated in (paths.inventory / "hosts.yml", paths.inventory / "group_vars/all/lab.yml",
+                      paths.inventory / "group_vars/all/vault.yml"):
         generated.unlink(missing_ok=True)
     if purge:
         shutil.rmtree(paths.cache, ignore_errors=True)

@@ -153,3 +153,13 @@ def test_ctrl_c_cancels_a_running_playbook(tmp_path):
     time.sleep(1)
     leftover = subprocess.run(["pgrep", "-f", marker], capture_output=True, check=False)
     assert leftover.returncode == 1, f"playbook task still running: {leftover.stdout}"
+
+
+def test_resolve_plain_var_follows_one_indirection():
+    from servekit.cli import resolve_plain_var
+
+    hv = {"vllm_api_key": "{{ vault_vllm_api_key }}", "vault_vllm_api_key": "sk-1", "plain": "x"}
+    assert resolve_plain_var(hv, "vllm_api_key") == "sk-1"
+    assert resolve_plain_var(hv, "plain") == "x"
+    assert resolve_plain_var(hv, "missing") is None
+    assert resolve_plain_var({"k": "{{ v | default(None) }}", "v": "s"}, "k") == "s"

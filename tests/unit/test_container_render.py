@@ -31,12 +31,10 @@ def rendered(tmp_path_factory) -> Path:
         "name": "Render the container runtime's compose projects",
         "hosts": "head:workers",
         "gather_facts": False,
-        "vars_files": [str(ROOT / "roles/ray/vars/main.yml"), str(ROOT / "roles/vllm/vars/main.yml")],
+        "vars_files": [str(ROOT / "roles/ray/defaults/main.yml"), str(ROOT / "roles/vllm/defaults/main.yml"),
+                       str(ROOT / "roles/ray/vars/main.yml"), str(ROOT / "roles/vllm/vars/main.yml")],
         "vars": {"runtime_compose_dir": str(out / "{{ inventory_hostname }}"), "preflight_gid_index": 3,
-                 "rdma_env_file": str(out / "{{ inventory_hostname }}/cluster.env"),
-                 "ray_venv": "/opt/servekit/venv", "ray_port": 6379, "ray_dashboard_host": "127.0.0.1",
-                 "ray_dashboard_port": 8265, "ray_num_cpus": None, "ray_num_gpus": None,
-                 "ray_extra_args": []},
+                 "rdma_env_file": str(out / "{{ inventory_hostname }}/cluster.env")},
         "pre_tasks": [{"ansible.builtin.import_role": {"name": "runtime", "tasks_from": "settings.yml"}}],
         "roles": ["cluster"],
         "tasks": [
@@ -127,6 +125,9 @@ def test_vllm_container_runs_the_registry_argv_and_ray_joins_the_head(rendered):
     assert worker["entrypoint"] == ["ray"]
     assert "--address=192.168.100.1:6379" in worker["command"]
     assert "--node-ip-address=192.168.100.2" in worker["command"]
+    assert "--node-manager-port=6380" in worker["command"] and "--min-worker-port=20000" in worker["command"]
+    assert worker["environment"]["RAY_AUTH_MODE"] == "token"
+    assert worker["volumes"][-1] == "/etc/servekit/ray-auth-token:/etc/servekit/ray-auth-token:ro"
     unit = (rendered / "spark-01/servekit-vllm.service").read_text()
     assert "ExecStart=/usr/bin/docker compose -p servekit-vllm -f " in unit
     assert "servekit-vllm/compose.yaml up --abort-on-container-exit" in unit

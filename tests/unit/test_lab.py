@@ -84,7 +84,7 @@ def lab_checkout(tmp_path) -> lab.Paths:
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
     shutil.copytree(ROOT / "inventory/lab/group_vars/all", tmp_path / "inventory/lab/group_vars/all",
-                    ignore=shutil.ignore_patterns("lab.yml"))
+                    ignore=shutil.ignore_patterns("lab.yml", "vault.yml"))
     paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
     lab.write_inventory(paths, lab.plan_nodes(1))
     return paths

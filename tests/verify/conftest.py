@@ -89,3 +89,11 @@ def model(node) -> str:
 @pytest.fixture
 def venv(node) -> str:
     return node["vars"].get("runtime_venv", "/opt/servekit/venv")
+
+
+@pytest.fixture
+def api_key(node) -> str | None:
+    """The cluster's API key, from the inventory (vault-decrypted by ansible-inventory)."""
+    from servekit.cli import resolve_plain_var
+
+    return resolve_plain_var(node["vars"], "vllm_api_key") or None

@@ -15,6 +15,7 @@ from servekit.module_utils.node_facts import parse_proc_limits
 VLLM_UNIT = "servekit-vllm.service"
 RAY_UNIT = "servekit-ray.service"
 JUMBO_PAYLOAD = 9000 - 28  # MTU minus IPv4 and ICMP headers
+RAY_TOKEN_FILE = "/etc/servekit/ray-auth-token"  # noqa: S105 - a path, not a secret
 
 
 def _data_interface(host, address: str) -> str:
@@ -113,48 +114,111 @@ def test_ray_sees_every_node(host, node, cluster, venv):
         "import json, ray; ray.init(address='auto', logging_level='ERROR', log_to_driver=False); "
         "print(json.dumps(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))"
     )
-    alive = json.loads(host.check_output(f"{venv}/bin/python -c {shlex.quote(script)}").splitlines()[-1])
+    env = ""
+    if node["vars"].get("cluster_ray_auth", True):
+        token_file = node["vars"].get("cluster_ray_auth_token_file", RAY_TOKEN_FILE)
+        env = f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={shlex.quote(token_file)} "
+    out = host.check_output(f"{env}{venv}/bin/python -c {shlex.quote(script)}")
+    alive = json.loads(out.splitlines()[-1])
     missing = {name: info["address"] for name, info in cluster.items() if info["address"] not in alive}
     assert not missing, f"Ray does not see {missing}; alive: {alive}"
 
 
-def _post(host, port: int, path: str, body: dict) -> dict:
+def test_ray_refuses_job_submission_without_the_token(host, node):
+    if node["rank"] != 0:
+        pytest.skip("the job API runs on the head")
+    if not node["vars"].get("cluster_ray_auth", True):
+        pytest.skip("the inventory turns Ray token authentication off")
+    port = node["vars"].get("ray_dashboard_port", 8265)
+    status, reply = _post(host, port, "/api/jobs/", {"entrypoint": "echo pwned"})
+    assert status in (401, 403), f"job submission without a token answered {status}: {reply}"
+
+
+def test_ray_token_is_root_only_and_never_on_a_command_line(host, node):
+    if not node["vars"].get("cluster_ray_auth", True):
+        pytest.skip("the inventory turns Ray token authentication off")
+    token_file = host.file(node["vars"].get("cluster_ray_auth_token_file", RAY_TOKEN_FILE))
+    assert token_file.exists, f"{token_file.path} missing: run --tags ray"
+    mode = token_file.mode
+    assert token_file.user == "root" and mode == 0o600, f"{token_file.path} mode {oct(mode)}"
+    token = token_file.content_string.strip()
+    assert len(token) >= 32
+    assert token not in host.check_output("ps -eo args"), "the Ray token shows in a process command line"
+
+
+def _post(host, port: int, path: str, body: dict, api_key: str | None = None) -> tuple[int, dict]:
+    """POST from the node itself; the key travels on stdin, never on a command line."""
     script = (
-        "import json, sys, urllib.request\n"
-        f"req = urllib.request.Request('http://127.0.0.1:{port}{path}', data=sys.stdin.buffer.read(), "
-        "headers={'Content-Type': 'application/json'})\n"
-        "print(urllib.request.urlopen(req, timeout=120).read().decode())\n"
+        "import json, sys, urllib.error, urllib.request\n"
+        "req = json.load(sys.stdin)\n"
+        "headers = {'Content-Type': 'application/json'}\n"
+        "if req['key']: headers['Authorization'] = 'Bearer ' + req['key']\n"
+        f"r = urllib.request.Request('http://127.0.0.1:{port}{path}', data=json.dumps(req['body']).encode(), "
+        "headers=headers)\n"
+        "try:\n"
+        "    with urllib.request.urlopen(r, timeout=120) as resp: print(resp.status, resp.read().decode())\n"
+        "except urllib.error.HTTPError as err: print(err.code, json.dumps({'error': err.read().decode()}))\n"
     )
-    cmd = host.run(f"echo {shlex.quote(json.dumps(body))} | python3 -c {shlex.quote(script)}")
+    payload = json.dumps({"key": api_key, "body": body})
+    cmd = host.run(f"python3 -c {shlex.quote(script)} <<'EOF'\n{payload}\nEOF")
     assert cmd.rc == 0, f"POST {path} failed: {cmd.stderr.strip().splitlines()[-1:]}"
-    return json.loads(cmd.stdout)
+    status, _, text = cmd.stdout.partition(" ")
+    return int(status), json.loads(text)
 
 
-def test_text_completion_on_the_head(host, node, model):
+def test_text_completion_on_the_head(host, node, model, api_key):
     if node["rank"] != 0:
         pytest.skip("the API runs on the head")
-    reply = _post(host, node["api_port"], "/v1/completions",
-                  {"model": model, "prompt": "The cluster", "max_tokens": 8, "temperature": 0})
+    status, reply = _post(host, node["api_port"], "/v1/completions",
+                          {"model": model, "prompt": "The cluster", "max_tokens": 8, "temperature": 0},
+                          api_key)
+    assert status == 200, reply
     assert reply["choices"][0]["text"], f"empty completion: {reply}"
     assert reply["usage"]["completion_tokens"] > 0
 
 
-def test_chat_completion_on_the_head(host, node, model):
+def test_chat_completion_on_the_head(host, node, model, api_key):
     if node["rank"] != 0:
         pytest.skip("the API runs on the head")
-    reply = _post(host, node["api_port"], "/v1/chat/completions",
-                  {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})
+    status, reply = _post(host, node["api_port"], "/v1/chat/completions",
+                          {"model": model, "messages": [{"role": "user", "content": "Hello"}],
+                           "max_tokens": 8}, api_key)
+    assert status == 200, reply
     assert reply["choices"][0]["message"]["content"] is not None, f"no message: {reply}"
     assert reply["usage"]["completion_tokens"] > 0
 
 
-def test_api_reachable_from_the_control_node(node, model):
+def test_api_refuses_requests_without_the_key(host, node, model, api_key):
+    if node["rank"] != 0:
+        pytest.skip("the API runs on the head")
+    if not api_key:
+        pytest.skip("the inventory sets no vllm_api_key: the API is open by configuration")
+    body = {"model": model, "prompt": "x", "max_tokens": 1}
+    assert _post(host, node["api_port"], "/v1/completions", body)[0] == 401
+    assert _post(host, node["api_port"], "/v1/completions", body, api_key + "x")[0] == 401
+
+
+def test_api_key_is_in_no_command_line_log_or_readable_file(host, node, api_key):
+    if not api_key:
+        pytest.skip("the inventory sets no vllm_api_key")
+    assert api_key not in host.check_output("ps -eo args"), "the key shows in a process command line"
+    journal = host.run("journalctl --no-pager -o cat -u servekit-vllm -u servekit-ray").stdout
+    assert api_key not in journal, "the key shows in the journal"
+    # the key goes to grep on stdin: a pattern argument would put it in the process list
+    grep = f"grep -rlsF -f - /etc /opt/servekit/bin /var/log <<'EOF'\n{api_key}\nEOF"
+    leaks = host.run(grep).stdout.split()
+    for path in leaks:
+        mode = host.file(path).mode
+        assert host.file(path).user == "root" and mode & 0o077 == 0, f"{path} holds the key, mode {oct(mode)}"
+
+
+def test_api_reachable_from_the_control_node(node, model, api_key):
     """The OpenAI client on the machine running pytest, over the data network."""
     if node["rank"] != 0:
         pytest.skip("the API runs on the head")
     openai = pytest.importorskip("openai", reason="the openai client is not installed here")
     client = openai.OpenAI(base_url=f"http://{node['address']}:{node['api_port']}/v1",
-                           api_key="unused", timeout=120)
+                           api_key=api_key or "unused", timeout=120)
     served = [m.id for m in client.models.list()]
     assert model in served, f"the API serves {served}, not {model}"
     reply = client.chat.completions.create(model=model, max_tokens=8,
