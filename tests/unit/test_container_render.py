@@ -21,6 +21,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
 COMPOSE = shutil.which("docker-compose")
+# What roles/ray/tasks/main.yml hands the template for Ray's project.
+RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(__ray_auth_env) }}"
+RAY_VOLUMES = ("{{ [cluster_ray_auth_token_file ~ ':' ~ cluster_ray_auth_token_file ~ ':ro']"
+               " if cluster_ray_auth else [] }}")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def rendered(tmp_path_factory) -> Path:
              "vars": {"__compose": {"project": "servekit-ray", "service": "ray",
                                     "argv": "{{ ['ray'] + __ray_args }}",
                                     "env_files": ["{{ rdma_env_file }}"],
-                                    "environment": {"RAY_USAGE_STATS_ENABLED": "0"}}}},
+                                    "environment": RAY_ENV, "volumes": RAY_VOLUMES}}},
             {"name": "vLLM project", "ansible.builtin.template": {
                 "src": str(ROOT / "templates/compose.yaml.j2"), "dest": "{{ __vllm_compose_file }}",
                 "mode": "0644"},
