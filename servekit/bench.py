@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--output", help="write the JSON result here too")
+    parser.add_argument("--api-key-stdin", action="store_true",
+                        help="read the API key from stdin (keeps it off command lines and environments)")
     args = parser.parse_args(argv)
     try:
         levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -106,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import openai
 
-    client = openai.OpenAI(base_url=args.base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"),
-                           timeout=args.timeout, max_retries=0)
+    api_key = sys.stdin.readline().strip() if args.api_key_stdin else os.environ.get("OPENAI_API_KEY")
+    client = openai.OpenAI(base_url=args.base_url, api_key=api_key or "none", timeout=args.timeout,
+                           max_retries=0)
     one_request(client, args.model, PROMPTS[0], 4)  # warm-up, not counted
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

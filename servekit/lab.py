@@ -497,7 +497,7 @@ def up(paths: Paths, workers: int = 1) -> list[Node]:
     return nodes
 
 
-def stop_nodes(paths: Paths, nodes: list[Node], grace_s: float = 30.0) -> None:
+def stop_nodes(paths: Paths, nodes: list[Node], grace_s: float = 90.0) -> None:
     """Power every node off at once (SIGTERM: nspawn shuts the container down cleanly)."""
     running = {node.name: pid for node in nodes if (pid := node_pid(paths, node))}
     for pid in running.values():
