@@ -86,6 +86,15 @@ options:
         runs C(docker compose up) and passes the vLLM argv to the container).
     type: list
     elements: str
+  exec_start_pre:
+    description:
+      - A command the unit runs before O(exec_start) (C(ExecStartPre=)); the vllm role makes
+        worker ranks wait there for the head's rendezvous port, so ranks start head first.
+    type: list
+    elements: str
+  timeout_start_sec:
+    description: C(TimeoutStartSec=) of the unit (covers O(exec_start_pre)); systemd's default when unset.
+    type: int
   environment:
     description: Extra environment for the vLLM process (NCCL, Gloo, VLLM_* settings).
     type: dict
@@ -221,6 +230,8 @@ def run_module() -> None:
             "master_port": {"type": "int", "default": 29501},
             "command": {"type": "list", "elements": "str", "default": ["vllm"]},
             "exec_start": {"type": "list", "elements": "str"},
+            "exec_start_pre": {"type": "list", "elements": "str"},
+            "timeout_start_sec": {"type": "int"},
             "environment": {"type": "dict", "default": {}},
             "environment_files": {"type": "list", "elements": "path", "default": []},
             "after": {"type": "list", "elements": "str", "default": []},
@@ -262,6 +273,8 @@ def run_module() -> None:
         unit = render_unit(
             plan,
             exec_argv=params["exec_start"],
+            exec_start_pre=params["exec_start_pre"],
+            timeout_start_sec=params["timeout_start_sec"],
             environment_files=params["environment_files"],
             after=params["after"],
             user=params["user"],

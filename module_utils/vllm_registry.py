@@ -432,11 +432,20 @@ def render_unit(
     after: list[str] | None = None,
     user: str | None = None,
     working_directory: str | None = None,
+    exec_start_pre: list[str] | None = None,
+    timeout_start_sec: int | None = None,
     restart_sec: int = 10,
     start_limit_burst: int = 5,
     start_limit_interval_sec: int = 600,
 ) -> str:
-    """A systemd service running ``exec_argv`` (default: the plan's argv)."""
+    """A systemd service running ``exec_argv`` (default: the plan's argv).
+
+    ``Restart=always``: a rank of a multi-node engine often exits 0 when a peer
+    dies (its collective fails and vLLM shuts down cleanly), so on-failure
+    would leave it down. The start limit bounds the loop of a model that
+    cannot start; ``exec_start_pre`` (a worker waiting for the head's
+    rendezvous) orders the ranks head first.
+    """
     argv = exec_argv if exec_argv is not None else plan.argv
     ordering = " ".join(["network-online.target", *(after or [])])
     lines = [
@@ -460,9 +469,13 @@ def render_unit(
     lines += [
         f"Environment={systemd_quote(f'{key}={value}')}" for key, value in sorted(plan.env.items())
     ]
+    if exec_start_pre:
+        lines.append("ExecStartPre=" + " ".join(systemd_quote(word) for word in exec_start_pre))
+    if timeout_start_sec is not None:
+        lines.append(f"TimeoutStartSec={timeout_start_sec}")
     lines += [
         "ExecStart=" + " ".join(systemd_quote(word) for word in argv),
-        "Restart=on-failure",
+        "Restart=always",
         f"RestartSec={restart_sec}",
         "KillMode=mixed",
         "TimeoutStopSec=60",

@@ -248,6 +248,7 @@ def test_unit_carries_env_restart_policy_and_memlock():
     assert "EnvironmentFile=-/etc/servekit/vllm.env\n" in unit
     assert "After=network-online.target ray.service\n" in unit
     assert "LimitMEMLOCK=infinity\n" in unit
-    assert "Restart=on-failure\n" in unit
+    assert "Restart=always\n" in unit
+    assert "ExecStartPre" not in unit
     assert "StartLimitBurst=5\n" in unit
     assert "ExecStart=vllm serve openai/gpt-oss-20b --dtype bfloat16" in unit
