@@ -423,6 +423,10 @@ def _add_lab_parser(sub) -> None:
     lab_scan = lab_sub.add_parser("scan", help="scan every TCP port of every node from an outsider namespace")
     lab_scan.add_argument("--ports", default="1-65535", help="ports to try (default 1-65535)")
     lab_scan.add_argument("--api-port", type=int, default=8000, help="the API port allowed on the head")
+    for verb, text in (("stop", "power one node off (its files stay)"),
+                       ("start", "boot a stopped node again")):
+        one = lab_sub.add_parser(verb, help=text)
+        one.add_argument("node", help="node name, e.g. lab-worker-1")
     lab_ssh = lab_sub.add_parser("ssh", help="ssh to a node (as root)")
     lab_ssh.add_argument("node", help="node name, e.g. lab-head")
     lab_ssh.add_argument("remote", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
@@ -447,6 +451,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
                       f"pid={row['pid'] or '-':<8} {row['state']}")
         elif args.lab_command == "scan":
             return _lab_scan(lab, paths, args)
+        elif args.lab_command == "stop":
+            lab.stop(paths, args.node)
+        elif args.lab_command == "start":
+            lab.start(paths, args.node)
         else:
             return lab.ssh(paths, args.node, args.remote)
     except lab.LabError as exc:

@@ -440,22 +440,35 @@ def write_inventory(paths: Paths, nodes: list[Node]) -> None:
 
 
 def ensure_vault(paths: Paths) -> None:
-    """An API key for the lab, ansible-vault encrypted in inventory/lab/group_vars/all/vault.yml.
+    """The lab's secrets, ansible-vault encrypted in inventory/lab/group_vars/all/vault.yml.
 
-    The vault password lives in the lab state (0600); the Makefile hands it to
-    Ansible with ANSIBLE_VAULT_PASSWORD_FILE. Made once; kept while the lab is up.
+    An API key, and a stand-in HF token (lab-tiny is local, so vLLM never
+    sends it anywhere) that lets the verify suite prove a token stays out of
+    logs, diffs and process lists. The vault password lives in the lab state
+    (0600); the Makefile hands it to Ansible with ANSIBLE_VAULT_PASSWORD_FILE.
+    Made once and kept while the lab is up; a missing secret is added.
     """
-    vault_file = paths.inventory / "group_vars/all/vault.yml"
-    if vault_file.is_file() and paths.vault_password.is_file():
-        return
     from ansible.constants import DEFAULT_VAULT_ID_MATCH
     from ansible.parsing.vault import VaultLib, VaultSecret
 
-    password = secrets.token_urlsafe(32)
-    _write(paths.vault_password, password + "\n", 0o600)
-    plain = yaml.safe_dump({"vault_vllm_api_key": "sk-lab-" + secrets.token_urlsafe(24)})
-    vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
-    _write(vault_file, vault.encrypt(plain.encode()).decode(), 0o600)
+    vault_file = paths.inventory / "group_vars/all/vault.yml"
+    current: dict = {}
+    if vault_file.is_file() and paths.vault_password.is_file():
+        password = paths.vault_password.read_text().strip()
+        vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
+        current = yaml.safe_load(vault.decrypt(vault_file.read_bytes())) or {}
+    else:
+        password = secrets.token_urlsafe(32)
+        _write(paths.vault_password, password + "\n", 0o600)
+        vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
+    wanted = {
+        "vault_vllm_api_key": lambda: "sk-lab-" + secrets.token_urlsafe(24),
+        "vault_hf_token": lambda: "hf_lab" + secrets.token_hex(17),
+    }
+    missing = {key: make() for key, make in wanted.items() if key not in current}
+    if missing:
+        plain = yaml.safe_dump({**current, **missing})
+        _write(vault_file, vault.encrypt(plain.encode()).decode(), 0o600)
 
 
 def save_state(paths: Paths, nodes: list[Node]) -> None:
@@ -553,13 +566,32 @@ def status(paths: Paths) -> list[dict]:
     return rows
 
 
-def ssh(paths: Paths, name: str, command: list[str]) -> int:
+def _node(paths: Paths, name: str) -> Node:
     nodes = {n.name: n for n in load_nodes(paths)}
     if not nodes:
         raise LabError("no lab is up; run `servekit lab up`")
     if name not in nodes:
         raise LabError(f"no lab node {name!r}; nodes: {', '.join(nodes)}")
-    argv = ssh_argv(paths, nodes[name], *command)
+    return nodes[name]
+
+
+def stop(paths: Paths, name: str) -> None:
+    """Power one node off (a node failure, for the recovery tests); its files stay."""
+    require_host()
+    stop_nodes(paths, [_node(paths, name)])
+
+
+def start(paths: Paths, name: str) -> None:
+    """Boot a stopped node again and wait for its systemd; its enabled units start as on a reboot."""
+    require_host()
+    node = _node(paths, name)
+    start_node(paths, node)
+    wait_ready(paths, [node])
+    log(f"{node.name}: up")
+
+
+def ssh(paths: Paths, name: str, command: list[str]) -> int:
+    argv = ssh_argv(paths, _node(paths, name), *command)
     if not command:
         argv.insert(1, "-t")
     os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh, argv built above
