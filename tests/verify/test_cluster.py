@@ -198,18 +198,79 @@ def test_api_refuses_requests_without_the_key(host, node, model, api_key):
     assert _post(host, node["api_port"], "/v1/completions", body, api_key + "x")[0] == 401
 
 
-def test_api_key_is_in_no_command_line_log_or_readable_file(host, node, api_key):
-    if not api_key:
-        pytest.skip("the inventory sets no vllm_api_key")
-    assert api_key not in host.check_output("ps -eo args"), "the key shows in a process command line"
-    journal = host.run("journalctl --no-pager -o cat -u servekit-vllm -u servekit-ray").stdout
-    assert api_key not in journal, "the key shows in the journal"
-    # the key goes to grep on stdin: a pattern argument would put it in the process list
-    grep = f"grep -rlsF -f - /etc /opt/servekit/bin /var/log <<'EOF'\n{api_key}\nEOF"
+@pytest.fixture(params=["vllm_api_key", "vllm_hf_token", "ray_auth_token"])
+def secret(request, host, node) -> tuple[str, str]:
+    """Each secret the cluster holds: (name, value)."""
+    from servekit.cli import resolve_plain_var
+
+    name = request.param
+    if name == "ray_auth_token":
+        if not node["vars"].get("cluster_ray_auth", True):
+            pytest.skip("the inventory turns Ray token authentication off")
+        path = node["vars"].get("cluster_ray_auth_token_file", RAY_TOKEN_FILE)
+        value = host.file(path).content_string.strip() if host.file(path).exists else None
+    else:
+        value = resolve_plain_var(node["vars"], name)
+    if not value:
+        pytest.skip(f"the inventory sets no {name}")
+    return name, value
+
+
+def test_secrets_are_in_no_command_line_journal_or_readable_file(host, secret):
+    name, value = secret
+    assert value not in host.check_output("ps -eo args"), f"{name} shows in a process command line"
+    journal = host.run("journalctl --no-pager -o cat").stdout
+    assert value not in journal, f"{name} shows in the journal"
+    # the value goes to grep on stdin: a pattern argument would put it in the process list
+    grep = f"grep -rlsF -f - /etc /opt/servekit/bin /var/log /tmp <<'EOF'\n{value}\nEOF"
     leaks = host.run(grep).stdout.split()
     for path in leaks:
         mode = host.file(path).mode
-        assert host.file(path).user == "root" and mode & 0o077 == 0, f"{path} holds the key, mode {oct(mode)}"
+        assert host.file(path).user == "root" and mode & 0o077 == 0, f"{path} holds {name}, mode {oct(mode)}"
+
+
+# Routes vLLM serves without checking the key (it checks /v1, /v2, /inference,
+# /cohere only); GET, so a misrouted probe cannot pause or change the engine.
+UNGUARDED_ROUTES = ["/health", "/version", "/tokenize", "/pause", "/invocations", "/docs"]
+
+
+def _get_status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - http URL of the lab head
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_api_proxy_passes_only_the_keyed_routes(node):
+    """From the control node: what the key does not cover answers 404 at the API port."""
+    if node["rank"] != 0:
+        pytest.skip("the API runs on the head")
+    if not node["vars"].get("vllm_api_proxy", True):
+        pytest.skip("the inventory turns the API proxy off (vLLM serves every route itself)")
+    base = f"http://{node['address']}:{node['api_port']}"
+    answers = {route: _get_status(base + route) for route in UNGUARDED_ROUTES}
+    assert answers == dict.fromkeys(UNGUARDED_ROUTES, 404), answers
+    # the control node is not a cluster node nor a monitoring host
+    assert _get_status(base + "/metrics") == 403
+    assert _get_status(base + "/v1/models") == 401  # passed through, and vLLM wants the key
+
+
+def test_vllm_itself_listens_on_loopback_only(host, node):
+    """Behind the proxy vLLM binds 127.0.0.1, where its unguarded routes do answer."""
+    if node["rank"] != 0:
+        pytest.skip("the API runs on the head")
+    if not node["vars"].get("vllm_api_proxy", True):
+        pytest.skip("the inventory turns the API proxy off")
+    port = node["vars"].get("vllm_backend_port", 8001)
+    listeners = host.check_output(f"ss -Hltn 'sport = :{port}'").split("\n")
+    local = {line.split()[3] for line in listeners if line.strip()}
+    assert local == {f"127.0.0.1:{port}"}, f"vLLM listens on {local}"
+    metrics = host.run(f"python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{port}/metrics').status)\"")
+    assert metrics.stdout.strip() == "200", "vLLM's /metrics (no key needed) should answer on loopback"
 
 
 def test_api_reachable_from_the_control_node(node, model, api_key):
