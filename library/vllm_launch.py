@@ -95,6 +95,12 @@ options:
   timeout_start_sec:
     description: C(TimeoutStartSec=) of the unit (covers O(exec_start_pre)); systemd's default when unset.
     type: int
+  start_limit_interval_sec:
+    description:
+      - C(StartLimitIntervalSec=) of the unit; with C(StartLimitBurst=5) it ends the restart loop of a
+        launch that cannot start. Make it longer than five starts that each wait in O(exec_start_pre).
+    type: int
+    default: 600
   environment:
     description: Extra environment for the vLLM process (NCCL, Gloo, VLLM_* settings).
     type: dict
@@ -232,6 +238,7 @@ def run_module() -> None:
             "exec_start": {"type": "list", "elements": "str"},
             "exec_start_pre": {"type": "list", "elements": "str"},
             "timeout_start_sec": {"type": "int"},
+            "start_limit_interval_sec": {"type": "int", "default": 600},
             "environment": {"type": "dict", "default": {}},
             "environment_files": {"type": "list", "elements": "path", "default": []},
             "after": {"type": "list", "elements": "str", "default": []},
@@ -275,6 +282,7 @@ def run_module() -> None:
             exec_argv=params["exec_start"],
             exec_start_pre=params["exec_start_pre"],
             timeout_start_sec=params["timeout_start_sec"],
+            start_limit_interval_sec=params["start_limit_interval_sec"],
             environment_files=params["environment_files"],
             after=params["after"],
             user=params["user"],

@@ -20,6 +20,10 @@ A probe that fails while the engine is making progress (vLLM's
 does not count: a saturated engine can keep a one-token request queued past
 the probe timeout, and restarting it would be the outage.
 
+The watchdog has its own bound: after ``--max-restarts`` restarts within
+``--restart-window`` seconds it stops acting and says so (an engine that
+hangs again after every restart needs a person, not a loop).
+
 ``wait-head``: the workers' ``ExecStartPre=``. Waits until the head's
 rendezvous port accepts connections, so a worker rank starts after the head
 rank (head-first ordering across nodes) instead of timing out on its own.
@@ -140,9 +144,16 @@ def decide(served: bool, failures: int, uptime: float | None, *, grace: float, l
     return Decision(True, 0)
 
 
+def allowed_restart(history: list[float], now: float, limit: int, window: float) -> bool:
+    """Whether one more restart stays within ``limit`` restarts per ``window`` seconds."""
+    return sum(1 for t in history if now - t < window) < limit
+
+
 def watch(args: argparse.Namespace) -> int:
     api_key = os.environ.get("VLLM_API_KEY") or None
     failures = 0
+    restarts: list[float] = []
+    gave_up = False
     tokens = read_progress(args.metrics, args.timeout)
     log(
         f"watching {args.unit} through {args.url}: restart after {args.failures} failed "
@@ -167,6 +178,16 @@ def watch(args: argparse.Namespace) -> int:
                           progressed=progressed)
         failures = decision.failures
         if decision.restart:
+            now = time.monotonic()
+            if not allowed_restart(restarts, now, args.max_restarts, args.restart_window):
+                if not gave_up:
+                    log(f"{args.failures} failed completions in a row, but {args.unit} was restarted "
+                        f"{args.max_restarts} times in {args.restart_window:g} s: not restarting again; "
+                        f"read its journal, fix, then rerun the vllm stage")
+                gave_up = True
+                continue
+            gave_up = False
+            restarts.append(now)
             log(f"{args.failures} failed completions in a row: restarting {args.unit}")
             subprocess.run([SYSTEMCTL, "restart", "--no-block", args.unit], check=False)
 
@@ -197,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--timeout", type=float, default=30, help="seconds one probe request may take")
     w.add_argument("--failures", type=int, default=3, help="failed probes in a row before a restart")
     w.add_argument("--grace", type=float, default=900, help="seconds after a start before acting")
+    w.add_argument("--max-restarts", type=int, default=5, help="restarts per --restart-window at most")
+    w.add_argument("--restart-window", type=float, default=3600)
     w.set_defaults(func=watch)
     h = sub.add_parser("wait-head", help="wait until the head's rendezvous port accepts connections")
     h.add_argument("--host", required=True)

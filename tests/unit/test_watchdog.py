@@ -42,6 +42,14 @@ def test_a_busy_engine_is_not_restarted():
     assert busy == watchdog.Decision(False, 0)
 
 
+def test_restarts_are_bounded_per_window():
+    assert watchdog.allowed_restart([], 100.0, limit=2, window=3600)
+    assert watchdog.allowed_restart([0.0], 100.0, limit=2, window=3600)
+    assert not watchdog.allowed_restart([0.0, 50.0], 100.0, limit=2, window=3600)
+    # restarts older than the window no longer count
+    assert watchdog.allowed_restart([0.0, 50.0], 3620.0, limit=2, window=3600)
+
+
 def test_progress_counter_from_real_vllm_metrics():
     text = (FIXTURES / "lab/vllm-metrics.txt").read_text()
     assert watchdog.generated_tokens(text) == 3.0

@@ -245,12 +245,19 @@ def _get_status(url: str) -> int:
         return err.code
 
 
-def test_api_proxy_passes_only_the_keyed_routes(node):
-    """From the control node: what the key does not cover answers 404 at the API port."""
+@pytest.fixture
+def proxied_head(node) -> dict:
+    """The head, when the API proxy is on (the role's default)."""
     if node["rank"] != 0:
         pytest.skip("the API runs on the head")
     if not node["vars"].get("vllm_api_proxy", True):
         pytest.skip("the inventory turns the API proxy off (vLLM serves every route itself)")
+    return node
+
+
+def test_api_proxy_passes_only_the_keyed_routes(proxied_head):
+    """From the control node: what the key does not cover answers 404 at the API port."""
+    node = proxied_head
     base = f"http://{node['address']}:{node['api_port']}"
     answers = {route: _get_status(base + route) for route in UNGUARDED_ROUTES}
     assert answers == dict.fromkeys(UNGUARDED_ROUTES, 404), answers
@@ -259,13 +266,9 @@ def test_api_proxy_passes_only_the_keyed_routes(node):
     assert _get_status(base + "/v1/models") == 401  # passed through, and vLLM wants the key
 
 
-def test_vllm_itself_listens_on_loopback_only(host, node):
+def test_vllm_itself_listens_on_loopback_only(host, proxied_head):
     """Behind the proxy vLLM binds 127.0.0.1, where its unguarded routes do answer."""
-    if node["rank"] != 0:
-        pytest.skip("the API runs on the head")
-    if not node["vars"].get("vllm_api_proxy", True):
-        pytest.skip("the inventory turns the API proxy off")
-    port = node["vars"].get("vllm_backend_port", 8001)
+    port = proxied_head["vars"].get("vllm_backend_port", 8001)
     listeners = host.check_output(f"ss -Hltn 'sport = :{port}'").split("\n")
     local = {line.split()[3] for line in listeners if line.strip()}
     assert local == {f"127.0.0.1:{port}"}, f"vLLM listens on {local}"
