@@ -439,6 +439,33 @@ def write_inventory(paths: Paths, nodes: list[Node]) -> None:
            header + "---\n" + yaml.safe_dump(lab_vars, sort_keys=False))
 
 
+def _vault_lib(password: str):
+    from ansible.constants import DEFAULT_VAULT_ID_MATCH
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    return VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
+
+
+def vault_file(paths: Paths) -> Path:
+    return paths.inventory / "group_vars/all/vault.yml"
+
+
+def read_vault(paths: Paths) -> dict:
+    """The lab's decrypted secrets ({} when there is no vault yet)."""
+    if not (vault_file(paths).is_file() and paths.vault_password.is_file()):
+        return {}
+    vault = _vault_lib(paths.vault_password.read_text().strip())
+    return yaml.safe_load(vault.decrypt(vault_file(paths).read_bytes())) or {}
+
+
+def write_vault(paths: Paths, data: dict) -> None:
+    """Encrypt ``data`` into vault.yml (0600) with the lab's password, made on first use."""
+    if not paths.vault_password.is_file():
+        _write(paths.vault_password, secrets.token_urlsafe(32) + "\n", 0o600)
+    vault = _vault_lib(paths.vault_password.read_text().strip())
+    _write(vault_file(paths), vault.encrypt(yaml.safe_dump(data).encode()).decode(), 0o600)
+
+
 def ensure_vault(paths: Paths) -> None:
     """The lab's secrets, ansible-vault encrypted in inventory/lab/group_vars/all/vault.yml.
 
@@ -448,27 +475,14 @@ def ensure_vault(paths: Paths) -> None:
     (0600); the Makefile hands it to Ansible with ANSIBLE_VAULT_PASSWORD_FILE.
     Made once and kept while the lab is up; a missing secret is added.
     """
-    from ansible.constants import DEFAULT_VAULT_ID_MATCH
-    from ansible.parsing.vault import VaultLib, VaultSecret
-
-    vault_file = paths.inventory / "group_vars/all/vault.yml"
-    current: dict = {}
-    if vault_file.is_file() and paths.vault_password.is_file():
-        password = paths.vault_password.read_text().strip()
-        vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
-        current = yaml.safe_load(vault.decrypt(vault_file.read_bytes())) or {}
-    else:
-        password = secrets.token_urlsafe(32)
-        _write(paths.vault_password, password + "\n", 0o600)
-        vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
+    current = read_vault(paths)
     wanted = {
         "vault_vllm_api_key": lambda: "sk-lab-" + secrets.token_urlsafe(24),
         "vault_hf_token": lambda: "hf_lab" + secrets.token_hex(17),
     }
     missing = {key: make() for key, make in wanted.items() if key not in current}
     if missing:
-        plain = yaml.safe_dump({**current, **missing})
-        _write(vault_file, vault.encrypt(plain.encode()).decode(), 0o600)
+        write_vault(paths, {**current, **missing})
 
 
 def save_state(paths: Paths, nodes: list[Node]) -> None:
@@ -545,7 +559,7 @@ def down(paths: Paths, purge: bool = False) -> None:
             run(["iptables", "-D", *rule])
     shutil.rmtree(paths.state, ignore_errors=True)
     for generated in (paths.inventory / "hosts.yml", paths.inventory / "group_vars/all/lab.yml",
-                      paths.inventory / "group_vars/all/vault.yml"):
+                      vault_file(paths)):
         generated.unlink(missing_ok=True)
     if purge:
         shutil.rmtree(paths.cache, ignore_errors=True)

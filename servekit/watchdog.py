@@ -49,12 +49,16 @@ from dataclasses import dataclass
 SYSTEMCTL = shutil.which("systemctl") or "/usr/bin/systemctl"
 
 
-def _call(url: str, headers: dict, timeout: float, body: bytes | None = None) -> dict:
+def _fetch(url: str, timeout: float, headers: dict | None = None, body: bytes | None = None) -> bytes:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) URL: {url}")
-    req = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310 - scheme checked above
+    req = urllib.request.Request(url, data=body, headers=headers or {})  # noqa: S310 - scheme checked above
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
-        return json.load(resp)
+        return resp.read()
+
+
+def _call(url: str, headers: dict, timeout: float, body: bytes | None = None) -> dict:
+    return json.loads(_fetch(url, timeout, headers, body))
 
 
 def log(message: str) -> None:
@@ -97,11 +101,10 @@ def generated_tokens(metrics_text: str) -> float | None:
 
 
 def read_progress(url: str | None, timeout: float) -> float | None:
-    if not url or not url.startswith(("http://", "https://")):
+    if not url:
         return None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
-            return generated_tokens(resp.read().decode("utf-8", "replace"))
+        return generated_tokens(_fetch(url, timeout).decode("utf-8", "replace"))
     except (urllib.error.URLError, OSError, ValueError):
         return None
 

@@ -164,34 +164,21 @@ def test_one_node_commands_name_the_nodes_that_exist(tmp_path):
     assert lab._node(paths, "lab-worker-1").address.endswith(".11")
 
 
-def _vault(paths: lab.Paths):
-    from ansible.constants import DEFAULT_VAULT_ID_MATCH
-    from ansible.parsing.vault import VaultLib, VaultSecret
-
-    password = paths.vault_password.read_text().strip().encode()
-    return VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password))])
-
-
-def _vault_contents(paths: lab.Paths) -> dict:
-    return yaml.safe_load(_vault(paths).decrypt((paths.inventory / "group_vars/all/vault.yml").read_bytes()))
-
-
 def test_lab_vault_holds_both_secrets_and_adds_a_missing_one(tmp_path):
     paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
     (paths.inventory / "group_vars/all").mkdir(parents=True)
     paths.state.mkdir()
     lab.ensure_vault(paths)
-    first = _vault_contents(paths)
+    first = lab.read_vault(paths)
     assert set(first) == {"vault_vllm_api_key", "vault_hf_token"}
     assert (paths.inventory / "group_vars/all/vault.yml").stat().st_mode & 0o777 == 0o600
     assert b"hf_lab" not in (paths.inventory / "group_vars/all/vault.yml").read_bytes()
     lab.ensure_vault(paths)
-    assert _vault_contents(paths) == first  # kept while the lab is up
+    assert lab.read_vault(paths) == first  # kept while the lab is up
 
     # a vault from before the HF token existed gets one, and keeps its key
-    old = yaml.safe_dump({"vault_vllm_api_key": first["vault_vllm_api_key"]})
-    (paths.inventory / "group_vars/all/vault.yml").write_text(_vault(paths).encrypt(old.encode()).decode())
+    lab.write_vault(paths, {"vault_vllm_api_key": first["vault_vllm_api_key"]})
     lab.ensure_vault(paths)
-    upgraded = _vault_contents(paths)
+    upgraded = lab.read_vault(paths)
     assert upgraded["vault_vllm_api_key"] == first["vault_vllm_api_key"]
     assert upgraded["vault_hf_token"].startswith("hf_lab")
