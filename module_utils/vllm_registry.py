@@ -40,8 +40,8 @@ DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 # inventory (addresses, ports, ranks) or keeps them out of argv (secrets).
 LAUNCHER_KEYS = {
     "host": "vllm_api_host",
-    "port": "vllm_api_port",
-    "distributed-executor-backend": "vllm_executor",
+    "port": "cluster_api_port",
+    "distributed-executor-backend": "cluster_executor",
     "nnodes": "the inventory's node count",
     "node-rank": "the host's position in the inventory",
     "master-addr": "the head host's data address",

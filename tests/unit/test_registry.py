@@ -115,7 +115,8 @@ def test_malformed_registry_text(text, message):
         ({"dtype": "bf16"}, "key 'dtype' is 'bf16'; allowed values: auto, bfloat16, float"),
         ({"enforce_eager": "yes"}, "key 'enforce-eager' must be true or false, got string 'yes'"),
         ({"description": 3}, "key 'description' must be a string"),
-        ({"port": 9000}, "key 'port' is set by the launcher from vllm_api_port"),
+        ({"port": 9000}, "key 'port' is set by the launcher from cluster_api_port"),
+        ({"distributed_executor_backend": "mp"}, "set by the launcher from cluster_executor"),
         ({"api_key": "secret"}, "key 'api-key' is set by the launcher"),
         ({"headless": True}, "key 'headless' is set by the launcher"),
         ({"max_num_seqs": None, "max-num-seqs": None, "dtype": None, "model": None},
@@ -123,7 +124,7 @@ def test_malformed_registry_text(text, message):
     ],
     ids=["unknown-key", "str-for-int", "bool-for-int", "tp-zero", "pp-negative", "gmu-zero",
          "gmu-above-one", "gmu-string", "mml-zero", "mml-negative", "float-for-int",
-         "bad-dtype-choice", "bool-as-string", "description-type", "launcher-port",
+         "bad-dtype-choice", "bool-as-string", "description-type", "launcher-port", "launcher-executor",
          "launcher-api-key", "launcher-headless", "no-model"],
 )
 def test_bad_entry_names_model_key_and_allowed_values(overrides, message):
