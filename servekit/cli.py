@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from servekit import runs
 from servekit.module_utils.vllm_registry import (
     EXECUTORS,
     RUNTIMES,
@@ -32,7 +33,13 @@ from servekit.module_utils.vllm_registry import (
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
+# Plays on the control node that reject input before any host is touched;
+# their failures are bad input (exit 2).
 VALIDATE_PLAY = "Validate inventory and model registry"  # playbooks/validate.yml
+EXAMPLE_GUARD_PLAY = "Refuse to configure an example inventory"  # playbooks/preflight.yml
+CONTROL_NODE_PLAYS = (VALIDATE_PLAY, EXAMPLE_GUARD_PLAY)
+# `servekit up` without -i: the local lab (written by `servekit lab up`).
+LAB_INVENTORY = "inventory/lab"
 
 
 class UsageError(Exception):
@@ -224,11 +231,44 @@ def _runner_env(root: Path) -> dict[str, str]:
     return env
 
 
+def _up_inventory(root: Path, given: str | None) -> Path:
+    """-i as given (relative to the current directory), else the lab's inventory.
+
+    Never the example cluster: its addresses are someone else's machines.
+    """
+    if given is None:
+        lab = root / LAB_INVENTORY
+        if not (lab / "hosts.yml").is_file():
+            raise UsageError(
+                f"no --inventory given and no lab inventory ({LAB_INVENTORY}/hosts.yml): "
+                "run `servekit lab up`, or pass -i inventory/<cluster>"
+            )
+        return lab
+    inventory = Path(given).resolve()
+    if not inventory.exists():
+        raise UsageError(f"--inventory {given}: no such file or directory")
+    return inventory
+
+
+def rerun_words(args: argparse.Namespace) -> list[str]:
+    """The ``servekit up`` command that repeats this run for real (no --check)."""
+    words = ["servekit", "up"]
+    if args.inventory is not None:
+        words += ["-i", args.inventory]
+    for flag, value in (("--tags", args.tags), ("--skip-tags", args.skip_tags), ("--limit", args.limit),
+                        ("--model", os.environ.get("MODEL_NAME"))):
+        if value:
+            words += [flag, value]
+    for extra in args.extra_vars or []:
+        words += ["-e", extra]
+    if args.diff:
+        words.append("--diff")
+    return words
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     root = project_root()
-    inventory = Path(args.inventory).resolve()
-    if not inventory.exists():
-        raise UsageError(f"--inventory {args.inventory}: no such file or directory")
+    inventory = _up_inventory(root, args.inventory)
     if args.model:
         os.environ["MODEL_NAME"] = args.model
     if os.environ.get("MODEL_NAME"):
@@ -238,30 +278,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     import ansible_runner  # slow import: only for the command that needs it
 
     cancel = threading.Event()
-    failures: list[dict] = []
-
-    def on_event(event: dict) -> bool:
-        if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
-            data = event.get("event_data", {})
-            if not data.get("ignore_errors"):
-                failures.append(data)
-        return True  # keep the event in the artifacts
-
-    private_dir = root / ".cache" / "runner"
-    private_dir.mkdir(parents=True, exist_ok=True)
+    log = runs.EventLog()
+    # Every setting of this run is passed here and nowhere else: a fresh
+    # private data dir, and no env/ files (see servekit/runs.py).
+    private_dir = runs.new_private_dir(root / ".cache" / "runner")
     thread, runner = ansible_runner.run_async(
         private_data_dir=str(private_dir),
         project_dir=str(root),
         playbook=str(root / "site.yml"),
         inventory=str(inventory),
         tags=args.tags or None,
-        limit=args.limit or None,
+        # The validate stage and the example-inventory guard run on the
+        # control node: a --limit to some nodes must not skip them.
+        limit=f"{args.limit},localhost" if args.limit else None,
         cmdline=_runner_cmdline(args) or None,
         verbosity=args.verbose or None,
         envvars=_runner_env(root),
+        suppress_env_files=True,
         cancel_callback=cancel.is_set,
-        event_handler=on_event,
-        rotate_artifacts=5,
+        event_handler=log,
         quiet=False,
     )
     try:
@@ -276,10 +311,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         thread.join()
     if cancel.is_set() or runner.status == "canceled":
         print("servekit: cancelled", file=sys.stderr)
+        if not args.check:
+            print(runs.failure_summary(log.events, rerun_words(args)), file=sys.stderr)
         return EXIT_CANCELLED
     if runner.rc == 0:
         return 0
-    return _report_failure(failures, runner.rc, private_dir)
+    return _report_failure(log, runner.rc, private_dir / "artifacts", args)
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -328,16 +365,23 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def _report_failure(failures: list[dict], rc: int | None, artifacts: Path) -> int:
-    """Bad input caught by the validate play exits 2 like any bad input; else 1."""
+def _report_failure(log: runs.EventLog, rc: int | None, artifacts: Path,
+                    args: argparse.Namespace) -> int:
+    """Bad input caught on the control node exits 2 like any bad input; else 1, with what
+    the run changed on each node before it stopped and how to finish or revert it."""
+    failures = log.failures()
     first = failures[0] if failures else {}
-    message = str(first.get("res", {}).get("msg", "")).strip().replace("\n", " ")
-    if first.get("play") == VALIDATE_PLAY:
+    message = first.get("msg", "").replace("\n", " ")
+    if first.get("play") in CONTROL_NODE_PLAYS:
         print(f"servekit: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    where = f" on {first.get('host')} at '{first.get('task')}'" if first else ""
+    where = f" on {first.get('host')} at '{runs.task_label(first)}'" if first else ""
     print(f"servekit: playbook failed{where} (ansible-playbook rc {rc}); "
-          f"events under {artifacts / 'artifacts'}", file=sys.stderr)
+          f"events under {artifacts}", file=sys.stderr)
+    if args.check:
+        print("servekit: dry run: nothing on the nodes was changed", file=sys.stderr)
+    else:
+        print(runs.failure_summary(log.events, rerun_words(args)), file=sys.stderr)
     return 1
 
 
@@ -370,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(func=cmd_render)
 
     up = sub.add_parser("up", help="run site.yml through ansible-runner")
-    up.add_argument("--inventory", "-i", default="inventory/example-2node-roce/hosts.yml")
+    up.add_argument("--inventory", "-i",
+                    help=f"inventory file or folder (default: the lab, {LAB_INVENTORY}, "
+                         "once `servekit lab up` wrote it)")
     up.add_argument("--tags", "-t", help="comma-separated stages (preflight, rdma, vllm, ...)")
     up.add_argument("--skip-tags", help="comma-separated stages to skip")
     up.add_argument("--limit", "-l", help="host pattern")

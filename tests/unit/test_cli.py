@@ -163,3 +163,87 @@ def test_resolve_plain_var_follows_one_indirection():
     assert resolve_plain_var(hv, "plain") == "x"
     assert resolve_plain_var(hv, "missing") is None
     assert resolve_plain_var({"k": "{{ v | default(None) }}", "v": "s"}, "k") == "s"
+
+
+# --------------------------------------------------------------------------
+# servekit up: one run's settings never reach the next (issue 10, item 3)
+# --------------------------------------------------------------------------
+
+
+def _local_project(tmp_path: Path, playbook: str) -> tuple[Path, Path]:
+    """A SERVEKIT_HOME with ``playbook`` as site.yml and a localhost-only inventory."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "ansible.cfg", project / "ansible.cfg")
+    (project / "site.yml").write_text(playbook)
+    inventory = project / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+                         f"      ansible_python_interpreter: {sys.executable}\n")
+    return project, inventory
+
+
+def _up(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return servekit("up", *args, env=dict(env or {}, SERVEKIT_HOME=str(project)))
+
+
+WRITE_MARKER = """\
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Write the marker
+      ansible.builtin.copy:
+        dest: "{{ marker_path }}"
+        content: "{{ marker_content | default('default') }}\\n"
+        mode: "0644"
+"""
+
+
+def test_up_applies_after_a_dry_run(tmp_path):
+    marker = tmp_path / "marker"
+    project, inventory = _local_project(tmp_path, WRITE_MARKER.replace("{{ marker_path }}", str(marker)))
+    dry = _up(project, "-i", str(inventory), "--check")
+    assert dry.returncode == 0, dry.stdout[-2000:]
+    assert not marker.exists(), "the dry run wrote the file"
+    real = _up(project, "-i", str(inventory))
+    assert real.returncode == 0, real.stdout[-2000:]
+    assert marker.read_text() == "default\n", "the run after `up --check` was a dry run again"
+    assert "changed=1" in real.stdout
+
+
+def test_up_extra_vars_do_not_reach_the_next_run(tmp_path):
+    marker = tmp_path / "marker"
+    project, inventory = _local_project(tmp_path, WRITE_MARKER.replace("{{ marker_path }}", str(marker)))
+    first = _up(project, "-i", str(inventory), "-e", "marker_content=from-run-1")
+    assert first.returncode == 0, first.stdout[-2000:]
+    assert marker.read_text() == "from-run-1\n"
+    second = _up(project, "-i", str(inventory))
+    assert second.returncode == 0, second.stdout[-2000:]
+    assert marker.read_text() == "default\n", "run 1's -e marker_content leaked into run 2"
+    # Each run keeps its own artifacts; the recorded command is that run's alone.
+    runs = sorted(project.glob(".cache/runner/*/artifacts/*/command"))
+    commands = [json.loads(p.read_text()) for p in runs]
+    assert len(commands) == 2
+    assert [("marker_content=from-run-1" in " ".join(c["command"])) for c in commands] == [True, False]
+
+
+def test_up_passes_the_vault_password_file_to_ansible(tmp_path):
+    project, inventory = _local_project(tmp_path, """\
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Show the vaulted value
+      ansible.builtin.debug:
+        msg: "secret is {{ vaulted }}"
+""")
+    password = tmp_path / "vault-pass"
+    password.write_text("servekit-test\n")
+    vault = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-vault")), "encrypt_string", "--vault-password-file",
+         str(password), "opened", "--name", "vaulted"],
+        capture_output=True, text=True, check=True)
+    (project / "group_vars" / "all").mkdir(parents=True)
+    (project / "group_vars" / "all" / "vault.yml").write_text(vault.stdout)
+    proc = _up(project, "-i", str(inventory),
+               env={"ANSIBLE_VAULT_PASSWORD_FILE": str(password)})
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "secret is opened" in proc.stdout
