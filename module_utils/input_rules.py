@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ SECRET_NAME = re.compile(r"(^|_)(password|passwd|secret|token|api_key|private_ke
 # Ansible's boolean spellings (ansible.module_utils.parsing.convert_bool).
 TRUE_WORDS = frozenset({"y", "yes", "on", "1", "true", "t", "1.0"})
 FALSE_WORDS = frozenset({"n", "no", "off", "0", "false", "f", "0.0"})
-RELATION_CHECKS = ("less_than", "less_equal", "distinct", "differs_from", "span_at_least", "outside_range")
 
 
 class RulesError(ValueError):
@@ -127,7 +127,7 @@ FORMATS: dict[str, tuple[Callable[[Any], bool], str]] = {
                  "NCCL_IB_HCA syntax: optional '^' or '=', then comma-separated device[:port] "
                  "(mlx5_0,mlx5_1:1)"),
     "memlock": (_matches(_MEMLOCK), "'unlimited', 'infinity' or an integer with an optional K/M/G/T suffix"),
-    "duration": (lambda v: _is_int(v) and v >= 0 or _matches(_DURATION)(v),
+    "duration": (lambda v: (_is_int(v) and v >= 0) or _matches(_DURATION)(v),
                  "a systemd time span (30s, 5min, 2h) or an integer of seconds"),
     "abs_path": (_abs_path, "an absolute path (starting with '/')"),
     "url": (_url, "a URL with a scheme and a host (https://host/path)"),
@@ -200,8 +200,8 @@ def _check_rule(path: Path, name: str, rule: Any) -> None:
 
 
 def _check_relation(path: Path, relation: Any) -> None:
-    if not isinstance(relation, Mapping) or relation.get("check") not in RELATION_CHECKS:
-        raise RulesError(f"{path}: relation {relation!r}: 'check' must be one of {', '.join(RELATION_CHECKS)}")
+    if not isinstance(relation, Mapping) or relation.get("check") not in RELATIONS:
+        raise RulesError(f"{path}: relation {relation!r}: 'check' must be one of {', '.join(RELATIONS)}")
     names = relation.get("vars")
     if not isinstance(names, list) or len(names) < (1 if relation["check"] == "outside_range" else 2):
         raise RulesError(f"{path}: relation {relation!r} needs 'vars', a list of variable names")
@@ -229,7 +229,7 @@ def relation_vars(relation: Mapping[str, Any]) -> list[str]:
 
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """The closest known name for a likely typo, or None."""
-    found = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.75)
+    found = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
     return found[0] if found else None
 
 
@@ -347,46 +347,52 @@ def describe_rule(rule: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _convert_items(ruleset: RuleSet, name: str, items: list, elements: str | None) -> tuple[list[str], list]:
+    problems, converted = [], []
+    for index, raw in enumerate(items):
+        ok, item, form = _convert(elements, raw)
+        if not ok:
+            problems.append(f"{name}[{index}] = {show(ruleset, name, raw)}: must be {form}")
+        converted.append(item)
+    return problems, converted
+
+
+def _choice_problems(ruleset: RuleSet, name: str, items: list, choices: list) -> list[str]:
+    problems = []
+    for item in items:
+        if item not in choices:
+            hint = closest(str(item), [str(c) for c in choices])
+            suggestion = f" (did you mean {hint}?)" if hint else ""
+            problems.append(f"{name} = {show(ruleset, name, item)}: must be one of "
+                            f"{', '.join(str(c) for c in choices)}{suggestion}")
+    return problems
+
+
 def check_value(ruleset: RuleSet, name: str, value: Any) -> tuple[list[str], Any]:
     """Problems of one variable's value (type, choices, rule), and the converted value."""
     spec = ruleset.options.get(name, {})
-    rule = ruleset.rules.get(name)
-    shown = show(ruleset, name, value)
     if value is None:
         if spec.get("required"):
             return [f"{name} = None: is required; set it or remove the null from the inventory"], None
         return [], None
     ok, value, form = _convert(spec.get("type"), value)
     if not ok:
-        return [f"{name} = {shown}: must be {form} (argument_specs type {spec.get('type')})"], None
-    kind = spec.get("type")
-    items = value if kind == "list" else None
-    problems: list[str] = []
-    if items is not None:
-        elements = spec.get("elements")
-        converted = []
-        for index, item in enumerate(items):
-            ok, item, form = _convert(elements, item)
-            if not ok:
-                problems.append(f"{name}[{index}] = {show(ruleset, name, item)}: must be {form}")
-            converted.append(item)
+        return [f"{name} = {show(ruleset, name, value)}: must be {form} "
+                f"(argument_specs type {spec.get('type')})"], None
+    is_list = spec.get("type") == "list"
+    items = value if is_list else [value]
+    if is_list:
+        problems, items = _convert_items(ruleset, name, items, spec.get("elements"))
         if problems:
             return problems, None
-        value = items = converted
-    choices = spec.get("choices")
-    if choices is not None:
-        for item in items if items is not None else [value]:
-            if item not in choices:
-                hint = closest(str(item), [str(c) for c in choices])
-                problems.append(
-                    f"{name} = {show(ruleset, name, item)}: must be one of "
-                    f"{', '.join(str(c) for c in choices)}" + (f" (did you mean {hint}?)" if hint else ""))
-    if rule:
-        for index, item in enumerate(items if items is not None else [value]):
-            problem = _rule_problem(rule, item)
-            if problem:
-                where = f"{name}[{index}]" if items is not None else name
-                problems.append(f"{where} = {show(ruleset, name, item)}: {problem}")
+        value = items
+    problems = _choice_problems(ruleset, name, items, spec["choices"]) if spec.get("choices") else []
+    rule = ruleset.rules.get(name)
+    for index, item in enumerate(items if rule else []):
+        problem = _rule_problem(rule, item)
+        if problem:
+            where = f"{name}[{index}]" if is_list else name
+            problems.append(f"{where} = {show(ruleset, name, item)}: {problem}")
     return problems, (None if problems else value)
 
 
@@ -404,48 +410,77 @@ def _relation_applies(relation: Mapping[str, Any], values: Mapping[str, Any]) ->
     return all(name in values and values[name] == wanted for name, wanted in when.items())
 
 
+def _ordered(relation: Mapping, values: Mapping, pair: Callable[[str], str]) -> list[str]:
+    strict = relation["check"] == "less_than"
+    word = "less than" if strict else "at most"
+    return [f"{pair(a)} must be {word} {pair(b)}" for a, b in itertools.pairwise(relation["vars"])
+            if not (values[a] < values[b] if strict else values[a] <= values[b])]
+
+
+def _sum_less_than(relation: Mapping, values: Mapping, pair: Callable[[str], str]) -> list[str]:
+    *parts, bound = relation["vars"]
+    total = sum(values[n] for n in parts)
+    if total < values[bound]:
+        return []
+    return [f"{' + '.join(pair(n) for n in parts)} = {total} must be less than {pair(bound)}"]
+
+
+def _distinct(relation: Mapping, values: Mapping, pair: Callable[[str], str]) -> list[str]:
+    names = relation["vars"]
+    seen: dict[Any, str] = {}
+    problems = []
+    for n in names:
+        if values[n] in seen:
+            problems.append(f"{pair(n)} must differ from {seen[values[n]]} "
+                            f"(these must all differ: {', '.join(names)})")
+        else:
+            seen[values[n]] = n
+    return problems
+
+
+def _differs_from(relation: Mapping, values: Mapping, pair: Callable[[str], str]) -> list[str]:
+    first, *others = relation["vars"]
+    return [f"{pair(first)} must differ from {pair(n)}" for n in others if values[n] == values[first]]
+
+
+def _span_at_least(relation: Mapping, values: Mapping, pair: Callable[[str], str]) -> list[str]:
+    first, last = relation["vars"][:2]
+    span = values[last] - values[first] + 1
+    if 0 < span < relation["count"]:  # an empty or reversed range is less_than's to name
+        return [f"{pair(first)} to {pair(last)} holds {span} value(s); "
+                f"it must hold at least {relation['count']}"]
+    return []
+
+
+def _outside_range(relation: Mapping, values: Mapping, pair: Callable[[str], str]) -> list[str]:
+    first, last = relation["range"]
+    return [f"{pair(n)} lies inside {first}..{last} ({values[first]}..{values[last]}); "
+            f"it must be outside that range"
+            for n in relation["vars"] if values[first] <= values[n] <= values[last]]
+
+
+RELATIONS: dict[str, Callable[[Mapping, Mapping, Callable[[str], str]], list[str]]] = {
+    "less_than": _ordered,
+    "less_equal": _ordered,
+    "sum_less_than": _sum_less_than,
+    "distinct": _distinct,
+    "differs_from": _differs_from,
+    "span_at_least": _span_at_least,
+    "outside_range": _outside_range,
+}
+
+
 def check_relation(ruleset: RuleSet, relation: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
     """Problems of one relation over already-checked values; skipped where a value is unknown."""
     if not _relation_applies(relation, values):
         return []
-    names = list(relation["vars"])
-    if any(values.get(n) is None for n in names + list(relation.get("range") or [])):
+    if any(values.get(n) is None for n in list(relation["vars"]) + list(relation.get("range") or [])):
         return []
 
     def pair(n: str) -> str:
         return f"{n} = {show(ruleset, n, values[n])}"
 
-    check = relation["check"]
-    if check in ("less_than", "less_equal"):
-        bad = [(a, b) for a, b in zip(names, names[1:], strict=False)
-               if not (values[a] < values[b] if check == "less_than" else values[a] <= values[b])]
-        word = "less than" if check == "less_than" else "at most"
-        return [f"{pair(a)} must be {word} {pair(b)}" for a, b in bad]
-    if check == "distinct":
-        seen: dict[Any, str] = {}
-        problems = []
-        for n in names:
-            if values[n] in seen:
-                problems.append(f"{pair(n)} must differ from {seen[values[n]]} "
-                                f"(these must all differ: {', '.join(names)})")
-            else:
-                seen[values[n]] = n
-        return problems
-    if check == "differs_from":
-        first = names[0]
-        return [f"{pair(first)} must differ from {pair(n)}" for n in names[1:] if values[n] == values[first]]
-    if check == "span_at_least":
-        first, last = names[0], names[1]
-        span = values[last] - values[first] + 1
-        if 0 < span < relation["count"]:  # an empty or reversed range is less_than's to name
-            return [f"{pair(first)} to {pair(last)} holds {span} value(s); "
-                    f"it must hold at least {relation['count']}"]
-        return []
-    # outside_range
-    first, last = relation["range"]
-    return [f"{pair(n)} lies inside {first}..{last} ({values[first]}..{values[last]}); "
-            f"it must be outside that range"
-            for n in names if values[first] <= values[n] <= values[last]]
+    return RELATIONS[relation["check"]](relation, values, pair)
 
 
 def check_values(ruleset: RuleSet, values: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,323 @@
+"""Role input rules: every rule refuses a bad value, in the checker and through the validate play."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from servekit.module_utils import input_rules
+from servekit.module_utils.input_rules import FORMATS, check_values, load_rules, relation_vars
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = load_rules(ROOT / "roles")
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+SERVEKIT = str(Path(sys.executable).with_name("servekit"))
+EXAMPLE = ROOT / "inventory" / "example-2node-roce"
+
+# A value each format refuses.
+BAD_FORMAT = {
+    "port": 70000,
+    "cidr": "10.0.0.0/33",
+    "ip": "10.0.0.256",
+    "host": "bad host!",
+    "iface": "a-name-of-16-chr",
+    "hca": "mlx5 0",
+    "hca_list": "mlx5_0,,mlx5_1",
+    "memlock": "lots",
+    "duration": "5 parsecs",
+    "abs_path": "relative/path",
+    "url": "not a url",
+}
+
+
+def _bad_value(rule: dict):
+    """A value that breaks the rule (its format first, else its pattern, else its range)."""
+    if "format" in rule:
+        return BAD_FORMAT[rule["format"]]
+    if "pattern" in rule:
+        return " no match "
+    if "min" in rule:
+        return rule["min"] - 1
+    return rule["max"] + 1
+
+
+def _allowed(rule: dict) -> str:
+    if "format" in rule:
+        return FORMATS[rule["format"]][1]
+    if "pattern" in rule:
+        return rule["form"]
+    return input_rules.describe_range(rule.get("min"), rule.get("max"))
+
+
+RULED = sorted(RULES.rules)
+CHOICES = sorted(n for n, spec in RULES.options.items() if spec.get("choices"))
+
+
+@pytest.mark.parametrize("name", RULED)
+def test_every_rule_refuses_a_bad_value_and_says_what_is_allowed(name):
+    rule = RULES.rules[name]
+    spec = RULES.options[name]
+    bad = _bad_value(rule)
+    value = [bad] if spec.get("type") == "list" else bad
+    problems = check_values(RULES, {name: value})
+    assert problems, f"{name} = {value!r} passed its rule {rule}"
+    shown = "<hidden>" if RULES.secret(name) else repr(bad)
+    label = f"{name}[0]" if spec.get("type") == "list" else name
+    assert any(p.startswith(f"{label} = {shown}:") and _allowed(rule) in p for p in problems), problems
+
+
+@pytest.mark.parametrize("name", CHOICES)
+def test_every_choice_option_refuses_an_unknown_value_and_lists_the_choices(name):
+    choices = RULES.options[name]["choices"]
+    bad = "not-a-choice" if not isinstance(choices[0], int) else max(choices) + 7
+    problems = check_values(RULES, {name: bad})
+    assert problems == [f"{name} = {bad!r}: must be one of {', '.join(str(c) for c in choices)}"]
+
+
+def _defaults() -> dict:
+    values: dict = {}
+    for path in ROOT.glob("roles/*/defaults/main.yml"):
+        values.update(yaml.safe_load(path.read_text()) or {})
+    return values
+
+
+def _relation_case(relation: dict) -> tuple[dict, str]:
+    """Values (valid one by one) that break the relation, and the variable the message must name."""
+    defaults = _defaults()
+    values = {}
+    for name in relation_vars(relation):
+        value = defaults.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):  # null or a template
+            value = RULES.rules.get(name, {}).get("min", 1)
+        values[name] = value
+    when = relation.get("when")
+    if isinstance(when, str):
+        values[when] = True
+    elif isinstance(when, dict):
+        values.update(when)
+    names, check = relation["vars"], relation["check"]
+    if check in ("less_than", "less_equal"):
+        values[names[0]] = values[names[1]] + 1
+    elif check == "sum_less_than":
+        values[names[-1]] = sum(values[n] for n in names[:-1])
+    elif check in ("distinct", "differs_from"):
+        values[names[1]] = values[names[0]]
+    elif check == "span_at_least":
+        values[names[1]] = values[names[0]] + relation["count"] - 2
+    elif check == "outside_range":
+        values[names[0]] = values[relation["range"][0]]
+    return values, names[0] if check != "distinct" else names[1]
+
+
+@pytest.mark.parametrize("relation", RULES.relations,
+                         ids=[f"{r['role']}-{r['check']}-{r['vars'][0]}" for r in RULES.relations])
+def test_every_relation_refuses_values_that_break_it(relation):
+    values, named = _relation_case(relation)
+    for name, value in values.items():  # each value alone passes its own rule
+        assert not check_values(RULES, {name: value}), (name, value)
+    problems = check_values(RULES, values)
+    assert any(f"{named} = {values[named]!r}" in p for p in problems), problems
+    if relation.get("when"):  # and the condition gates it
+        off = dict(values, **({relation["when"]: False} if isinstance(relation["when"], str)
+                              else {k: "other" for k in relation["when"]}))
+        assert not any(f"{named} = {values[named]!r}" in p and relation["check"] in ("differs_from",)
+                       for p in check_values(RULES, off))
+
+
+def test_every_relation_of_defaults_holds():
+    values = {n: v for n, v in _defaults().items() if not (isinstance(v, str) and "{{" in v)}
+    assert check_values(RULES, values) == []
+
+
+# Options that need a rule: numbers, paths, and names that say port, address,
+# interface, HCA, timeout, interval, count, MTU, priority, ToS/TC/SL.
+NEEDS_RULE = re.compile(
+    r"(port|cidr|address|addr|host$|iface|interface|netdev|hca|timeout|interval|count|cnt|retr|mtu|"
+    r"priority|_tos$|_tc$|_sl$|dscp|memlock|_dir$|_file$|_path$|_url$)")
+
+
+def test_every_option_that_needs_a_rule_has_one():
+    missing = []
+    for name, spec in sorted(RULES.options.items()):
+        if name in RULES.rules or spec.get("choices") or spec.get("type") in ("bool", "dict", "raw"):
+            continue
+        kind = spec.get("type")
+        if kind in ("int", "float", "path") or spec.get("elements") == "int" or NEEDS_RULE.search(name):
+            missing.append(f"{spec['role']}: {name} ({kind})")
+    assert not missing, ("add a range or format to roles/<role>/meta/input_rules.yml for: "
+                         + ", ".join(missing))
+
+
+def test_every_rule_and_relation_names_a_real_option():
+    unknown = [n for n in RULES.rules if n not in RULES.options]
+    for relation in RULES.relations:
+        unknown += [n for n in relation_vars(relation) if n not in RULES.options]
+    assert not unknown, f"rules name variables no argument_specs defines: {unknown}"
+
+
+def test_every_role_with_inputs_has_a_rules_file():
+    specs = [p for p in ROOT.glob("roles/*/meta/argument_specs.yml")
+             if (yaml.safe_load(p.read_text())["argument_specs"]["main"].get("options"))]
+    missing = [p.parent.parent.name for p in specs if not (p.parent / "input_rules.yml").is_file()]
+    assert specs and not missing, f"add meta/input_rules.yml to {missing}"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "good"),
+    [("port", 22), ("cidr", "::/0"), ("cidr", "192.168.100.7"), ("ip", "fe80::1"), ("host", "node-1.lab"),
+     ("iface", "enP2p1s0f0np0"), ("hca", "mlx5_0:1"), ("hca_list", "^=mlx5_0,mlx5_1:1"),
+     ("memlock", "unlimited"), ("memlock", "64M"), ("duration", "1min 30s"), ("duration", 90),
+     ("abs_path", "/etc/servekit"), ("url", "https://pypi.example/simple")],
+)
+def test_formats_accept_the_documented_forms(fmt, good):
+    check, _form = FORMATS[fmt]
+    assert check(good)
+    assert not check(BAD_FORMAT[fmt])
+
+
+def test_types_follow_ansible_conversions():
+    assert check_values(RULES, {"network_mtu": "9000", "firewall_ssh_cidrs": "10.0.0.0/8,::/0"}) == []
+    assert check_values(RULES, {"network_mtu": "jumbo"}) == [
+        "network_mtu = 'jumbo': must be an integer (argument_specs type int)"]
+    assert check_values(RULES, {"cluster_rdma_enabled": "maybe"}) == [
+        "cluster_rdma_enabled = 'maybe': must be a boolean (true/false) (argument_specs type bool)"]
+    assert check_values(RULES, {"rdma_env_file": None}) == [
+        "rdma_env_file = None: is required; set it or remove the null from the inventory"]
+    assert check_values(RULES, {"preflight_mtu": None}) == []
+
+
+def test_choices_suggest_the_closest_one():
+    assert check_values(RULES, {"cluster_executor": "rey"}) == [
+        "cluster_executor = 'rey': must be one of ray, mp (did you mean ray?)"]
+
+
+def test_secrets_are_never_shown():
+    assert RULES.options["vllm_api_key"].get("no_log") and RULES.options["vllm_hf_token"].get("no_log")
+    problems = check_values(RULES, {"vllm_api_key": ["s3cr3t"], "vllm_hf_token": {"t": "hf_s3cr3t"}})
+    assert problems == ["vllm_api_key = <hidden>: must be a string (argument_specs type str)",
+                        "vllm_hf_token = <hidden>: must be a string (argument_specs type str)"]
+
+
+def test_unknown_role_prefixed_names_get_the_closest_real_name():
+    found = input_rules.unknown_variables(RULES, ["network_mut", "netwrok_mtu", "network_mtu", "lab_x"])
+    assert found == ["network_mut looks like an input of role 'network' but no role takes it; "
+                     "did you mean network_mtu?"]
+
+
+def test_a_malformed_rules_file_is_refused(tmp_path):
+    role = tmp_path / "demo" / "meta"
+    role.mkdir(parents=True)
+    (role / "input_rules.yml").write_text("rules:\n  demo_x: {format: portt}\n")
+    with pytest.raises(input_rules.RulesError, match="unknown format 'portt'"):
+        load_rules(tmp_path)
+
+
+# --------------------------------------------------------------------------
+# through the validate play and the CLI (localhost only: nothing connects)
+# --------------------------------------------------------------------------
+
+
+def _inventory(tmp_path: Path, extra: dict | None = None, worker_vars: dict | None = None) -> Path:
+    """A copy of the example inventory on two local addresses no play connects to."""
+    inv = tmp_path / "inv"
+    shutil.copytree(EXAMPLE / "group_vars", inv / "group_vars")
+    hosts = {"all": {"children": {"cluster": {"children": {
+        "head": {"hosts": {"fake-head": {"ansible_host": "127.0.0.11"}}},
+        "workers": {"hosts": {"fake-worker": dict({"ansible_host": "127.0.0.12"}, **(worker_vars or {}))}},
+    }}}}}
+    (inv / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    if extra:
+        (inv / "group_vars" / "all" / "test.yml").write_text(yaml.safe_dump(extra))
+    return inv / "hosts.yml"
+
+
+def _validate(inventory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [ANSIBLE_PLAYBOOK, "-i", str(inventory), "playbooks/validate.yml"],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=180,
+        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "worker_vars", "message"),
+    [
+        (None, {"network_mtu": 90000},
+         "network_mtu = 90000: must be from 1280 to 9216 (set for fake-worker)"),
+        ({"firewall_ssh_cidrs": ["10.0.0.0/33"]}, None,
+         "firewall_ssh_cidrs[0] = '10.0.0.0/33': must be an IPv4 or IPv6 address or network in CIDR form"),
+        ({"ray_min_worker_port": 21000}, None,
+         "ray_min_worker_port = 21000 must be less than ray_max_worker_port = 20999 "
+         "(set for fake-head, fake-worker)"),
+        ({"rdma_nccl_ib_timeout": 0}, None, "rdma_nccl_ib_timeout = 0: must be from 1 to 31"),
+        ({"vllm_backend_port": 8000}, None,
+         "vllm_backend_port = 8000 must differ from cluster_api_port = 8000"),
+        ({"cluster_rdma_netdev": "enP2p1s0f0np0-long"}, None,
+         "cluster_rdma_netdev = 'enP2p1s0f0np0-long': must be a Linux interface name"),
+    ],
+    ids=["mtu-per-host", "cidr", "worker-range", "ib-timeout", "proxy-port", "iface"],
+)
+def test_validate_play_refuses_bad_inputs(tmp_path, extra, worker_vars, message):
+    proc = _validate(_inventory(tmp_path, extra, worker_vars))
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert message in proc.stdout, proc.stdout[-3000:]
+    assert "Check the model registry" not in proc.stdout, "the input check must come first"
+
+
+def test_validate_play_hides_secrets(tmp_path):
+    proc = _validate(_inventory(tmp_path, {"vllm_api_key": ["sk-s3cr3t-value"]}))
+    assert proc.returncode == 2
+    assert "vllm_api_key = <hidden>: must be a string" in proc.stdout
+    assert "s3cr3t" not in proc.stdout + proc.stderr
+
+
+def test_validate_play_warns_on_a_typo_and_fails_when_strict(tmp_path):
+    loose = _validate(_inventory(tmp_path, {"network_mut": 9000, "netwrok_mtu": 9000}))
+    assert loose.returncode == 0, loose.stdout[-3000:]
+    warning = ("network_mut looks like an input of role 'network' but no role takes it; "
+               "did you mean network_mtu?")
+    assert warning in loose.stdout + loose.stderr
+    assert "netwrok_mtu" not in loose.stdout + loose.stderr
+    strict = _validate(_inventory(tmp_path / "strict", {"network_mut": 9000, "cluster_strict_inputs": True}))
+    assert strict.returncode == 2
+    assert warning in strict.stdout
+
+
+def test_servekit_up_exits_2_with_the_message_on_stderr(tmp_path):
+    inventory = _inventory(tmp_path, {"ray_dashboard_host": "localhost"})
+    proc = subprocess.run([SERVEKIT, "up", "-i", str(inventory), "--tags", "validate"],
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert proc.stderr.startswith("servekit: error: inventory: 1 bad role input(s)")
+    assert "ray_dashboard_host = 'localhost': must be an IPv4 or IPv6 address" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def _lab_inventory(tmp_path: Path) -> Path:
+    """inventory/lab as `servekit lab up` leaves it (hosts.yml and lab.yml), in a temp copy."""
+    inv = tmp_path / "lab"
+    shutil.copytree(ROOT / "inventory" / "lab", inv)
+    if not (inv / "hosts.yml").exists():
+        hosts = {"all": {"children": {"cluster": {"children": {
+            "head": {"hosts": {"lab-head": {"ansible_host": "10.77.0.2"}}},
+            "workers": {"hosts": {"lab-worker": {"ansible_host": "10.77.0.3"}}}}}}}}
+        (inv / "hosts.yml").write_text(yaml.safe_dump(hosts))
+        (inv / "group_vars" / "all" / "lab.yml").write_text(yaml.safe_dump({
+            "ansible_user": "root", "lab_wheelhouse": "/opt/servekit/wheelhouse",
+            "lab_model_source": str(tmp_path / "model")}))
+    (inv / "group_vars" / "all" / "vault.yml").unlink(missing_ok=True)
+    return inv / "hosts.yml"
+
+
+@pytest.mark.parametrize("inventory", ["example-2node-roce", "lab"])
+def test_shipped_inventories_pass_the_input_checks(tmp_path, inventory):
+    path = EXAMPLE / "hosts.yml" if inventory == "example-2node-roce" else _lab_inventory(tmp_path)
+    proc = _validate(path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "looks like an input" not in proc.stdout + proc.stderr
