@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVEKIT = str(Path(sys.executable).with_name("servekit"))
+
+
+def _plain(text: str) -> str:
+    """ansible's output without its colours (ansible-runner runs it on a pty)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def servekit(*args: str, env: dict | None = None, timeout: int = 180):
@@ -98,7 +104,7 @@ def test_up_runs_site_yml_through_ansible_runner():
     # --tags validate: only always-tagged tasks run: the validate play on the
     # control node and the roles' argument checks, which connect to no host.
     proc = servekit("up", "--check", "-i", "inventory/example-2node-roce/hosts.yml",
-                    "--model", "gpt-oss-20b", "--tags", "validate")
+                    "--model", "gpt-oss-20b", "--tags", "validate", env=NO_SSH)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "model gpt-oss-20b: 2 device(s) over 2 of 2 node(s)" in proc.stdout
     assert "PLAY RECAP" in proc.stdout
@@ -115,7 +121,7 @@ def test_up_runs_site_yml_through_ansible_runner():
 )
 def test_up_reports_inventory_errors_from_the_validate_play_as_bad_input(extra, message):
     proc = servekit("up", "-i", "inventory/example-2node-roce/hosts.yml", "-e", extra,
-                    "--tags", "validate")
+                    "--tags", "validate", env=NO_SSH)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -247,3 +253,74 @@ def test_up_passes_the_vault_password_file_to_ansible(tmp_path):
                env={"ANSIBLE_VAULT_PASSWORD_FILE": str(password)})
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "secret is opened" in proc.stdout
+
+
+# --------------------------------------------------------------------------
+# servekit up: no accidental targets (issue 10, item 4)
+# --------------------------------------------------------------------------
+
+# Belt and braces for runs against the example inventory: should a play ever
+# reach its nodes, ssh is /bin/false (fails at once, sends nothing).
+NO_SSH = {"ANSIBLE_SSH_EXECUTABLE": "/bin/false", "ANSIBLE_TIMEOUT": "1"}
+EXAMPLE = "inventory/example-2node-roce/hosts.yml"
+
+
+def test_up_refuses_the_example_inventory_before_any_node():
+    proc = servekit("up", "-i", EXAMPLE, env=NO_SSH)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert "cluster_example_inventory is true" in proc.stderr
+    assert "delete group_vars/all/example.yml" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # The validate stage ran and passed; nothing ran on (or tried to reach) the example's nodes.
+    assert "model gpt-oss-20b: 2 device(s) over 2 of 2 node(s)" in proc.stdout
+    assert "spark-0" not in proc.stdout, proc.stdout[-3000:]
+    recap = re.findall(r"^(\S+)\s+: .*failed=(\d+)", _plain(proc.stdout).split("PLAY RECAP")[1], re.M)
+    assert recap == [("localhost", "1")], recap
+
+
+def test_example_inventory_still_passes_the_validate_stage():
+    playbook = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(ROOT / EXAMPLE),
+         str(ROOT / "playbooks" / "validate.yml")],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
+        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), **NO_SSH))
+    assert playbook.returncode == 0, playbook.stdout[-2000:]
+    # and with any other stage asked for, the guard stops the run
+    proc = servekit("up", "-i", EXAMPLE, "--tags", "validate,preflight", env=NO_SSH)
+    assert proc.returncode == 2 and "cluster_example_inventory is true" in proc.stderr
+
+
+def test_up_refuses_the_example_inventory_under_limit():
+    # --limit alone would skip the plays on the control node; servekit keeps them.
+    proc = servekit("up", "-i", EXAMPLE, "--limit", "spark-02", env=NO_SSH)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert "cluster_example_inventory is true" in proc.stderr
+    assert "spark-0" not in proc.stdout
+
+
+def test_up_without_inventory_needs_the_lab(tmp_path):
+    project, _ = _local_project(tmp_path, WRITE_MARKER)
+    (project / "inventory" / "lab").mkdir(parents=True)
+    proc = _up(project)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "servekit: error: no --inventory given and no lab inventory (inventory/lab/hosts.yml): "
+        "run `servekit lab up`, or pass -i inventory/<cluster>")
+
+
+def test_up_without_inventory_runs_on_the_lab(tmp_path):
+    marker = tmp_path / "marker"
+    project, inventory = _local_project(tmp_path, WRITE_MARKER.replace("{{ marker_path }}", str(marker)))
+    (project / "inventory" / "lab").mkdir(parents=True)
+    shutil.move(inventory, project / "inventory" / "lab" / "hosts.yml")
+    proc = _up(project)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert marker.read_text() == "default\n"
+
+
+def test_ansible_cfg_default_inventory_is_the_lab():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "ansible.cfg")
+    assert cfg["defaults"]["inventory"] == "./inventory/lab"
