@@ -374,6 +374,9 @@ def check_value(ruleset: RuleSet, name: str, value: Any) -> tuple[list[str], Any
     if value is None:
         if spec.get("required"):
             return [f"{name} = None: is required; set it or remove the null from the inventory"], None
+        # Ansible's own argument check refuses a null that is not one of the choices.
+        if spec.get("choices") and None not in spec["choices"]:
+            return _choice_problems(ruleset, name, [None], spec["choices"]), None
         return [], None
     ok, value, form = _convert(spec.get("type"), value)
     if not ok:

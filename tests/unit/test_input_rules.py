@@ -190,6 +190,9 @@ def test_types_follow_ansible_conversions():
     assert check_values(RULES, {"rdma_env_file": None}) == [
         "rdma_env_file = None: is required; set it or remove the null from the inventory"]
     assert check_values(RULES, {"preflight_mtu": None}) == []
+    # Ansible's own argument check refuses a null that is not a choice, required or not.
+    optional = input_rules.RuleSet(options={"demo_mode": {"type": "str", "choices": ["fast", "safe"]}})
+    assert check_values(optional, {"demo_mode": None}) == ["demo_mode = None: must be one of fast, safe"]
 
 
 def test_choices_suggest_the_closest_one():
