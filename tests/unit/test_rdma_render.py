@@ -1,118 +1,157 @@
-"""The rdma role's files, rendered by Ansible for the example RoCE inventory.
+"""The rdma role's files for every rail, rendered by Ansible on localhost and checked by real tools.
 
 The RoCE script and its unit cannot run here (no RDMA NIC, no systemd as
-PID 1); they are rendered through the role's own templates and checked with
-``bash -n``. The environment file is written by the role's real task file.
+PID 1). Each inventory host reads its RDMA devices from a sysfs tree written
+in the kernel's format from GID tables recorded on real ConnectX ports
+(tests/rdma_sysfs.py); the role's real ``rdma_rails`` module finds every
+rail's netdev there and checks its RoCE v2 IPv4 GID. The files are then
+checked with ``bash -n`` and ``systemd-analyze verify`` (with the Ray unit
+that requires the RoCE unit).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from rdma_sysfs import H100_GIDS, gid_table, with_ipv4, write_hca
+from render_cluster import ROOT, SYSTEMD_ANALYZE, env_lines, render, systemd_verify
 
-ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
+TABLE = gid_table(H100_GIDS.read_text())
+SPARKS = {"spark-01": 1, "spark-02": 2}
 
 
-def render(tmp_path: Path, host: str, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    play = [{
-        "name": "Render the rdma role's files",
-        "hosts": host,
-        "gather_facts": False,
-        "vars": {"preflight_gid_index": 3, "rdma_env_file": str(out / "cluster.env")},
-        "roles": ["cluster"],
-        "tasks": [
-            {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "env.yml",
-                                              "public": True}},
-            {"ansible.builtin.copy": {
-                "content": "{{ lookup('ansible.builtin.template', cluster_templates_dir"
-                           " + '/' + item + '.j2') }}",
-                "dest": f"{out}/{{{{ item }}}}", "mode": "0644"},
-             "loop": ["rdma-defaults.sh", "servekit-rdma.service"]},
-        ],
-    }]
-    playbook = tmp_path / "render.yml"
-    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(INVENTORY),
-         str(playbook), "-e", "ansible_connection=local",
-         "-e", f"ansible_python_interpreter={sys.executable}",
-         "-e", f"cluster_templates_dir={ROOT / 'templates'}", *extra],
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")),
-    )
-    return proc, out
-
-
-def env_lines(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines()
-                if line and not line.startswith("#"))
+def spark_sysfs(tmp: Path, *, second_half_ipv4: bool = True, netdev_suffix: str = "") -> None:
+    """Two DGX Sparks: both halves of the cabled port up and addressed (NVIDIA's
+    "Connect Two Sparks" layout), the other port's halves present and down."""
+    for host, n in SPARKS.items():
+        root = tmp / "sysfs" / host
+        write_hca(root, "rocep1s0f0", ["enp1s0f0np0"], with_ipv4(TABLE, f"192.168.100.{n}"))
+        write_hca(root, "roceP2p1s0f0", ["enP2p1s0f0np0" + netdev_suffix],
+                  with_ipv4(TABLE, f"192.168.101.{n}" if second_half_ipv4 else None))
+        for hca, netdev in (("rocep1s0f1", "enp1s0f1np1"), ("roceP2p1s0f1", "enP2p1s0f1np1")):
+            write_hca(root, hca, [netdev], with_ipv4(TABLE, None), state="1: DOWN", phys_state="3: Disabled")
 
 
 @pytest.fixture(scope="module")
-def spark01(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("spark01")
-    proc, out = render(tmp, "spark-01")
+def sparks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sparks")
+    spark_sysfs(tmp)
+    proc = render(INVENTORY, tmp, full=False)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    return tmp, out
+    return tmp, tmp / "out"
 
 
-def test_nccl_environment_for_the_seed_head(spark01):
-    _, out = spark01
-    assert env_lines(out / "cluster.env") == {
+def test_nccl_environment_names_both_halves_exactly_and_leaves_the_gid_to_nccl(sparks):
+    _, out = sparks
+    assert env_lines(out / "spark-01" / "cluster.env") == {
         "VLLM_HOST_IP": "192.168.100.1",
-        "GLOO_SOCKET_IFNAME": "enP2p1s0f0np0",
-        "TP_SOCKET_IFNAME": "enP2p1s0f0np0",
-        "NCCL_SOCKET_IFNAME": "enP2p1s0f0np0",
-        "NCCL_IB_HCA": "roceP2p1s0f0",
-        "NCCL_IB_GID_INDEX": "3",
+        "GLOO_SOCKET_IFNAME": "enp1s0f0np0",
+        "TP_SOCKET_IFNAME": "enp1s0f0np0",
+        "NCCL_SOCKET_IFNAME": "enp1s0f0np0",
+        "NCCL_IB_HCA": "=rocep1s0f0,roceP2p1s0f0",
         "NCCL_IB_TC": "106",
         "NCCL_IB_SL": "3",
         "NCCL_IB_RETRY_CNT": "7",
-        "NCCL_IB_TIMEOUT": "22",
-        "NCCL_NET_GDR_LEVEL": "PHB",
-        "NCCL_DEBUG": "WARN",
-    }
+        "NCCL_IB_TIMEOUT": "20",
+    } | {k: v for k, v in env_lines(out / "spark-01" / "cluster.env").items()
+         if k.startswith(("NCCL_DEBUG", "NCCL_NET_GDR", "RAY_"))}
 
 
-def test_env_file_is_idempotent(spark01):
-    tmp, _ = spark01
-    proc, _ = render(tmp, "spark-01")
+def test_env_file_is_idempotent(sparks):
+    tmp, _ = sparks
+    proc = render(INVENTORY, tmp, full=False)
     assert proc.returncode == 0
     assert "changed=0" in proc.stdout.split("PLAY RECAP")[1]
 
 
-def test_roce_script_sets_v2_tos_and_pfc_priority_3(spark01):
-    _, out = spark01
-    script = (out / "rdma-defaults.sh").read_text()
-    assert "hca=roceP2p1s0f0\n" in script and "netdev=enP2p1s0f0np0\n" in script
+def test_roce_script_configures_every_rail(sparks):
+    _, out = sparks
+    script = (out / "spark-02" / "servekit-rdma-defaults").read_text()
+    assert "  'rocep1s0f0 enp1s0f0np0'\n  'roceP2p1s0f0 enP2p1s0f0np0'\n)" in script
     assert "echo 'RoCE v2' > \"$port_dir/default_roce_mode\"" in script
     assert 'echo 106 > "$port_dir/default_roce_tos"' in script
-    assert 'mlnx_qos -i "$netdev" --trust dscp --pfc 0,0,0,1,0,0,0,0' in script
-    assert subprocess.run(["bash", "-n", str(out / "rdma-defaults.sh")], check=False).returncode == 0
+    assert 'ip link set dev "$netdev" mtu 9000' in script
+    # the example fabric is two nodes back to back: no PFC (rdma_lossless: false)
+    assert "dcb " not in script and "rdma_lossless is false" in script
+    assert subprocess.run(["bash", "-n", str(out / "spark-02" / "servekit-rdma-defaults")],
+                          check=False).returncode == 0
 
 
-def test_lossy_fabric_skips_pfc_with_a_warning(tmp_path):
-    proc, out = render(tmp_path, "spark-02", "-e", '{"rdma_lossless": false}',
-                       "-e", "rdma_nccl_ib_gid_index=1")
+def test_roce_unit_waits_for_every_rails_netdev_and_orders_before_the_real_units(sparks):
+    _, out = sparks
+    unit = (out / "spark-01" / "servekit-rdma.service").read_text()
+    for netdev in ("enp1s0f0np0", "enP2p1s0f0np0"):
+        assert f"BindsTo=sys-subsystem-net-devices-{netdev}.device\n" in unit
+        assert f"After=sys-subsystem-net-devices-{netdev}.device\n" in unit
+    assert "Before=network-online.target servekit-ray.service servekit-vllm.service\n" in unit
+    before = [w for line in unit.splitlines() if line.startswith("Before=") for w in line[7:].split()]
+    assert not {"ray.service", "vllm.service"} & set(before), "units that do not exist"
+    assert f"ExecStart={out / 'spark-01' / 'servekit-rdma-defaults'}\n" in unit
+
+
+def test_lossless_fabric_sets_dscp_trust_and_pfc_with_dcb(tmp_path):
+    spark_sysfs(tmp_path)
+    proc = render(INVENTORY, tmp_path, "-e", '{"rdma_lossless": true}', full=False)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    script = (out / "rdma-defaults.sh").read_text()
-    assert "mlnx_qos" not in script.split("set -euo pipefail")[1].split("echo")[-1]
-    assert "rdma_lossless is false" in script
-    env = env_lines(out / "cluster.env")
-    assert env["VLLM_HOST_IP"] == "192.168.100.2" and env["NCCL_IB_GID_INDEX"] == "1"
+    script = (tmp_path / "out" / "spark-01" / "servekit-rdma-defaults").read_text()
+    assert 'dcb app replace dev "$netdev" dscp-prio 26:3' in script
+    assert 'dcb pfc set dev "$netdev" prio-pfc all:off 3:on' in script
+    assert "mlnx_qos" not in script
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
+def test_ray_unit_requires_the_roce_unit_and_both_pass_systemd_analyze(tmp_path):
+    spark_sysfs(tmp_path)
+    proc = render(INVENTORY, tmp_path, "-e", "cluster_runtime=native")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    out = tmp_path / "out" / "spark-02"
+    ray = (out / "servekit-ray.service").read_text()
+    assert "Requires=servekit-rdma.service\nAfter=servekit-rdma.service\n" in ray
+    check = systemd_verify(out / "servekit-ray.service", out / "servekit-rdma.service")
+    assert check.returncode == 0, check.stderr
+    # the check bites: without the RoCE unit beside it the Ray unit's Requires= fails
+    (out / "servekit-rdma.service").unlink()
+    assert "servekit-rdma.service not found" in systemd_verify(out / "servekit-ray.service").stderr
+
+
+def test_rail_without_an_ipv4_gid_stops_the_stage_naming_it(tmp_path):
+    spark_sysfs(tmp_path, second_half_ipv4=False)
+    proc = render(INVENTORY, tmp_path, full=False)
+    assert proc.returncode != 0
+    assert ("roceP2p1s0f0 port 1: no RoCE v2 GID with an IPv4 address (NCCL >= 2.21 picks one itself); "
+            "give enP2p1s0f0np0 an IPv4 address, or pin rdma_nccl_ib_gid_index") in proc.stdout
+
+
+def test_pinned_gid_index_is_written_and_skips_the_ipv4_gid_check(tmp_path):
+    spark_sysfs(tmp_path, second_half_ipv4=False)
+    proc = render(INVENTORY, tmp_path, "-e", "rdma_nccl_ib_gid_index=1", full=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert env_lines(tmp_path / "out" / "spark-02" / "cluster.env")["NCCL_IB_GID_INDEX"] == "1"
+
+
+def test_netdev_that_is_not_the_hcas_stops_the_stage(tmp_path):
+    spark_sysfs(tmp_path, netdev_suffix="x")
+    proc = render(INVENTORY, tmp_path, full=False)
+    assert proc.returncode != 0
+    assert ("roceP2p1s0f0: rdma_netdevs names 'enP2p1s0f0np0', but roceP2p1s0f0's netdevs are "
+            "enP2p1s0f0np0x") in proc.stdout
+
+
+def test_netdevs_are_discovered_without_rdma_netdevs(tmp_path):
+    spark_sysfs(tmp_path)
+    proc = render(INVENTORY, tmp_path, "-e", '{"rdma_netdevs": {}}', full=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    unit = (tmp_path / "out" / "spark-01" / "servekit-rdma.service").read_text()
+    assert "BindsTo=sys-subsystem-net-devices-enP2p1s0f0np0.device" in unit
 
 
 def test_cluster_without_rdma_disables_nccl_ib(tmp_path):
-    proc, out = render(tmp_path, "spark-01", "-e", '{"cluster_rdma_enabled": false}')
+    proc = render(INVENTORY, tmp_path, "-e", '{"cluster_rdma_enabled": false}', full=False)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    env = env_lines(out / "cluster.env")
+    env = env_lines(tmp_path / "out" / "spark-01" / "cluster.env")
     assert env["NCCL_IB_DISABLE"] == "1"
     assert not any(key.startswith("NCCL_IB_") and key != "NCCL_IB_DISABLE" for key in env)
+    assert not (tmp_path / "out" / "spark-01" / "servekit-rdma.service").exists()

@@ -1,0 +1,145 @@
+"""Render every file an inventory leads to, on localhost, through the roles' own tasks and templates.
+
+No node is contacted: ``ansible_connection=local`` for every inventory host,
+each host reading its RDMA sysfs from a recorded-format tree under
+``<tmp>/sysfs/<host>`` (tests/rdma_sysfs.py), every file written under
+``<tmp>/out/<host>/``. What runs for real: the rdma role's ``rdma_rails``
+module (rails.yml) and env.yml, the validate stage's ``vllm_launch`` plan,
+the RoCE script and unit, the Ray unit and compose project, the vLLM compose
+project and unit. Unit ExecStart binaries that do not exist here (the Ray
+venv, docker) point at stubs under ``<tmp>/bin`` so ``systemd-analyze
+verify`` can load the units; nothing runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+COMPOSE = shutil.which("docker-compose")
+ENV = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+# What roles/ray/tasks/main.yml hands the compose template for Ray's project.
+RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(__ray_auth_env) }}"
+RAY_VOLUMES = ("{{ [cluster_ray_auth_token_file ~ ':' ~ cluster_ray_auth_token_file ~ ':ro']"
+               " if cluster_ray_auth else [] }}")
+
+
+def _template(src: str, dest: str, mode: str = "0644", **extra) -> dict:
+    return {"name": f"Render {dest}", "ansible.builtin.template": {
+        "src": str(ROOT / "templates" / src), "dest": f"{{{{ out }}}}/{dest}", "mode": mode}, **extra}
+
+
+def _stubs(tmp: Path) -> Path:
+    bin_dir = tmp / "bin"
+    (tmp / "venv" / "bin").mkdir(parents=True, exist_ok=True)
+    bin_dir.mkdir(exist_ok=True)
+    for stub in (bin_dir / "docker", tmp / "venv" / "bin" / "ray"):
+        stub.write_text("#!/bin/sh\n# stand-in so systemd-analyze verify finds an executable\nexit 1\n")
+        stub.chmod(0o755)
+    return bin_dir
+
+
+def playbook(tmp: Path, *, full: bool = True) -> Path:
+    """The render play: rdma files always; with ``full``, Ray and vLLM files too."""
+    tasks: list[dict] = [
+        {"name": "Per-host output directory",
+         "ansible.builtin.file": {"path": "{{ out }}", "state": "directory", "mode": "0755"}},
+        {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "rails.yml", "public": True},
+         "when": "cluster_rdma_enabled"},
+        {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "env.yml", "public": True}},
+        _template("rdma-defaults.sh.j2", "servekit-rdma-defaults", "0755", when="cluster_rdma_enabled"),
+        _template("servekit-rdma.service.j2", "servekit-rdma.service", when="cluster_rdma_enabled"),
+    ]
+    vars_files: list[str] = []
+    if full:
+        vars_files = [str(ROOT / f"roles/{role}/{kind}/main.yml")
+                      for kind in ("defaults", "vars") for role in ("ray", "vllm")]
+        tasks += [
+            {"name": "Plan the vLLM launch", "vllm_launch": {
+                "registry_path": str(ROOT / "config/model_registry.yml"), "model": "{{ cluster_model }}",
+                "node_rank": "{{ (groups['head'] + groups['workers']).index(inventory_hostname) }}",
+                "nnodes": "{{ (groups['head'] + groups['workers']) | length }}",
+                "devices_per_node": "{{ cluster_devices_per_node }}",
+                "head_address": "{{ hostvars[groups['head'][0]].__cluster_address }}",
+                "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
+                "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
+                "environment_files": ["{{ rdma_env_file }}"],
+                "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}",
+                "exec_start": "{{ __vllm_exec_start if cluster_runtime == 'container' else omit }}"},
+             "register": "plan"},
+            _template("servekit-ray.service.j2", "servekit-ray.service"),
+            {"name": "Compose project dirs", "ansible.builtin.file": {
+                "path": "{{ item | dirname }}", "state": "directory", "mode": "0755"},
+             "loop": ["{{ __ray_compose_file }}", "{{ __vllm_compose_file }}"],
+             "when": "cluster_runtime == 'container'"},
+            {"name": "Ray compose project", "ansible.builtin.template": {
+                "src": str(ROOT / "templates/compose.yaml.j2"), "dest": "{{ __ray_compose_file }}",
+                "mode": "0644"},
+             "vars": {"__compose": {"project": "servekit-ray", "service": "ray",
+                                    "argv": "{{ ['ray'] + __ray_args }}",
+                                    "env_files": ["{{ rdma_env_file }}"],
+                                    "environment": RAY_ENV, "volumes": RAY_VOLUMES}},
+             "when": "cluster_runtime == 'container'"},
+            {"name": "vLLM compose project", "ansible.builtin.template": {
+                "src": str(ROOT / "templates/compose.yaml.j2"), "dest": "{{ __vllm_compose_file }}",
+                "mode": "0644"},
+             "vars": {"__compose": {"project": "servekit-vllm", "service": "vllm", "argv": "{{ plan.argv }}",
+                                    "environment": "{{ plan.env }}", "env_files": ["{{ rdma_env_file }}"]}},
+             "when": "cluster_runtime == 'container' and plan.active"},
+            {"name": "vLLM unit", "ansible.builtin.copy": {
+                "content": "{{ plan.unit }}", "dest": "{{ out }}/servekit-vllm.service", "mode": "0644"},
+             "when": "plan.active"},
+        ]
+    play = [{
+        "name": "Render every file of the inventory on localhost",
+        "hosts": "head:workers",
+        "gather_facts": False,
+        "vars_files": vars_files,
+        "vars": {"out": str(tmp / "out" / "{{ inventory_hostname }}"),
+                 "rdma_env_file": "{{ out }}/cluster.env",
+                 "runtime_compose_dir": "{{ out }}/compose"},
+        "pre_tasks": [{"ansible.builtin.import_role": {"name": "runtime", "tasks_from": "settings.yml"}}]
+        if full else [],
+        "roles": ["cluster"],
+        "tasks": tasks,
+    }]
+    path = tmp / ("render-full.yml" if full else "render-rdma.yml")
+    path.write_text(yaml.safe_dump(play, sort_keys=False))
+    return path
+
+
+def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subprocess.CompletedProcess:
+    bin_dir = _stubs(tmp)
+    return subprocess.run(
+        [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(playbook(tmp, full=full)),
+         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
+         "-e", f"cluster_templates_dir={ROOT / 'templates'}",
+         # role vars (vars/main.yml) outrank play vars: the recorded sysfs and
+         # the script path come in as extra vars
+         "-e", f"__rdma_sysfs_root={tmp}/sysfs/{{{{ inventory_hostname }}}}",
+         "-e", f"__rdma_script={tmp}/out/{{{{ inventory_hostname }}}}/servekit-rdma-defaults",
+         "-e", f"ray_venv={tmp / 'venv'}",
+         "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
+         *extra],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300, env=ENV,
+    )
+
+
+def env_lines(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def systemd_verify(*units: Path) -> subprocess.CompletedProcess:
+    """``systemd-analyze verify`` on rendered units (their directory joins the unit search path)."""
+    assert SYSTEMD_ANALYZE, "systemd-analyze missing"
+    return subprocess.run([SYSTEMD_ANALYZE, "verify", *map(str, units)], capture_output=True, text=True,
+                          check=False, timeout=120)
