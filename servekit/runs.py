@@ -49,6 +49,8 @@ def slim_event(event: dict) -> dict | None:
     name = event.get("event")
     if name not in _KEPT_EVENTS:
         return None
+    if event.get("slim"):
+        return event
     data = event.get("event_data") or {}
     res = data.get("res") if isinstance(data.get("res"), dict) else {}
     slim = {key: data.get(key) for key in ("host", "task", "role", "play", "play_uuid", "ignore_errors")}
@@ -57,7 +59,7 @@ def slim_event(event: dict) -> dict | None:
     if name == "playbook_on_stats":
         slim.update(failures=data.get("failures") or {}, dark=data.get("dark") or {},
                     processed=data.get("processed") or {})
-    return {"event": name, "event_data": slim}
+    return {"event": name, "event_data": slim, "slim": True}
 
 
 @dataclass
@@ -73,10 +75,9 @@ class EventLog:
         return True  # keep the event in the artifacts too
 
     def failures(self) -> list[dict]:
-        """Failed and unreachable results that were not ignored, in order."""
-        return [e["event_data"] for e in self.events
-                if e["event"] in ("runner_on_failed", "runner_on_unreachable")
-                and not e["event_data"].get("ignore_errors")]
+        """The results that failed the run: per failed host its last failed or
+        unreachable result (not one that a block rescued), in order."""
+        return final_failures(self.events)
 
 
 @dataclass
@@ -94,47 +95,54 @@ def task_label(data: dict) -> str:
     return f"{data['role']} : {task}" if data.get("role") else task
 
 
-def node_outcomes(events: list[dict]) -> tuple[dict[str, NodeOutcome], bool]:
-    """Per host: the tasks that reported changed, and where it failed (if it did).
-
-    ``events`` are ansible-runner events (full or as ``slim_event`` keeps
-    them). A host failed when ``playbook_on_stats`` counts a failure or an
-    unreachable for it (a failure that a block rescued is not one); its
-    failing task is its last failed or unreachable result. Also returns
-    whether the other hosts went on into a later play after the failure
-    (then finishing needs only the failed hosts).
-    """
+def final_failures(events: list[dict]) -> list[dict]:
+    """Per host that ``playbook_on_stats`` counts as failed or unreachable, its last failed or
+    unreachable result (slimmed), in the order they happened. Without a stats event (a
+    cancelled run) every host with such a result counts."""
     slims = [s for s in (slim_event(e) for e in events) if s]
     stats = next((s["event_data"] for s in reversed(slims) if s["event"] == "playbook_on_stats"), None)
+    last: dict[str, dict] = {}
+    for slim in slims:
+        data = slim["event_data"]
+        if slim["event"] in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            last.pop(data["host"], None)
+            last[data["host"]] = dict(data, unreachable=slim["event"] == "runner_on_unreachable")
+    if stats is not None:
+        failed = set(stats["failures"]) | set(stats["dark"])
+        return [data for host, data in last.items() if host in failed]
+    return list(last.values())
+
+
+def node_outcomes(events: list[dict]) -> tuple[dict[str, NodeOutcome], bool]:
+    """Per host: the tasks that reported changed, and where it failed (``final_failures``).
+
+    ``events`` are ansible-runner events, full or as ``slim_event`` keeps
+    them. Also returns whether the hosts that did not fail went on into a
+    later play than the last failure (then finishing needs only the failed
+    hosts).
+    """
+    slims = [s for s in (slim_event(e) for e in events) if s]
     outcomes: dict[str, NodeOutcome] = {}
     play_index: dict[str, int] = {}
-    last_failure: dict[str, tuple[dict, bool, int]] = {}
-    host_last_play: dict[str, int] = {}
+    last_play: dict[str, int] = {}
     for slim in slims:
         name, data = slim["event"], slim["event_data"]
         if name == "playbook_on_play_start":
             play_index[data["play_uuid"]] = len(play_index)
             continue
-        host = data.get("host")
-        if not host:
+        if not data.get("host"):
             continue
-        node = outcomes.setdefault(host, NodeOutcome(host))
-        index = play_index.get(data.get("play_uuid"), -1)
-        host_last_play[host] = max(host_last_play.get(host, -1), index)
+        node = outcomes.setdefault(data["host"], NodeOutcome(data["host"]))
+        last_play[node.host] = max(last_play.get(node.host, -1), play_index.get(data["play_uuid"], -1))
         if name == "runner_on_ok" and data["changed"] and task_label(data) not in node.changed:
             node.changed.append(task_label(data))
-        elif name in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-            last_failure[host] = (data, name == "runner_on_unreachable", index)
-    # No stats event: the run was cancelled or killed.
-    failed_hosts = set(stats["failures"]) | set(stats["dark"]) if stats is not None else set(last_failure)
-    failed_play = -1
-    for host in failed_hosts & set(last_failure):
-        data, unreachable, index = last_failure[host]
-        node = outcomes[host]
-        node.failed_task, node.unreachable, node.message = task_label(data), unreachable, data["msg"]
-        failed_play = max(failed_play, index)
-    went_on = any(last > failed_play for host, last in host_last_play.items()
-                  if host not in failed_hosts) if failed_hosts else False
+    failures = final_failures(slims)
+    for data in failures:
+        node = outcomes[data["host"]]
+        node.failed_task, node.unreachable, node.message = task_label(data), data["unreachable"], data["msg"]
+    failed_play = max((play_index.get(d["play_uuid"], -1) for d in failures), default=None)
+    went_on = failed_play is not None and any(
+        play > failed_play for host, play in last_play.items() if not outcomes[host].failed_task)
     return outcomes, went_on
 
 
@@ -154,7 +162,7 @@ def failure_summary(events: list[dict], rerun: list[str], limit_flag: str = "--l
     failed = [n for n in outcomes.values() if n.failed_task]
     lines = ["servekit: what this run changed on each node before it stopped:"]
     width = max((len(h) for h in outcomes), default=0)
-    for node in outcomes.values():
+    for node in sorted(outcomes.values(), key=lambda n: n.host):
         if node.host == "localhost" and not (node.changed or node.failed_task):
             continue  # the control node's checks: nothing to report
         if node.failed_task:
@@ -169,7 +177,7 @@ def failure_summary(events: list[dict], rerun: list[str], limit_flag: str = "--l
     finish = list(rerun)
     if failed and went_on:
         # The other nodes went on to the end of the run: only the failed ones need it again.
-        finish = _with_limit(finish, ",".join(n.host for n in failed), limit_flag)
+        finish = _with_limit(finish, ",".join(sorted(n.host for n in failed)), limit_flag)
     lines.append(f"  to finish: {shlex.join(finish)}   (tasks already applied report ok)")
     switch_rolled_back = any("Rolled back to" in n.message for n in failed)
     lines.append(f"  to revert: {REVERT_SWITCH if switch_rolled_back else REVERT_GENERAL}")

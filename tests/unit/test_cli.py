@@ -324,3 +324,119 @@ def test_ansible_cfg_default_inventory_is_the_lab():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "ansible.cfg")
     assert cfg["defaults"]["inventory"] == "./inventory/lab"
+
+
+# --------------------------------------------------------------------------
+# servekit up: half-done runs are visible (issue 10, item 5)
+# --------------------------------------------------------------------------
+
+HALF_DONE = """\
+- name: Stage one
+  hosts: nodes
+  gather_facts: false
+  any_errors_fatal: {fatal}
+  tasks:
+    - name: Write the marker
+      ansible.builtin.copy:
+        dest: "{tmp}/marker-{{{{ inventory_hostname }}}}"
+        content: "1\\n"
+        mode: "0644"
+    - name: Recover from a failure
+      block:
+        - name: Fail and be rescued
+          ansible.builtin.command: "false"
+          changed_when: false
+          when: inventory_hostname == 'node-a'
+      rescue:
+        - name: Rescue it
+          ansible.builtin.debug:
+            msg: rescued
+    - name: Unchanged step
+      ansible.builtin.command: "true"
+      changed_when: false
+    - name: Break on node-b
+      ansible.builtin.fail:
+        msg: "{msg}"
+      when: inventory_hostname == 'node-b'
+- name: Stage two
+  hosts: nodes
+  gather_facts: false
+  tasks:
+    - name: Later step
+      ansible.builtin.command: "true"
+"""
+
+
+def _nodes_inventory(path: Path, unreachable: bool = False) -> Path:
+    local = f"ansible_connection: local, ansible_python_interpreter: {sys.executable}"
+    text = ("all:\n  children:\n    nodes:\n      hosts:\n"
+            f"        node-a: {{{local}}}\n        node-b: {{{local}}}\n")
+    if unreachable:
+        # ssh is /bin/false for node-c: unreachable at once, nothing is sent
+        text += "        node-c: {ansible_host: 127.0.0.1, ansible_ssh_executable: /bin/false}\n"
+    path.write_text(text)
+    return path
+
+
+def _real_events(tmp_path: Path, fatal: bool, msg: str = "broken on purpose") -> list[dict]:
+    """The events ansible-runner reports for HALF_DONE on three local nodes."""
+    import ansible_runner
+
+    playbook = tmp_path / "half-done.yml"
+    playbook.write_text(HALF_DONE.format(fatal=str(fatal).lower(), tmp=tmp_path, msg=msg))
+    private = tmp_path / "runner"
+    private.mkdir()
+    runner = ansible_runner.run(
+        private_data_dir=str(private), playbook=str(playbook),
+        inventory=str(_nodes_inventory(tmp_path / "hosts.yml", unreachable=not fatal)),
+        quiet=True, suppress_env_files=True,
+        envvars={"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+                 "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")})
+    assert runner.rc != 0
+    return list(runner.events)
+
+
+def test_failure_summary_names_changes_failures_and_the_rest(tmp_path):
+    from servekit.runs import failure_summary
+
+    events = _real_events(tmp_path, fatal=False)
+    text = failure_summary(events, ["servekit", "up", "-i", "inventory/x", "-e", "a=b"])
+    lines = text.splitlines()
+    assert lines[0] == "servekit: what this run changed on each node before it stopped:"
+    assert [line.split()[0] for line in lines[1:] if not line.startswith("     ")][:3] == [
+        "node-a", "node-b", "node-c"]
+    body = "\n".join(line.strip() for line in lines)
+    # node-a: its rescued failure is no failure; it wrote the marker (unchanged steps are not listed)
+    assert "node-a  no failure\nchanged: Write the marker\nchanged: Later step\nnode-b" in body
+    assert "node-b  FAILED at 'Break on node-b': broken on purpose\nchanged: Write the marker\n" in body
+    assert "node-c  UNREACHABLE at 'Write the marker'" in body
+    assert "Unchanged step" not in body
+    # node-a went on to stage two: only the failed nodes need the run again
+    assert "to finish: servekit up -i inventory/x -e a=b --limit node-b,node-c" in body
+    assert "to revert: nothing is undone automatically" in body
+
+
+def test_failure_summary_without_limit_when_the_run_stopped_everywhere(tmp_path):
+    from servekit.runs import failure_summary
+
+    events = _real_events(tmp_path, fatal=True, msg="vllm: m gave no completion. Rolled back to lab-tiny")
+    body = "\n".join(line.strip() for line in failure_summary(
+        events, ["servekit", "up", "--limit", "node-a,node-b"]).splitlines())
+    assert "node-a  no failure\nchanged: Write the marker" in body
+    assert "to finish: servekit up --limit node-a,node-b   (tasks already applied" in body
+    assert "to revert: the vllm stage already rolled the failed model switch back" in body
+
+
+def test_up_prints_the_summary_when_a_node_fails(tmp_path):
+    project, _ = _local_project(tmp_path, HALF_DONE.format(fatal="true", tmp=tmp_path, msg="boom"))
+    inventory = _nodes_inventory(project / "nodes.yml")
+    proc = _up(project, "-i", str(inventory), "-e", "x=1")
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert proc.stderr.startswith("servekit: playbook failed on node-b at 'Break on node-b'")
+    assert "what this run changed on each node before it stopped:" in proc.stderr
+    assert "FAILED at 'Break on node-b': boom" in proc.stderr
+    assert f"to finish: servekit up -i {inventory} -e x=1   (tasks already applied report ok)" in proc.stderr
+    dry = _up(project, "-i", str(inventory), "--check")
+    assert dry.returncode == 1
+    assert "dry run: nothing on the nodes was changed" in dry.stderr
+    assert "to finish" not in dry.stderr
