@@ -268,12 +268,12 @@ def rerun_words(args: argparse.Namespace) -> list[str]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     root = project_root()
-    inventory = _up_inventory(root, args.inventory)
     if args.model:
         os.environ["MODEL_NAME"] = args.model
     if os.environ.get("MODEL_NAME"):
         # Fail here, before ansible starts, with the list of models.
         select_model(_models(None), os.environ["MODEL_NAME"])
+    inventory = _up_inventory(root, args.inventory)
 
     import ansible_runner  # slow import: only for the command that needs it
 

@@ -116,7 +116,7 @@ def test_up_runs_site_yml_through_ansible_runner():
     ("extra", "message"),
     [
         ("cluster_executor=slurm", "value of cluster_executor must be one of: ray, mp, got: slurm"),
-        ("cluster_devices_per_node=0", "devices_per_node is 0; allowed: an integer >= 1"),
+        ("cluster_devices_per_node=0", "cluster_devices_per_node = 0: must be from 1 to 64"),
     ],
 )
 def test_up_reports_inventory_errors_from_the_validate_play_as_bad_input(extra, message):
