@@ -48,8 +48,10 @@ host-deps:
 lab-up: venv host-deps
 	$(BIN)/servekit lab up
 
+# Through `servekit up`, as operators run it: after .ci/fresh-dry-run (an
+# `up --check`) this proves the next `up` applies.
 site: lab-up
-	$(PLAYBOOK) site.yml
+	$(LAB_ENV) $(BIN)/servekit up -i $(LAB_INV)
 
 # The README's first command: everything from a fresh machine to a completion.
 demo: site

@@ -226,8 +226,9 @@ def _runner_env(root: Path) -> dict[str, str]:
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
         "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]),
     }
-    if sys.stdout.isatty():
-        env["ANSIBLE_FORCE_COLOR"] = "1"
+    # ansible-runner gives ansible-playbook a pty, so ansible colours its
+    # output even when ours goes to a log file: colour only for a terminal.
+    env["ANSIBLE_FORCE_COLOR" if sys.stdout.isatty() else "ANSIBLE_NOCOLOR"] = "1"
     return env
 
 
