@@ -1,0 +1,128 @@
+"""The shipped example inventories match real machines and every file they lead to checks out.
+
+- ``example-2node-roce``: two DGX Sparks, both RoCE halves of the cabled
+  ConnectX-7 port in NCCL_IB_HCA (NVIDIA's "Connect Two Sparks" playbook).
+- ``example-2x8-h100``: two 8-GPU H100 nodes, 8 RoCE rails each, a model
+  that needs TP 8 x PP 2.
+
+On localhost only: the validate stage (it connects to no host), then every
+file rendered by the roles' own tasks with each host's RDMA sysfs written
+from recorded GID tables (tests/rdma_sysfs.py), checked with ``bash -n``,
+``systemd-analyze verify`` and ``docker-compose config``. The example
+addresses are never contacted (``ansible_connection=local``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from rdma_sysfs import H100_GIDS, gid_table, with_ipv4, write_hca
+from render_cluster import (
+    ANSIBLE_PLAYBOOK,
+    COMPOSE,
+    ENV,
+    ROOT,
+    SYSTEMD_ANALYZE,
+    env_lines,
+    render,
+    systemd_verify,
+)
+
+TABLE = gid_table(H100_GIDS.read_text())
+
+
+def sparks(root: Path, host: str, n: int) -> None:
+    write_hca(root, "rocep1s0f0", ["enp1s0f0np0"], with_ipv4(TABLE, f"192.168.100.{n}"))
+    write_hca(root, "roceP2p1s0f0", ["enP2p1s0f0np0"], with_ipv4(TABLE, f"192.168.101.{n}"))
+    for hca, netdev in (("rocep1s0f1", "enp1s0f1np1"), ("roceP2p1s0f1", "enP2p1s0f1np1")):
+        write_hca(root, hca, [netdev], with_ipv4(TABLE, None), state="1: DOWN", phys_state="3: Disabled")
+
+
+def h100s(root: Path, host: str, n: int) -> None:
+    for rail in range(8):
+        write_hca(root, f"mlx5_{rail}", [f"gpu{rail}_eth"], with_ipv4(TABLE, f"10.200.{rail}.{10 + n}"))
+    # a storage NIC beside the rails: present, not in NCCL_IB_HCA, not configured
+    write_hca(root, "mlx5_8", ["ens8f0np0"], with_ipv4(TABLE, None), state="1: DOWN",
+              phys_state="3: Disabled")
+
+
+EXAMPLES = {
+    "example-2node-roce": {"hosts": {"spark-01": 1, "spark-02": 2}, "sysfs": sparks, "model": "gpt-oss-20b",
+                           "devices": 2, "hca": "=rocep1s0f0,roceP2p1s0f0",
+                           "netdevs": ["enp1s0f0np0", "enP2p1s0f0np0"], "address": "192.168.100.{n}"},
+    "example-2x8-h100": {"hosts": {"h100-01": 1, "h100-02": 2}, "sysfs": h100s, "model": "deepseek-r1",
+                         "devices": 16, "hca": "=" + ",".join(f"mlx5_{i}" for i in range(8)),
+                         "netdevs": [f"gpu{i}_eth" for i in range(8)], "address": "10.200.0.1{n}"},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(EXAMPLES))
+def example(request, tmp_path_factory):
+    name = request.param
+    spec = EXAMPLES[name]
+    tmp = tmp_path_factory.mktemp(name)
+    for host, n in spec["hosts"].items():
+        spec["sysfs"](tmp / "sysfs" / host, host, n)
+    proc = render(ROOT / "inventory" / name / "hosts.yml", tmp)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return name, spec, tmp / "out"
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_validate_stage_passes_on_localhost(name):
+    proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", f"inventory/{name}", "playbooks/validate.yml"],
+                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    spec = EXAMPLES[name]
+    assert f"model {spec['model']}: {spec['devices']} device(s) over 2 of 2 node(s)" in proc.stdout
+
+
+def test_every_rail_reaches_the_environment_and_the_roce_unit(example):
+    _, spec, out = example
+    for host, n in spec["hosts"].items():
+        env = env_lines(out / host / "cluster.env")
+        assert env["NCCL_IB_HCA"] == spec["hca"]
+        assert "NCCL_IB_GID_INDEX" not in env
+        assert env["VLLM_HOST_IP"] == spec["address"].format(n=n)
+        unit = (out / host / "servekit-rdma.service").read_text()
+        assert [line for line in unit.splitlines() if line.startswith("BindsTo=")] == [
+            f"BindsTo=sys-subsystem-net-devices-{netdev}.device" for netdev in spec["netdevs"]]
+        script = out / host / "servekit-rdma-defaults"
+        for hca, netdev in zip(spec["hca"][1:].split(","), spec["netdevs"], strict=True):
+            assert f"  '{hca} {netdev}'\n" in script.read_text()
+        assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+
+
+def test_vllm_launch_spans_both_nodes(example):
+    name, spec, out = example
+    head = next(iter(spec["hosts"]))
+    compose = yaml.safe_load((out / head / "compose/servekit-vllm/compose.yaml").read_text())
+    argv = compose["services"]["vllm"]["command"]
+    if name == "example-2x8-h100":
+        assert argv[argv.index("--tensor-parallel-size") + 1] == "8"
+        assert argv[argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert "--distributed-executor-backend" in argv
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
+def test_units_pass_systemd_analyze_verify(example):
+    _, spec, out = example
+    for host in spec["hosts"]:
+        units = [out / host / f"servekit-{name}.service" for name in ("rdma", "ray", "vllm")]
+        check = systemd_verify(*[u for u in units if u.exists()])
+        assert check.returncode == 0, f"{host}: {check.stderr}"
+        assert "Requires=servekit-rdma.service" in units[1].read_text()
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="docker-compose not installed (apt-get install docker-compose)")
+def test_compose_projects_pass_a_real_compose_checker(example):
+    _, spec, out = example
+    files = sorted(out.glob("*/compose/*/compose.yaml"))
+    assert len(files) == len(spec["hosts"]) + 1, "Ray on every node, vLLM on the head (ray executor)"
+    for path in files:
+        proc = subprocess.run([COMPOSE, "-f", str(path), "config", "--quiet"], capture_output=True, text=True,
+                              check=False, timeout=60)
+        assert proc.returncode == 0, f"{path}: {proc.stderr}"
