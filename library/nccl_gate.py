@@ -10,8 +10,12 @@ short_description: Gate an nccl-tests all_reduce_perf run on bus bandwidth and N
 version_added: "0.1.0"
 description:
   - Parses the output of C(all_reduce_perf) run with C(NCCL_DEBUG=INFO) and fails when the peak bus
-    bandwidth is under O(min_share) of the link speed, when NCCL used the socket transport instead of
-    NET/IB, or when GPUDirect RDMA was expected and not used.
+    bandwidth is under O(min_busbw_gbs) or under O(min_share) of the link speed, when NCCL used the
+    socket transport instead of NET/IB, or when GPUDirect RDMA was expected and a NET/IB channel
+    lacks C(/GDRDMA) (C(GPU Direct RDMA enabled for HCA) alone does not count).
+  - The link speed counts each HCA at the lower of its port rate and its PCIe link; where PCIe is
+    the lower one (DGX Spark's Gen5 x4 halves report 200 Gb/s ports) the share is not applied and
+    O(min_busbw_gbs) decides.
   - Changes nothing; supports check mode.
 options:
   output:
@@ -24,7 +28,8 @@ options:
   facts:
     description:
       - The node's C(servekit_node) facts (from M(node_facts)); with O(hcas), gives the link speed
-        when O(link_gbps) is not set (sum of the first port's rate of each HCA).
+        when O(link_gbps) is not set (sum over the HCAs of the lower of the first port's rate
+        and the HCA's PCIe link).
     type: dict
   hcas:
     description: The HCAs NCCL uses (C(NCCL_IB_HCA) names; a C(:port) suffix is ignored).
@@ -35,8 +40,12 @@ options:
     description: Share of the link speed the peak bus bandwidth must reach.
     type: float
     default: 0.8
+  min_busbw_gbs:
+    description: Absolute floor for the peak bus bandwidth, GB/s (0 turns it off).
+    type: float
+    default: 0.0
   expect_gdr:
-    description: Require GPUDirect RDMA (GDRDMA channels or an enabled HCA in the log).
+    description: Require GPUDirect RDMA (every NET/IB channel C(via NET/IB/<n>/GDRDMA)).
     type: bool
     default: true
 author:
@@ -48,6 +57,7 @@ EXAMPLES = r"""
   nccl_gate:
     output: "{{ bench_run.stdout }}"
     link_gbps: 200
+    min_busbw_gbs: 12
 """
 
 RETURN = r"""
@@ -63,6 +73,15 @@ transport:
   description: What the NCCL log says about the network transport and GPUDirect.
   returned: always
   type: dict
+pcie_limited:
+  description: Whether an HCA's PCIe link is slower than its port rate (the share was not applied).
+  returned: always
+  type: bool
+notes:
+  description: Which floors applied, when not both.
+  returned: always
+  type: list
+  elements: str
 problems:
   description: Why the gate failed; empty when it passed.
   returned: always
@@ -71,20 +90,7 @@ problems:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.node_facts import data_port, nccl_bench_verdict  # noqa: E402
-
-
-def link_speed(facts: dict | None, hcas: list[str]) -> float | None:
-    """Sum of the data ports' rates (Gb/s) of ``hcas``; None when any is unknown."""
-    if not facts or not hcas:
-        return None
-    total = 0.0
-    for hca in hcas:
-        port = data_port(facts, hca.split(":")[0].strip())
-        if not port or not port.get("rate_gbps"):
-            return None
-        total += port["rate_gbps"]
-    return total
+from ansible.module_utils.node_facts import hca_link, nccl_bench_verdict  # noqa: E402
 
 
 def main() -> None:
@@ -95,6 +101,7 @@ def main() -> None:
             "facts": {"type": "dict"},
             "hcas": {"type": "list", "elements": "str", "default": []},
             "min_share": {"type": "float", "default": 0.8},
+            "min_busbw_gbs": {"type": "float", "default": 0.0},
             "expect_gdr": {"type": "bool", "default": True},
         },
         supports_check_mode=True,
@@ -102,8 +109,14 @@ def main() -> None:
     p = module.params
     if not 0 < p["min_share"] <= 1:
         module.fail_json(msg=f"min_share: {p['min_share']} is out of range; allowed: more than 0, at most 1")
-    link = p["link_gbps"] if p["link_gbps"] is not None else link_speed(p["facts"], p["hcas"])
-    verdict = nccl_bench_verdict(p["output"], link, p["min_share"], p["expect_gdr"])
+    if p["min_busbw_gbs"] < 0:
+        module.fail_json(msg=f"min_busbw_gbs: {p['min_busbw_gbs']} is out of range; allowed: 0 or more")
+    link = hca_link(p["facts"], p["hcas"])
+    if p["link_gbps"] is not None:
+        link = {"link_gbps": p["link_gbps"], "pcie_limited": False}
+    verdict = nccl_bench_verdict(p["output"], link["link_gbps"], p["min_share"],
+                                 expect_gdr=p["expect_gdr"], min_busbw_gbs=p["min_busbw_gbs"],
+                                 pcie_limited=link["pcie_limited"])
     if verdict["problems"]:
         module.fail_json(msg="; ".join(verdict["problems"]), changed=False, **verdict)
     module.exit_json(changed=False, **verdict)

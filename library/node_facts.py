@@ -12,9 +12,13 @@ description:
   - Reads C(nvidia-smi --query-gpu), C(nvidia-smi -q -x) and C(nvidia-smi topo -m) where
     C(nvidia-smi) exists; the RDMA devices, ports, link state, rate and GID table (with RoCE type
     and netdev) from C(/sys/class/infiniband); C(rdma link show) where iproute2's C(rdma) exists;
-    the MTU of every netdev; whether C(nvidia_peermem) is loaded or available and whether
-    C(/sys/kernel/mm/memory_peers/nv_mem) exists; the locked-memory limits of PID 1 and of
-    this process.
+    the PCIe link of every HCA; the MTU of every netdev; whether C(nvidia_peermem) is loaded or
+    available, which module exports C(ib_register_peer_memory_client) in C(/proc/kallsyms), and
+    whether the NVIDIA kernel module is the open one (C(/proc/driver/nvidia/version)); the
+    GPUs' addressing mode and free memory, C(MemAvailable), the machine architecture and short
+    host name; the locked-memory limits of PID 1 and of this process.
+  - Decides the GPUDirect RDMA path (C(gpudirect)) with C(gpudirect_decision) in
+    C(module_utils/node_facts.py); see C(roles/gpudirect/README.md).
   - Read-only; runs the same in check mode. Hosts without GPUs or RDMA NICs (the CPU lab)
     return empty lists, not errors.
   - Parsing is done by pure functions in C(module_utils/node_facts.py), tested on output
@@ -48,9 +52,11 @@ ansible_facts:
   type: dict
   contains:
     servekit_node:
-      description: gpus, driver_version, cuda_version, topology, rdma (per HCA, per port),
-        rdma_links, netdevs (mtu, operstate), peermem_loaded, peermem_available, nv_mem_peer,
-        kernel, memlock (pid1 and self), gpudirect (mode and reason).
+      description: gpus (with addressing_mode, memory_free_mib), driver_version, cuda_version,
+        nvidia_kernel_module, unified_memory, topology, rdma (per HCA, per port, pcie_gbps),
+        rdma_links, netdevs (mtu, operstate), peermem_loaded, peermem_available,
+        peer_memory_exporter, nv_mem_peer, kernel, machine, multiarch, hostname,
+        mem_available_kib, memlock (pid1 and self), gpudirect (mode, load, expect_gdr, reason).
       type: dict
       returned: always
 """
@@ -58,17 +64,25 @@ ansible_facts:
 import glob  # noqa: E402 - Ansible modules put documentation first
 import os  # noqa: E402
 import platform  # noqa: E402
+import socket  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.node_facts import (  # noqa: E402
     GPU_QUERY,
+    PEER_MEMORY_SYMBOL,
+    debian_multiarch,
+    gpudirect_decision,
+    kallsyms_exports,
     parse_gpu_query,
+    parse_meminfo_kib,
+    parse_nvidia_driver_file,
     parse_nvidia_smi_xml,
+    parse_pcie_link_gbps,
     parse_proc_limits,
     parse_rdma_link,
     parse_sysfs_port,
     parse_topo_matrix,
-    peermem_decision,
+    unified_memory,
 )
 
 
@@ -93,11 +107,17 @@ def gather_gpus(module: AnsibleModule) -> dict:
     if query is None:
         return facts
     facts["gpus"] = parse_gpu_query(query)
+    free = _run(module, ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"])
+    for gpu, value in zip(facts["gpus"], (free or "").splitlines(), strict=False):
+        gpu["memory_free_mib"] = int(value.strip()) if value.strip().isdigit() else None
     xml = _run(module, ["nvidia-smi", "-q", "-x"])
     if xml:
         parsed = parse_nvidia_smi_xml(xml)
         facts["driver_version"] = parsed["driver_version"]
         facts["cuda_version"] = parsed["cuda_version"]
+        if len(parsed["gpus"]) == len(facts["gpus"]):
+            for gpu, detail in zip(facts["gpus"], parsed["gpus"], strict=True):
+                gpu["addressing_mode"] = detail["addressing_mode"]
     elif facts["gpus"]:
         facts["driver_version"] = facts["gpus"][0]["driver_version"]
     topo = _run(module, ["nvidia-smi", "topo", "-m"])
@@ -121,7 +141,11 @@ def gather_rdma(sysfs: str) -> dict:
                     files[f"gid_attrs/{attr}/{index}"] = _read(
                         os.path.join(port_dir, "gid_attrs", attr, index))
             ports[os.path.basename(port_dir)] = parse_sysfs_port(files)
-        hcas[os.path.basename(hca_dir)] = {"ports": ports}
+        hcas[os.path.basename(hca_dir)] = {
+            "ports": ports,
+            "pcie_gbps": parse_pcie_link_gbps(_read(os.path.join(hca_dir, "device/current_link_speed")),
+                                              _read(os.path.join(hca_dir, "device/current_link_width"))),
+        }
     return hcas
 
 
@@ -134,6 +158,15 @@ def gather_netdevs(sysfs: str) -> dict:
             "operstate": _read(os.path.join(dev_dir, "operstate")).strip() or None,
         }
     return netdevs
+
+
+def peer_memory_exporter(proc: str) -> str | None:
+    """The module exporting the peer-memory API, from the lines of /proc/kallsyms naming it."""
+    try:
+        with open(os.path.join(proc, "kallsyms"), encoding="utf-8", errors="replace") as handle:
+            return kallsyms_exports("".join(ln for ln in handle if PEER_MEMORY_SYMBOL in ln))
+    except OSError:
+        return None
 
 
 def main() -> None:
@@ -155,12 +188,24 @@ def main() -> None:
     modinfo = module.get_bin_path("modinfo")
     facts["peermem_available"] = bool(
         modinfo and module.run_command([modinfo, "-n", "nvidia_peermem"])[0] == 0)
+    facts["peer_memory_exporter"] = peer_memory_exporter(proc)
+    facts["nvidia_kernel_module"] = parse_nvidia_driver_file(
+        _read(os.path.join(proc, "driver/nvidia/version")))["kernel_module"]
     facts["kernel"] = platform.release()
+    facts["machine"] = platform.machine()
+    try:
+        facts["multiarch"] = debian_multiarch(facts["machine"])
+    except ValueError:
+        facts["multiarch"] = None
+    # NCCL prints gethostname() up to the first '.' in its log prefix
+    facts["hostname"] = socket.gethostname().split(".")[0]
+    facts["mem_available_kib"] = parse_meminfo_kib(_read(os.path.join(proc, "meminfo")))
+    facts["unified_memory"] = unified_memory(facts)
     facts["memlock"] = {
         "pid1": parse_proc_limits(_read(os.path.join(proc, "1/limits"))).get("Max locked memory"),
         "self": parse_proc_limits(_read(os.path.join(proc, "self/limits"))).get("Max locked memory"),
     }
-    facts["gpudirect"] = peermem_decision(facts)
+    facts["gpudirect"] = gpudirect_decision(facts)
     module.exit_json(changed=False, ansible_facts={"servekit_node": facts})
 
 

@@ -9,6 +9,7 @@ from servekit.module_utils.node_facts import (
     bandwidth_gate,
     cluster_problems,
     gpu_nic_affinity,
+    gpudirect_decision,
     host_problems,
     memlock_ok,
     nccl_transport,
@@ -20,7 +21,6 @@ from servekit.module_utils.node_facts import (
     parse_rdma_link,
     parse_sysfs_port,
     parse_topo_matrix,
-    peermem_decision,
     roce_v2_gid_index,
 )
 
@@ -54,7 +54,8 @@ def test_nvidia_smi_xml_on_h100():
     assert parsed["attached_gpus"] == 1
     assert parsed["gpus"] == [{"pci_bus_id": "00000000:00:06.0", "name": "NVIDIA H100 80GB HBM3",
                                "uuid": "GPU-01dadcaa-8683-354a-8d43-82c450a4b357",
-                               "minor_number": "0", "memory_total_mib": 81559}]
+                               "minor_number": "0", "memory_total_mib": 81559,
+                               "addressing_mode": "None"}]
 
 
 def test_topo_single_gpu_with_ansi_codes():
@@ -188,23 +189,8 @@ def test_cluster_problems():
     assert "data netdev MTU differs between nodes: a=9000, b=1500" in problems[1]
 
 
-@pytest.mark.parametrize(
-    ("facts", "mode", "load"),
-    [
-        ({"peermem_loaded": True}, "peermem", False),
-        ({"peermem_available": True}, "peermem", True),
-        ({"kernel": "6.17.0-1008-nvidia"}, "dmabuf", False),
-        ({"kernel": "5.4.0-150-generic"}, "none", False),
-    ],
-    ids=["loaded", "loadable", "gb10-dmabuf", "old-kernel"],
-)
-def test_gpudirect_decision(facts, mode, load):
-    decision = peermem_decision(_facts(**facts))
-    assert decision["mode"] == mode and decision["load"] is load
-
-
 def test_no_gpu_no_gpudirect():
-    assert peermem_decision({"gpus": []})["mode"] == "none"
+    assert gpudirect_decision({"gpus": []})["mode"] == "none"
 
 
 @pytest.mark.parametrize("log", ["h100-1gpu-no-rdma-socket-fallback.log",
@@ -220,7 +206,7 @@ def test_nccl_ib_with_gdrdma_passes():
     assert info["network"] == "IB" and not info["socket_fallback"]
     assert info["gdr_enabled_hcas"] == ["mlx5_0", "roceP2p1s0f0"]
     assert info["gdr_disabled_hcas"] == ["mlx5_5"]
-    assert info["dmabuf"] and info["gdrdma_channels"] == 3
+    assert info["dmabuf"] and info["gdrdma_channels"] == 3 and info["net_channels"] == 3
     assert nccl_transport_problems(info) == []
 
 
@@ -232,14 +218,31 @@ def test_nccl_ib_without_gdr_fails_when_gpudirect_is_expected():
     assert nccl_transport_problems(info, expect_gdr=False) == []
 
 
+def test_gdr_enabled_for_hca_without_gdrdma_channels_is_not_proof():
+    """`GPU Direct RDMA enabled for HCA` is the NIC's capability; the channels say what ran."""
+    log = (FIXTURES / "nccl" / "vllm-ray-2node-ib-gdrdma.log").read_text().replace("/GDRDMA", "")
+    info = nccl_transport(log)
+    assert info["gdr_enabled_hcas"] == ["mlx5_0"] and info["gdrdma_channels"] == 0
+    problems = nccl_transport_problems(info)
+    assert len(problems) == 1 and "no `via NET/IB/<n>/GDRDMA` channel" in problems[0]
+
+
+def test_some_channels_without_gdrdma_fail_naming_one():
+    log = (FIXTURES / "nccl" / "vllm-ray-2node-ib-gdrdma.log").read_text()
+    log = log.replace("Channel 01/0 : 0[0] -> 1[0] [send] via NET/IB/0/GDRDMA",
+                      "Channel 01/0 : 0[0] -> 1[0] [send] via NET/IB/0")
+    problems = nccl_transport_problems(nccl_transport(log))
+    assert "h100-a:3877:3962 [0] NCCL INFO Channel 01/0 : 0[0] -> 1[0] [send] via NET/IB/0'" in problems[0]
+
+
 def test_all_reduce_perf_and_gate():
     result = parse_all_reduce_perf((FIXTURES / "public" / "all_reduce_perf-2x8gpu.txt").read_text())
     assert len(result["rows"]) == 11
     assert result["rows"][-1] == {"size_bytes": 33554432, "type": "float", "out_busbw": 300.51,
                                   "in_busbw": 300.52}
     assert result["peak_busbw_gbs"] == 300.51
-    assert bandwidth_gate(result["peak_busbw_gbs"], 3000) is None  # 80% of 375 GB/s = 300
-    assert "is 75% of the 3200 Gb/s link" in bandwidth_gate(300.0, 3200)
+    assert bandwidth_gate(result["peak_busbw_gbs"], 3000) == []  # 80% of 375 GB/s = 300
+    assert "is 75% of the 3200 Gb/s link" in bandwidth_gate(300.0, 3200)[0]
 
 
 def test_all_reduce_avg_line():
@@ -265,6 +268,7 @@ def test_node_facts_module_reads_a_sysfs_tree(tmp_path):
     assert roce_v2_gid_index(node["rdma"]["roceP2p1s0f0"]["ports"]["1"], "enP2p1s0f0np0") == 3
     assert node["netdevs"] == {"enP2p1s0f0np0": {"mtu": 9000, "operstate": "up"}}
     assert node["peermem_loaded"] is False
-    assert node["gpudirect"]["mode"] in ("none", "peermem", "dmabuf")
+    assert node["gpudirect"]["mode"] == "none" and node["gpudirect"]["expect_gdr"] is False
+    assert node["rdma"]["roceP2p1s0f0"]["pcie_gbps"] is None  # no device/ link files in the tree
     assert host_problems("spark-01", dict(node, gpus=[]), dict(WANT, gpus_per_node=0,
                                                              min_driver=None)) == []

@@ -1,0 +1,108 @@
+"""The serving engine's own NCCL transport (roles/vllm/tasks/transport.yml), on NCCL's real line format.
+
+Logs: the recorded H100 fallback logs (tests/fixtures/nccl/h100-*.log), the public multi-node
+GDRDMA lines, and journal excerpts of a two-node vLLM Ray run written in NCCL's and Ray's real
+formats (tests/fixtures/nccl/vllm-ray-*.log; see tests/fixtures/nccl/README.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_play
+from servekit.module_utils.node_facts import engine_transport_problems, parse_nccl_channels
+
+ROOT = Path(__file__).resolve().parents[2]
+NCCL = ROOT / "tests" / "fixtures" / "nccl"
+
+
+def log(name: str) -> str:
+    return (NCCL / name).read_text()
+
+
+def test_channel_lines_parse_with_and_without_the_ray_prefix():
+    channels = parse_nccl_channels(log("vllm-ray-2node-ib-gdrdma.log"))
+    assert len(channels) == 8  # the ring lists "Channel 00/02 : 0 1" are no connections
+    worker = channels[4]
+    assert worker["host"] == "h100-b" and worker["pid"] == 4123
+    assert (worker["src"], worker["dst"], worker["direction"]) == (0, 1, "receive")
+    assert worker["via"] == "NET/IB/0/GDRDMA" and worker["net"] == "IB" and worker["gdrdma"]
+    public = parse_nccl_channels(log("multinode-ib-gdrdma-lines.txt"))
+    assert [c["via"] for c in public] == ["NET/IB/0/GDRDMA", "NET/IB/5/GDRDMA", "NET/IB/0/GDRDMA",
+                                          "P2P/IPC"]
+    assert public[3]["net"] is None  # P2P inside a node is no network channel
+    assert parse_nccl_channels(log("h100-1gpu-no-rdma-socket-fallback.log")) == []
+
+
+def test_ib_with_gdrdma_everywhere_passes():
+    assert engine_transport_problems({"h100-a": log("vllm-ray-2node-ib-gdrdma.log"), "h100-b": ""},
+                                     {"h100-a": True, "h100-b": True}) == []
+
+
+def test_socket_channels_fail_naming_each_host_and_line():
+    problems = engine_transport_problems({"h100-a": log("vllm-ray-2node-socket.log")},
+                                         {"h100-a": True, "h100-b": True})
+    assert len(problems) == 2
+    assert problems[0].startswith("h100-a: cross-node channel over the socket transport (NET/Socket)")
+    assert ("line (journal of h100-a): h100-a:5120:5189 [0] NCCL INFO Channel 00/0 : 1[0] -> 0[0] "
+            "[receive] via NET/Socket/0") in problems[0]
+    assert problems[1].startswith("h100-b: cross-node channel over the socket transport")
+    assert "(RayWorkerWrapper pid=6006, ip=10.10.0.2) h100-b:6006:6061" in problems[1]
+
+
+def test_socket_is_no_failure_without_rdma():
+    assert engine_transport_problems({"h100-a": log("vllm-ray-2node-socket.log")}, {},
+                                     rdma_enabled=False) == []
+
+
+def test_ib_without_gdrdma_fails_only_where_gdr_is_expected():
+    text = log("vllm-ray-2node-ib-no-gdr.log")
+    problems = engine_transport_problems({"h100-a": text}, {"h100-a": True, "h100-b": False})
+    assert len(problems) == 1
+    assert problems[0].startswith("h100-a: cross-node channel over NET/IB without GDRDMA")
+    assert problems[0].endswith("h100-a:3877:3962 [0] NCCL INFO Channel 00/0 : 1[0] -> 0[0] "
+                                "[receive] via NET/IB/0")
+    assert engine_transport_problems({"h100-a": text}, {"h100-a": False, "h100-b": False}) == []
+
+
+def test_dgx_spark_without_gdr_passes_its_own_decision():
+    """GB10: GPUDirect RDMA unsupported, so NET/IB without GDRDMA is the expected transport."""
+    text = log("vllm-ray-2spark-ib-gdr-unsupported.log")
+    assert engine_transport_problems({"spark-01": text}, {"spark-01": False, "spark-02": False}) == []
+    # the same lines on a node that expects GDR fail
+    assert len(engine_transport_problems({"spark-01": text}, {"spark-01": True, "spark-02": True})) == 2
+
+
+def test_no_channel_lines_means_the_debug_level_is_wrong():
+    problems = engine_transport_problems({"h100-a": "INFO 11-27 [api_server.py] Starting\n", "h100-b": ""},
+                                         {"h100-a": True})
+    assert problems == [
+        "no NCCL channel line (`NCCL INFO Channel .. via ..`) in the journal of h100-a, h100-b: the "
+        "ranks must run with NCCL_DEBUG=INFO and NCCL_DEBUG_SUBSYS=INIT,NET (rdma_nccl_debug, "
+        "rdma_nccl_debug_subsys in the cluster env file)"]
+
+
+@pytest.mark.parametrize(("fixture", "rc"), [("vllm-ray-2node-ib-gdrdma.log", 0),
+                                             ("vllm-ray-2node-socket.log", 2)])
+def test_module_through_ansible(tmp_path, fixture, rc):
+    code, out = run_play(tmp_path, {"nccl_transport_check": {
+        "logs": {"h100-a": log(fixture), "h100-b": ""},
+        "expect_gdr": {"h100-a": True, "h100-b": "yes"}}})
+    assert code == rc, out
+    assert out["channels"] == {"h100-a": 8 if rc == 0 else 4, "h100-b": 0}
+    if rc:
+        assert out["msg"].startswith("NCCL transport of the serving engine:\n- h100-a: ")
+
+
+def test_vllm_imports_the_check_after_readiness_only_on_rdma_clusters():
+    tasks = yaml.safe_load((ROOT / "roles" / "vllm" / "tasks" / "main.yml").read_text())
+    block = next(t for t in tasks if "block" in t and "rescue" in t)["block"]
+    names = [t["name"] for t in block]
+    check = block[names.index("Check the engine's own NCCL transport (RDMA clusters)")]
+    assert names.index("Check the API served a completion") < names.index(check["name"])
+    assert check["ansible.builtin.import_tasks"] == "transport.yml"
+    assert check["when"] == "cluster_rdma_enabled | bool"
+    lab = yaml.safe_load((ROOT / "inventory" / "lab" / "group_vars" / "all" / "cluster.yml").read_text())
+    assert lab["cluster_rdma_enabled"] is False  # the lab's CPU vLLM never reaches it
