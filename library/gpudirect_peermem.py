@@ -11,7 +11,8 @@ version_added: "0.1.0"
 description:
   - Loads C(nvidia_peermem) with C(modprobe) unless C(/sys/module/nvidia_peermem) exists. On failure reads
     the kernel log and fails with the reason. C(Unknown symbol ib_register_peer_memory_client) means the inbox
-    RDMA stack; C(Invalid argument) a module built without the peer-memory API, or a GPU without GPUDirect RDMA.
+    RDMA stack; C(Invalid argument) a module built without the peer-memory API, or a GPU without
+    GPUDirect RDMA.
   - Run it only where C(servekit_node.gpudirect.mode) is C(peermem), as the role does. The decision already
     checked that a module exports the peer-memory API.
   - Supports check mode (reports the load it would do) and diff mode.

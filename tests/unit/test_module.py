@@ -63,7 +63,7 @@ def test_registry_dict_is_accepted_and_returned(tmp_path):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"model": "nope"}, "unknown model 'nope'; available models: gpt-oss-120b, gpt-oss-20b"),
+        ({"model": "nope"}, "unknown model 'nope'; available models: deepseek-r1, gpt-oss-120b, gpt-oss-20b"),
         ({"model": "gpt-oss-20b", "nnodes": 1}, "but the inventory offers 1"),
         ({"model": "gpt-oss-20b", "nnodes": 2, "executor": "slurm"},
          "value of executor must be one of: ray, mp, got: slurm"),
