@@ -632,7 +632,7 @@ def scan(paths: Paths, ports: str = "1-65535") -> dict[str, list[int]]:
         run(["ip", "-n", OUTSIDER_NETNS, "link", "set", "eth0", "up"])
         run(["ip", "-n", OUTSIDER_NETNS, "link", "set", "lo", "up"])
         proc = run(["ip", "netns", "exec", OUTSIDER_NETNS, sys.executable, "-m", "servekit.portscan",
-                    "--ports", ports, *(n.address for n in nodes)])
+                    "--ports", ports, "--expect", "22", *(n.address for n in nodes)])
     finally:
         if _netns_exists(OUTSIDER_NETNS):
             run(["ip", "netns", "del", OUTSIDER_NETNS], check=False)

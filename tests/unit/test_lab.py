@@ -7,15 +7,13 @@ Booting nodes needs root, debootstrap and nspawn; CI does that for real
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT, ansible
 
 from servekit import lab
 
@@ -91,11 +89,7 @@ def lab_checkout(tmp_path) -> lab.Paths:
 
 
 def _ansible(tool: str, paths: lab.Paths, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).with_name(tool)), "-i", str(paths.inventory), *args],
-        cwd=paths.root, capture_output=True, text=True, check=False, timeout=120,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(paths.root / "ansible.cfg")),
-    )
+    return ansible(tool, "-i", paths.inventory, *args, project=paths.root, timeout=120)
 
 
 def test_written_inventory_gives_ssh_settings_and_lab_settings(lab_checkout):
@@ -182,3 +176,21 @@ def test_lab_vault_holds_both_secrets_and_adds_a_missing_one(tmp_path):
     upgraded = lab.read_vault(paths)
     assert upgraded["vault_vllm_api_key"] == first["vault_vllm_api_key"]
     assert upgraded["vault_hf_token"].startswith("hf_lab")
+
+
+def test_portscan_that_misses_a_port_known_open_fails_instead_of_reporting():
+    """A scan under load can lose answers; missing SSH means it may miss others too."""
+    import asyncio
+    import socket
+
+    from servekit.portscan import ScanIncomplete, scan
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        open_port = server.getsockname()[1]
+        assert asyncio.run(scan(["127.0.0.1"], [open_port], 1.0, 10, expect=(open_port,))) == {
+            "127.0.0.1": [open_port]}
+    # the listener is gone: the port "known open" is missing from every try
+    with pytest.raises(ScanIncomplete, match=rf"port\(s\) \[{open_port}\] are known to be open"):
+        asyncio.run(scan(["127.0.0.1"], [open_port], 0.2, 10, expect=(open_port,), tries=2))
