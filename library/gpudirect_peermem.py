@@ -21,11 +21,15 @@ options:
     description: Root of sysfs (tests point it at a prepared tree).
     type: path
     default: /sys
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
+  platform:
+    platforms: posix
 author:
   - servekit contributors
 """
@@ -46,7 +50,7 @@ loaded:
 import os  # noqa: E402 - documentation first
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.node_facts import explain_peermem_failure  # noqa: E402
+from ansible.module_utils.node_gpu import explain_peermem_failure  # noqa: E402
 
 
 def main() -> None:

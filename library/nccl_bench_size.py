@@ -13,7 +13,7 @@ description:
     allocates a send and a receive buffer of its largest size per GPU; this module caps that size so the
     pair takes at most O(share) of the least free memory on any node (free framebuffer from
     C(nvidia-smi); C(MemAvailable) on unified-memory GPUs such as GB10, which report none), as a power of two.
-  - Pure decision logic (C(all_reduce_max_bytes) in C(module_utils/node_facts.py)); changes nothing.
+  - Pure decision logic (C(all_reduce_max_bytes) in C(module_utils/node_nccl.py)); changes nothing.
 options:
   requested:
     description: Largest size asked for (nccl-tests syntax, e.g. C(8G)).
@@ -27,6 +27,15 @@ options:
     description: Share of the free memory the buffer pair may take.
     type: float
     default: 0.25
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 author:
   - servekit contributors
 """
@@ -51,7 +60,7 @@ per_node:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - documentation first
-from ansible.module_utils.node_facts import all_reduce_max_bytes, parse_size  # noqa: E402
+from ansible.module_utils.node_nccl import all_reduce_max_bytes, parse_size  # noqa: E402
 
 
 def main() -> None:

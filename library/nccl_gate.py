@@ -48,6 +48,15 @@ options:
     description: Require GPUDirect RDMA (every NET/IB channel C(via NET/IB/<n>/GDRDMA)).
     type: bool
     default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 author:
   - servekit contributors
 """
@@ -90,7 +99,7 @@ problems:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.node_facts import hca_link, nccl_bench_verdict  # noqa: E402
+from ansible.module_utils.node_nccl import nccl_gate  # noqa: E402
 
 
 def main() -> None:
@@ -106,17 +115,10 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    p = module.params
-    if not 0 < p["min_share"] <= 1:
-        module.fail_json(msg=f"min_share: {p['min_share']} is out of range; allowed: more than 0, at most 1")
-    if p["min_busbw_gbs"] < 0:
-        module.fail_json(msg=f"min_busbw_gbs: {p['min_busbw_gbs']} is out of range; allowed: 0 or more")
-    link = hca_link(p["facts"], p["hcas"])
-    if p["link_gbps"] is not None:
-        link = {"link_gbps": p["link_gbps"], "pcie_limited": False}
-    verdict = nccl_bench_verdict(p["output"], link["link_gbps"], p["min_share"],
-                                 expect_gdr=p["expect_gdr"], min_busbw_gbs=p["min_busbw_gbs"],
-                                 pcie_limited=link["pcie_limited"])
+    try:
+        verdict = nccl_gate(**module.params)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
     if verdict["problems"]:
         module.fail_json(msg="; ".join(verdict["problems"]), changed=False, **verdict)
     module.exit_json(changed=False, **verdict)

@@ -16,7 +16,7 @@ description:
     goes over C(NET/Socket) on a cluster with RDMA enabled, when NCCL says C(Using network Socket), when a
     C(NET/IB) channel lacks C(/GDRDMA) on a host whose GPUDirect decision expects it, or when no channel line
     is found at all.
-  - Pure decision logic (C(engine_transport_problems) in C(module_utils/node_facts.py)); changes nothing.
+  - Pure decision logic (C(engine_transport_problems) in C(module_utils/node_nccl.py)); changes nothing.
 options:
   logs:
     description: Node name to the NCCL lines of its vLLM unit's current run.
@@ -32,6 +32,15 @@ options:
     description: Whether the cluster has RDMA enabled (a socket channel is then a failure).
     type: bool
     default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 author:
   - servekit contributors
 """
@@ -58,7 +67,7 @@ problems:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - documentation first
-from ansible.module_utils.node_facts import (  # noqa: E402
+from ansible.module_utils.node_nccl import (  # noqa: E402
     engine_transport_problems,
     parse_nccl_channels,
 )

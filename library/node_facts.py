@@ -18,11 +18,11 @@ description:
     GPUs' addressing mode and free memory, C(MemAvailable), the machine architecture and short
     host name; the locked-memory limits of PID 1 and of this process.
   - Decides the GPUDirect RDMA path (C(gpudirect)) with C(gpudirect_decision) in
-    C(module_utils/node_facts.py); see C(roles/gpudirect/README.md).
+    C(module_utils/node_gpu.py); see C(roles/gpudirect/README.md).
   - Read-only; runs the same in check mode. Hosts without GPUs or RDMA NICs (the CPU lab)
     return empty lists, not errors.
-  - Parsing is done by pure functions in C(module_utils/node_facts.py), tested on output
-    recorded on real H100 hosts.
+  - Parsing is done by pure functions in C(module_utils/node_gpu.py), C(node_rdma.py) and
+    C(node_preflight.py), tested on output recorded on real H100 hosts.
 options:
   sysfs_root:
     description: Root of the sysfs tree to read (tests point it at a recorded tree).
@@ -32,6 +32,18 @@ options:
     description: Root of procfs.
     type: path
     default: /proc
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.facts
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  facts:
+    support: full
+  platform:
+    platforms: posix
 author:
   - servekit contributors
 """
@@ -67,22 +79,26 @@ import platform  # noqa: E402
 import socket  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.node_facts import (  # noqa: E402
+from ansible.module_utils.node_gpu import (  # noqa: E402
     GPU_QUERY,
     PEER_MEMORY_SYMBOL,
-    debian_multiarch,
     gpudirect_decision,
     kallsyms_exports,
     parse_gpu_query,
-    parse_meminfo_kib,
     parse_nvidia_driver_file,
     parse_nvidia_smi_xml,
-    parse_pcie_link_gbps,
-    parse_proc_limits,
-    parse_rdma_link,
-    parse_sysfs_port,
     parse_topo_matrix,
     unified_memory,
+)
+from ansible.module_utils.node_preflight import (  # noqa: E402
+    debian_multiarch,
+    parse_meminfo_kib,
+    parse_proc_limits,
+)
+from ansible.module_utils.node_rdma import (  # noqa: E402
+    parse_pcie_link_gbps,
+    parse_rdma_link,
+    parse_sysfs_port,
 )
 
 

@@ -15,8 +15,8 @@ description:
     from the wanted one or between nodes, a RoCE v2 GID is missing on the data netdev, the GPUs
     are fewer than tensor-parallel x pipeline-parallel needs, the driver is older than required,
     or the CUDA version differs between nodes.
-  - Pure decision logic (C(module_utils/node_facts.py)); changes nothing. Run it once, on the
-    control node.
+  - Pure decision logic (C(preflight_report) in C(module_utils/node_preflight.py)); changes
+    nothing. Run it once, on the control node.
 options:
   facts:
     description: Mapping of host name to its C(servekit_node) facts.
@@ -35,6 +35,15 @@ options:
     description: Whether the cluster must have NVIDIA GPUs (false on the CPU lab).
     type: bool
     default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 author:
   - servekit contributors
 """
@@ -64,12 +73,7 @@ gid_index:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - documentation first
-from ansible.module_utils.node_facts import (  # noqa: E402
-    cluster_problems,
-    data_port,
-    host_problems,
-    roce_v2_gid_index,
-)
+from ansible.module_utils.node_preflight import preflight_report  # noqa: E402
 
 
 def main() -> None:
@@ -82,26 +86,11 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    facts, expect = module.params["facts"], module.params["expect"]
-    problems: list[str] = []
-    gid_index: dict = {}
-    data_mtu = {}
-    for host in sorted(facts):
-        want = expect.get(host, {})
-        if not module.params["require_gpus"]:
-            want = dict(want, gpus_per_node=0, min_driver=None)
-        problems += host_problems(host, facts[host], want)
-        netdev = want.get("rdma_netdev")
-        port = data_port(facts[host], want.get("rdma_hca"))
-        gid_index[host] = roce_v2_gid_index(port, netdev) if port and netdev else None
-        data_mtu[host] = (facts[host].get("netdevs") or {}).get(netdev, {}).get("mtu")
-    world = module.params["world_size"] if module.params["require_gpus"] else 0
-    with_mtu = {h: dict(f, data_mtu=data_mtu[h]) for h, f in facts.items()}
-    problems += cluster_problems(with_mtu, world)
-    if problems:
-        module.fail_json(msg="preflight failed:\n- " + "\n- ".join(problems), problems=problems,
-                         gid_index=gid_index)
-    module.exit_json(changed=False, problems=[], gid_index=gid_index)
+    p = module.params
+    report = preflight_report(p["facts"], p["expect"], p["world_size"], p["require_gpus"])
+    if report["problems"]:
+        module.fail_json(msg="preflight failed:\n- " + "\n- ".join(report["problems"]), **report)
+    module.exit_json(changed=False, **report)
 
 
 if __name__ == "__main__":

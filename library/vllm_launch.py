@@ -115,9 +115,6 @@ options:
     type: list
     elements: str
     default: []
-  user:
-    description: User the service runs as; root when unset.
-    type: str
   dest:
     description:
       - Where to write the unit. Nothing is written when unset.
@@ -128,6 +125,15 @@ options:
     description: File mode of O(dest).
     type: str
     default: "0644"
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 author:
   - servekit contributors
 """
@@ -242,7 +248,6 @@ def run_module() -> None:
             "environment": {"type": "dict", "default": {}},
             "environment_files": {"type": "list", "elements": "path", "default": []},
             "after": {"type": "list", "elements": "str", "default": []},
-            "user": {"type": "str"},
             "dest": {"type": "path"},
             "mode": {"type": "str", "default": "0644"},
         },
@@ -285,7 +290,6 @@ def run_module() -> None:
             start_limit_interval_sec=params["start_limit_interval_sec"],
             environment_files=params["environment_files"],
             after=params["after"],
-            user=params["user"],
         )
     result = dict(
         plan.as_dict(),

@@ -26,9 +26,9 @@ from __future__ import annotations
 import re
 
 try:
-    from ansible.module_utils.node_facts import parse_sysfs_port
+    from ansible.module_utils.node_rdma import parse_sysfs_port
 except ImportError:  # imported as servekit.module_utils.rdma_rails
-    from .node_facts import parse_sysfs_port  # type: ignore[no-redef]
+    from .node_rdma import parse_sysfs_port  # type: ignore[no-redef]
 
 # RDMA device names: IB_DEVICE_NAME_MAX is 64 with the NUL (include/rdma/ib_verbs.h).
 _HCA_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")

@@ -34,7 +34,6 @@ except ImportError:  # imported as part of the servekit package
 
 EXECUTORS = ("ray", "mp")
 RUNTIMES = ("native", "container")
-DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 
 # Keys the registry may not set: the launcher derives them from the
 # inventory (addresses, ports, ranks) or keeps them out of argv (secrets).
@@ -430,8 +429,6 @@ def render_unit(
     exec_argv: list[str] | None = None,
     environment_files: list[str] | None = None,
     after: list[str] | None = None,
-    user: str | None = None,
-    working_directory: str | None = None,
     exec_start_pre: list[str] | None = None,
     timeout_start_sec: int | None = None,
     restart_sec: int = 10,
@@ -461,10 +458,6 @@ def render_unit(
         "[Service]",
         "Type=simple",
     ]
-    if user:
-        lines.append(f"User={user}")
-    if working_directory:
-        lines.append(f"WorkingDirectory={working_directory}")
     lines += [f"EnvironmentFile=-{path}" for path in environment_files or []]
     lines += [
         f"Environment={systemd_quote(f'{key}={value}')}" for key, value in sorted(plan.env.items())

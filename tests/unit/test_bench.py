@@ -1,4 +1,4 @@
-"""The NCCL gate (bench stage, GPU part), run as the nccl_gate module on real-format output.
+"""The NCCL gate (bench stage, GPU part): its verdicts on real-format output, and the module's wiring.
 
 The all_reduce_perf rows are from a public 2x8-GPU run, the NCCL INFO lines
 from real multi-node and single-H100 logs (tests/fixtures/README.md). The
@@ -8,19 +8,15 @@ no RDMA NIC).
 
 from __future__ import annotations
 
-import os
-import subprocess
+import re
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ANSIBLE_PLAYBOOK, ROOT, run_play
-from servekit.module_utils.node_facts import (
-    all_reduce_max_bytes,
-    debian_multiarch,
-    parse_pcie_link_gbps,
-    parse_size,
-)
+from helpers import ROOT, ansible_playbook, run_task, write_play
+from servekit.module_utils.node_nccl import all_reduce_max_bytes, nccl_gate, parse_size
+from servekit.module_utils.node_preflight import debian_multiarch
+from servekit.module_utils.node_rdma import parse_pcie_link_gbps
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PERF = (FIXTURES / "public" / "all_reduce_perf-2x8gpu.txt").read_text()
@@ -37,83 +33,88 @@ SPARK_HALF = {"ports": {"1": {"state": "ACTIVE", "rate_gbps": 200.0}},
 SPARK_FACTS = {"rdma": {"rocep1s0f0": SPARK_HALF, "roceP2p1s0f0": SPARK_HALF}}
 
 
-def gate(tmp_path, output: str, **args) -> tuple[int, dict]:
-    return run_play(tmp_path, {"nccl_gate": {"output": output, **args}})
+NO_GDR = "\n".join(line for line in GDR_LOG.splitlines() if "GDRDMA" not in line and "Direct" not in line)
+# NCCL's "GPU Direct RDMA Enabled for HCA" lines without any GDRDMA channel
+ENABLED_ONLY = "\n".join(line for line in GDR_LOG.splitlines() if "GDRDMA" not in line)
+H100_FACTS = {"rdma": {"mlx5_0": {"ports": {"1": {"state": "ACTIVE", "rate_gbps": 400.0}}},
+                       "mlx5_1": {"ports": {"1": {"state": "ACTIVE", "rate_gbps": 400.0}}}}}
+BENCH_DEFAULTS = yaml.safe_load((ROOT / "roles" / "bench" / "defaults" / "main.yml").read_text())
 
 
-def test_good_run_passes_and_reports_peak(tmp_path):
+@pytest.mark.parametrize(("output", "args", "problem"), [
     # 300.5 GB/s peak over 8 x 400 Gb/s HCAs would be 75 %; over 2400 Gb/s it is 100 %.
-    rc, out = gate(tmp_path, GDR_LOG + PERF, link_gbps=2400)
-    assert rc == 0, out["msg"]
-    assert out["peak_busbw_gbs"] == pytest.approx(300.51)
-    assert out["transport"]["network"] == "IB"
-    assert out["problems"] == []
+    (GDR_LOG + PERF, {"link_gbps": 2400}, None),
+    (GDR_LOG + PERF, {"link_gbps": 3200},
+     "300.5 GB/s is 75% of the 3200 Gb/s link (400.0 GB/s); the gate is 80%"),
+    (GDR_LOG + PERF, {"link_gbps": 3200, "min_share": 0.7}, None),
+    (SOCKET_LOG + PERF, {"link_gbps": 2400}, "socket transport (NET/Socket)"),
+    (NO_GDR + "\n" + PERF, {"link_gbps": 2400}, "without GPUDirect RDMA"),
+    (NO_GDR + "\n" + PERF, {"link_gbps": 2400, "expect_gdr": False}, None),
+    (GDR_LOG, {"link_gbps": 400}, "no all_reduce_perf result rows"),
+    # only `via NET/IB/<n>/GDRDMA` channels prove GPUDirect RDMA, not `enabled for HCA`
+    (ENABLED_ONLY + "\n" + PERF, {"link_gbps": 2400}, "no `via NET/IB/<n>/GDRDMA` channel"),
+    (GDR_LOG + PERF, {"link_gbps": 2400, "min_busbw_gbs": 350},
+     "300.5 GB/s is under the floor bench_nccl_min_busbw_gbs=350 GB/s"),
+    # DGX Spark: summed sysfs rate (400 Gb/s) would demand 40 GB/s; PCIe Gen5 x4 halves carry ~100 Gb/s
+    (SPARK_LOG + SPARK_BOTH, {"facts": SPARK_FACTS, "hcas": ["rocep1s0f0", "roceP2p1s0f0"],
+                              "min_busbw_gbs": 20, "expect_gdr": False}, None),
+    (SPARK_LOG + SPARK_ONE, {"facts": SPARK_FACTS, "hcas": ["rocep1s0f0"], "expect_gdr": False,
+                             "min_busbw_gbs": BENCH_DEFAULTS["bench_nccl_min_busbw_gbs"]},
+     "11.0 GB/s is under the floor bench_nccl_min_busbw_gbs=12 GB/s"),
+    # the link speed from the HCAs' sysfs ports, as node_facts reports them
+    (GDR_LOG + PERF, {"facts": H100_FACTS, "hcas": ["mlx5_0:1", "mlx5_1"]}, None),
+    (GDR_LOG + PERF, {"facts": H100_FACTS, "hcas": ["mlx5_0", "mlx5_9"]},
+     "no bandwidth floor: the link speed is unknown"),
+], ids=["good", "low-share", "lower-gate-share", "socket", "no-gdr", "no-gdr-not-expected",
+        "no-rows", "gdr-enabled-is-no-proof", "absolute-floor", "spark-both-halves",
+        "spark-one-half-default-floor", "h100-link-from-facts", "unknown-hca"])
+def test_gate_verdict(output, args, problem):
+    problems = nccl_gate(output, **args)["problems"]
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems
 
 
-def test_low_bandwidth_fails_with_the_share(tmp_path):
-    rc, out = gate(tmp_path, GDR_LOG + PERF, link_gbps=3200)
-    assert rc != 0
-    assert "300.5 GB/s is 75% of the 3200 Gb/s link (400.0 GB/s); the gate is 80%" in out["msg"]
+def test_gate_reports_peak_transport_and_link():
+    verdict = nccl_gate(GDR_LOG + PERF, link_gbps=2400)
+    assert verdict["peak_busbw_gbs"] == pytest.approx(300.51)
+    assert verdict["transport"]["network"] == "IB"
+    assert "GPU Direct RDMA Enabled for HCA 0 'mlx5_0'" in ENABLED_ONLY
+    assert nccl_gate(GDR_LOG + PERF, facts=H100_FACTS, hcas=["mlx5_0:1", "mlx5_1"])["link_gbps"] == 800.0
 
 
-def test_lower_gate_share_passes_the_same_run(tmp_path):
-    rc, out = gate(tmp_path, GDR_LOG + PERF, link_gbps=3200, min_share=0.7)
-    assert rc == 0, out["msg"]
+def test_dgx_spark_halves_are_pcie_limited():
+    verdict = nccl_gate(SPARK_LOG + SPARK_BOTH, facts=SPARK_FACTS, hcas=["rocep1s0f0", "roceP2p1s0f0"],
+                        min_busbw_gbs=20, expect_gdr=False)
+    assert verdict["peak_busbw_gbs"] == pytest.approx(22.14) and verdict["pcie_limited"] is True
+    assert "only the absolute floor" in verdict["notes"][0]
 
 
-def test_socket_transport_fails_even_with_good_numbers(tmp_path):
-    rc, out = gate(tmp_path, SOCKET_LOG + PERF, link_gbps=2400)
-    assert rc != 0
-    assert "socket transport (NET/Socket)" in out["msg"]
+@pytest.mark.parametrize(("args", "message"), [
+    ({"min_share": 1.5}, "min_share: 1.5 is out of range; allowed: more than 0, at most 1"),
+    ({"min_share": 0}, "min_share: 0 is out of range; allowed: more than 0, at most 1"),
+    ({"min_busbw_gbs": -1}, "min_busbw_gbs: -1 is out of range; allowed: 0 or more"),
+])
+def test_gate_options_name_their_range(args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        nccl_gate(PERF, link_gbps=400, **args)
 
 
-def test_missing_gpudirect_fails_only_where_expected(tmp_path):
-    no_gdr = "\n".join(line for line in GDR_LOG.splitlines() if "GDRDMA" not in line and "Direct" not in line)
-    rc, out = gate(tmp_path, no_gdr + "\n" + PERF, link_gbps=2400)
-    assert rc != 0 and "without GPUDirect RDMA" in out["msg"]
-    rc, out = gate(tmp_path, no_gdr + "\n" + PERF, link_gbps=2400, expect_gdr=False)
-    assert rc == 0, out["msg"]
-
-
-def test_no_result_rows_fails(tmp_path):
-    rc, out = gate(tmp_path, GDR_LOG, link_gbps=400)
-    assert rc != 0 and "no all_reduce_perf result rows" in out["msg"]
-
-
-def test_bad_share_names_the_allowed_range(tmp_path):
-    rc, out = gate(tmp_path, PERF, link_gbps=400, min_share=1.5)
-    assert rc != 0 and out["msg"] == "min_share: 1.5 is out of range; allowed: more than 0, at most 1"
-
-
-def test_gdr_enabled_for_hca_is_no_proof_of_gpudirect(tmp_path):
-    """Only `via NET/IB/<n>/GDRDMA` channels prove GPUDirect RDMA, not `enabled for HCA`."""
-    enabled_only = "\n".join(line for line in GDR_LOG.splitlines() if "GDRDMA" not in line)
-    assert "GPU Direct RDMA Enabled for HCA 0 'mlx5_0'" in enabled_only
-    rc, out = gate(tmp_path, enabled_only + "\n" + PERF, link_gbps=2400)
-    assert rc != 0 and "no `via NET/IB/<n>/GDRDMA` channel" in out["msg"]
-
-
-def test_dgx_spark_both_halves_pass_on_the_absolute_floor(tmp_path):
-    """Summed sysfs rate (400 Gb/s) would demand 40 GB/s; PCIe Gen5 x4 halves carry ~100 Gb/s."""
-    rc, out = gate(tmp_path, SPARK_LOG + SPARK_BOTH, facts=SPARK_FACTS, hcas=["rocep1s0f0", "roceP2p1s0f0"],
-                   min_busbw_gbs=20, expect_gdr=False)
-    assert rc == 0, out["msg"]
-    assert out["peak_busbw_gbs"] == pytest.approx(22.14) and out["pcie_limited"] is True
-    assert "only the absolute floor" in out["notes"][0]
-
-
-def test_dgx_spark_one_half_fails_the_default_floor(tmp_path):
-    defaults = yaml.safe_load((ROOT / "roles" / "bench" / "defaults" / "main.yml").read_text())
-    floor = defaults["bench_nccl_min_busbw_gbs"]
-    rc, out = gate(tmp_path, SPARK_LOG + SPARK_ONE, facts=SPARK_FACTS, hcas=["rocep1s0f0"],
-                   min_busbw_gbs=floor, expect_gdr=False)
-    assert rc != 0
-    assert "11.0 GB/s is under the floor bench_nccl_min_busbw_gbs=12 GB/s" in out["msg"]
-
-
-def test_absolute_floor_applies_beside_the_share(tmp_path):
-    rc, out = gate(tmp_path, GDR_LOG + PERF, link_gbps=2400, min_busbw_gbs=350)
-    assert rc != 0 and "300.5 GB/s is under the floor bench_nccl_min_busbw_gbs=350 GB/s" in out["msg"]
+@pytest.mark.parametrize(("args", "rc", "message"), [
+    ({"output": GDR_LOG + PERF, "link_gbps": 2400}, 0, None),
+    ({"output": GDR_LOG + PERF, "link_gbps": 3200}, 2, "300.5 GB/s is 75% of the 3200 Gb/s link"),
+    ({"output": PERF, "link_gbps": 400, "min_share": 1.5}, 2,
+     "min_share: 1.5 is out of range; allowed: more than 0, at most 1"),
+], ids=["pass", "fail", "bad-option"])
+def test_gate_module_through_ansible(tmp_path, args, rc, message):
+    """The module's wiring: options in, verdict out, a failure carries the problems."""
+    code, out = run_task(tmp_path, {"nccl_gate": args})
+    assert code == rc, out.get("msg")
+    if message:
+        assert message in out["msg"]
+    else:
+        assert out["peak_busbw_gbs"] == pytest.approx(300.51) and out["problems"] == []
 
 
 @pytest.mark.parametrize(("speed", "width", "gbps"), [
@@ -146,7 +147,7 @@ def test_sizes_and_architectures_name_what_is_allowed():
 def test_bench_size_module(tmp_path):
     facts = {"spark-01": {"gpus": [{"memory_free_mib": None}], "mem_available_kib": 12 << 20},
              "spark-02": {"gpus": [{"memory_free_mib": None}], "mem_available_kib": 6 << 20}}
-    rc, out = run_play(tmp_path, {"nccl_bench_size": {"requested": "8G", "facts": facts}})
+    rc, out = run_task(tmp_path, {"nccl_bench_size": {"requested": "8G", "facts": facts}})
     assert rc == 0 and out["max_bytes"] == 512 << 20
     assert out["per_node"] == {"spark-01": 1 << 30, "spark-02": 512 << 20}
 
@@ -161,23 +162,9 @@ def test_mpi_home_follows_the_node_architecture(tmp_path, multiarch, expected):
              "vars": {"cluster_rdma_enabled": True, "servekit_node": {"multiarch": multiarch}},
              "tasks": [{"ansible.builtin.copy": {"content": "{{ __bench_mpi_home }}",
                                                  "dest": str(tmp_path / "mpi_home")}}]}]
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
-    proc = subprocess.run([ANSIBLE_PLAYBOOK, str(tmp_path / "play.yml")], cwd=ROOT, capture_output=True,
-                          text=True, check=False, timeout=120,
-                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
+    proc = ansible_playbook(write_play(tmp_path / "play.yml", play), timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert (tmp_path / "mpi_home").read_text() == expected
-
-
-def test_link_speed_from_the_node_facts_of_the_h100_host(tmp_path):
-    """The rate comes from the HCA's sysfs port as node_facts reports it."""
-    facts = {"rdma": {"mlx5_0": {"ports": {"1": {"state": "ACTIVE", "rate_gbps": 400.0}}},
-                      "mlx5_1": {"ports": {"1": {"state": "ACTIVE", "rate_gbps": 400.0}}}}}
-    rc, out = gate(tmp_path, GDR_LOG + PERF, facts=facts, hcas=["mlx5_0:1", "mlx5_1"])
-    assert rc == 0, out["msg"]
-    assert out["link_gbps"] == 800.0
-    rc, out = gate(tmp_path, GDR_LOG + PERF, facts=facts, hcas=["mlx5_0", "mlx5_9"])
-    assert rc != 0 and "no bandwidth floor: the link speed is unknown" in out["msg"]
 
 
 def test_serving_benchmark_rejects_bad_levels(capsys):

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import run_play
-from servekit.module_utils.node_facts import (
+from helpers import run_task
+from servekit.module_utils.node_gpu import (
     explain_peermem_failure,
     gpudirect_decision,
     kallsyms_exports,
@@ -136,11 +136,11 @@ def test_explain_peermem_failures():
 
 def test_peermem_module_leaves_a_loaded_module_alone(tmp_path):
     (tmp_path / "module" / "nvidia_peermem").mkdir(parents=True)
-    rc, out = run_play(tmp_path, {"gpudirect_peermem": {"sysfs_root": str(tmp_path)}})
+    rc, out = run_task(tmp_path, {"gpudirect_peermem": {"sysfs_root": str(tmp_path)}})
     assert rc == 0 and out["changed"] is False and out["loaded"] is True
 
 
 def test_peermem_module_reports_the_load_in_check_mode(tmp_path):
-    rc, out = run_play(tmp_path, {"gpudirect_peermem": {"sysfs_root": str(tmp_path)}}, "--check", "--diff")
+    rc, out = run_task(tmp_path, {"gpudirect_peermem": {"sysfs_root": str(tmp_path)}}, "--check", "--diff")
     assert rc == 0 and out["changed"] is True
     assert out["diff"]["after"] == "nvidia_peermem: loaded\n"

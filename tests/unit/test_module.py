@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_play
+from helpers import run_task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,18 +24,18 @@ def test_writes_unit_then_is_idempotent(tmp_path):
     dest = tmp_path / "units" / "vllm.service"
     task = launch(model="lab-tiny", node_rank=1, nnodes=2, executor="mp",
                   head_address="10.0.0.1", host_address="10.0.0.2", dest=str(dest))
-    rc, first = run_play(tmp_path, task)
+    rc, first = run_task(tmp_path, task)
     assert rc == 0 and first["changed"] is True
     assert dest.read_text() == first["unit"]
     assert "--headless" in first["argv"] and first["role"] == "worker"
     assert oct(dest.stat().st_mode & 0o777) == "0o644"
-    rc, second = run_play(tmp_path, task)
+    rc, second = run_task(tmp_path, task)
     assert rc == 0 and second["changed"] is False
 
 
 def test_check_mode_reports_diff_without_writing(tmp_path):
     dest = tmp_path / "vllm.service"
-    rc, result = run_play(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)),
+    rc, result = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)),
                           "--check", "--diff")
     assert rc == 0 and result["changed"] is True
     assert not dest.exists()
@@ -45,7 +45,7 @@ def test_check_mode_reports_diff_without_writing(tmp_path):
 def test_inactive_node_retires_an_old_unit(tmp_path):
     dest = tmp_path / "vllm.service"
     dest.write_text("old unit\n")
-    rc, result = run_play(tmp_path, launch(model="gpt-oss-20b", node_rank=1, nnodes=2,
+    rc, result = run_task(tmp_path, launch(model="gpt-oss-20b", node_rank=1, nnodes=2,
                                            dest=str(dest)))
     assert rc == 0 and result["changed"] and not result["active"]
     assert not dest.exists()
@@ -53,7 +53,7 @@ def test_inactive_node_retires_an_old_unit(tmp_path):
 
 def test_registry_dict_is_accepted_and_returned(tmp_path):
     registry = yaml.safe_load((ROOT / "config" / "model_registry.yml").read_text())
-    rc, result = run_play(tmp_path, {"vllm_launch": {"registry": registry, "model": "gpt-oss-20b",
+    rc, result = run_task(tmp_path, {"vllm_launch": {"registry": registry, "model": "gpt-oss-20b",
                                                      "nnodes": 2}})
     assert rc == 0
     assert result["registry"] == registry
@@ -71,7 +71,7 @@ def test_registry_dict_is_accepted_and_returned(tmp_path):
 )
 def test_bad_input_fails_with_named_field(tmp_path, params, message):
     dest = tmp_path / "vllm.service"
-    rc, result = run_play(tmp_path, launch(dest=str(dest), **params))
+    rc, result = run_task(tmp_path, launch(dest=str(dest), **params))
     assert rc != 0 and result["failed"]
     assert message in result["msg"]
     assert not dest.exists()
@@ -80,5 +80,5 @@ def test_bad_input_fails_with_named_field(tmp_path, params, message):
 def test_yaml_error_reports_line(tmp_path):
     bad = tmp_path / "reg.yml"
     bad.write_text("models:\n  a:\n    model: x\n   dtype: auto\n")
-    rc, result = run_play(tmp_path, {"vllm_launch": {"registry_path": str(bad), "model": "a"}})
+    rc, result = run_task(tmp_path, {"vllm_launch": {"registry_path": str(bad), "model": "a"}})
     assert rc != 0 and "YAML syntax error at line 4" in result["msg"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ANSIBLE_PLAYBOOK, ROOT
-from servekit.module_utils.node_facts import host_problems
+from servekit.module_utils.node_preflight import host_problems
 
 
 def render_env(tmp_path: Path, **extra) -> dict[str, str]:

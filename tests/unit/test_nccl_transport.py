@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_play
-from servekit.module_utils.node_facts import engine_transport_problems, parse_nccl_channels
+from helpers import run_task
+from servekit.module_utils.node_nccl import engine_transport_problems, parse_nccl_channels
 
 ROOT = Path(__file__).resolve().parents[2]
 NCCL = ROOT / "tests" / "fixtures" / "nccl"
@@ -87,7 +87,7 @@ def test_no_channel_lines_means_the_debug_level_is_wrong():
 @pytest.mark.parametrize(("fixture", "rc"), [("vllm-ray-2node-ib-gdrdma.log", 0),
                                              ("vllm-ray-2node-socket.log", 2)])
 def test_module_through_ansible(tmp_path, fixture, rc):
-    code, out = run_play(tmp_path, {"nccl_transport_check": {
+    code, out = run_task(tmp_path, {"nccl_transport_check": {
         "logs": {"h100-a": log(fixture), "h100-b": ""},
         "expect_gdr": {"h100-a": True, "h100-b": "yes"}}})
     assert code == rc, out

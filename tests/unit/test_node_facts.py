@@ -5,24 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from servekit.module_utils.node_facts import (
-    bandwidth_gate,
-    cluster_problems,
+from servekit.module_utils.node_gpu import (
     gpu_nic_affinity,
     gpudirect_decision,
-    host_problems,
-    memlock_ok,
+    parse_gpu_query,
+    parse_nvidia_smi_xml,
+    parse_topo_matrix,
+)
+from servekit.module_utils.node_nccl import (
+    bandwidth_gate,
     nccl_transport,
     nccl_transport_problems,
     parse_all_reduce_perf,
-    parse_gpu_query,
-    parse_nvidia_smi_xml,
-    parse_proc_limits,
-    parse_rdma_link,
-    parse_sysfs_port,
-    parse_topo_matrix,
-    roce_v2_gid_index,
 )
+from servekit.module_utils.node_preflight import (
+    cluster_problems,
+    host_problems,
+    memlock_ok,
+    parse_proc_limits,
+)
+from servekit.module_utils.node_rdma import parse_rdma_link, parse_sysfs_port, roce_v2_gid_index
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H100 = FIXTURES / "nvidia-h100"
@@ -252,7 +254,7 @@ def test_all_reduce_avg_line():
 
 def test_node_facts_module_reads_a_sysfs_tree(tmp_path):
     """The module itself, through Ansible, on a sysfs tree laid out like the seed's host."""
-    from conftest import run_play
+    from helpers import run_task
 
     port = tmp_path / "sys" / "class" / "infiniband" / "roceP2p1s0f0" / "ports" / "1"
     for rel, content in SEED_PORT.items():
@@ -262,7 +264,7 @@ def test_node_facts_module_reads_a_sysfs_tree(tmp_path):
     netdev.mkdir(parents=True)
     (netdev / "mtu").write_text("9000\n")
     (netdev / "operstate").write_text("up\n")
-    rc, result = run_play(tmp_path, {"node_facts": {"sysfs_root": str(tmp_path / "sys")}})
+    rc, result = run_task(tmp_path, {"node_facts": {"sysfs_root": str(tmp_path / "sys")}})
     assert rc == 0
     node = result["ansible_facts"]["servekit_node"]
     assert roce_v2_gid_index(node["rdma"]["roceP2p1s0f0"]["ports"]["1"], "enP2p1s0f0np0") == 3

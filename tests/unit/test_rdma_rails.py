@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from rdma_sysfs import FIXTURES, H100_GIDS, gid_table, with_ipv4, write_hca
-from servekit.module_utils.node_facts import parse_sysfs_port
+from servekit.module_utils.node_rdma import parse_sysfs_port
 from servekit.module_utils.rdma_rails import (
     nccl_ib_hca,
     netdev_device_unit,

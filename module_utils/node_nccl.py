@@ -1,0 +1,281 @@
+"""NCCL logs and nccl-tests output: the transport NCCL used and the bandwidth gate.
+
+Pure functions shared by the ``nccl_gate``, ``nccl_bench_size`` and
+``nccl_transport_check`` modules (``ansible.module_utils.node_nccl``) and the
+tests (``servekit.module_utils.node_nccl``). Standard library only.
+
+Formats parsed: NCCL ``NCCL_DEBUG=INFO`` logs (channel lines ``host:pid:tid [dev] NCCL INFO
+Channel 00/0 : 0[0] -> 1[0] [send] via NET/IB/0/GDRDMA``, also behind Ray's
+``(RayWorkerWrapper pid=.., ip=..)`` prefix) and nccl-tests ``all_reduce_perf`` output.
+"""
+
+from __future__ import annotations
+
+import re
+
+try:  # inside an Ansible module payload
+    from ansible.module_utils.node_rdma import hca_link
+except ImportError:  # imported as servekit.module_utils.node_nccl
+    from .node_rdma import hca_link  # type: ignore[no-redef]
+
+# ``host:pid:tid [dev] NCCL INFO Channel 00/0 : 3[3] -> 8[0] [send] via NET/IB/0/GDRDMA``
+# (src/transport/net.cc; older NCCL prints ``Channel 00 :`` and bus ids in the brackets).
+# Ray forwards a worker's stdout to the driver behind ``(RayWorkerWrapper pid=.., ip=..) ``,
+# so the prefix is searched, not anchored.
+_CHANNEL = re.compile(
+    r"(?P<host>[\w.-]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] NCCL INFO "
+    r"Channel (?P<channel>\d+)(?:/\d+)? : (?P<src>\d+)\[\w+\] -> (?P<dst>\d+)\[\w+\]"
+    r"(?: \[(?P<direction>send|receive)\])? via (?P<via>\S+)")
+_NCCL_LINE = re.compile(r"(?P<host>[\w.-]+):\d+:\d+ \[\d+\] NCCL (?:INFO|WARN) (?P<msg>.*)$")
+
+
+def parse_nccl_channels(log: str) -> list[dict]:
+    """Every connected channel in an NCCL_DEBUG=INFO log (the ring lists ``Channel 00/02 : 0 1``
+    have no ``via`` and are not connections)."""
+    channels = []
+    for line in log.splitlines():
+        match = _CHANNEL.search(line)
+        if not match:
+            continue
+        via = match.group("via")
+        channels.append({
+            "host": match.group("host"), "pid": int(match.group("pid")),
+            "channel": int(match.group("channel")), "src": int(match.group("src")),
+            "dst": int(match.group("dst")), "direction": match.group("direction"), "via": via,
+            "net": via.split("/")[1] if via.startswith("NET/") else None,
+            "gdrdma": "/GDRDMA" in via, "line": line.strip(),
+        })
+    return channels
+
+
+def nccl_transport(log: str) -> dict:
+    """What an NCCL_DEBUG=INFO log says about the network transport.
+
+    ``gdr_enabled_hcas`` comes from ``GPU Direct RDMA ... enabled for HCA``, which NCCL prints
+    from the NIC's capability before it checks each GPU's distance to it: it says GDR *could*
+    be used. Only a ``via NET/IB/<n>/GDRDMA`` channel says it *is* used (``gdrdma_channels``).
+    """
+    network = re.findall(r"NCCL INFO Using network (\S+)", log)
+    gdr_enabled = re.findall(r"NET/IB : GPU Direct RDMA (?:\(DMABUF\) )?[Ee]nabled for HCA \d+ '([^']+)'",
+                             log)
+    gdr_disabled = re.findall(r"GPU Direct RDMA Disabled for HCA \d+ '([^']+)'", log)
+    ib_devices = re.findall(r"NET/IB : Using (\[.*?)(?:; OOB|$)", log, re.MULTILINE)
+    channels = parse_nccl_channels(log)
+    net_channels = [c for c in channels if c["net"]]
+    return {
+        "network": network[-1] if network else None,
+        "socket_fallback": bool(re.search(r"Using network Socket|NET/IB : No device found", log))
+        or any(c["net"] == "Socket" for c in net_channels),
+        "ib_devices": [d.strip() for d in ib_devices if d.strip() not in ("[RO]", "")],
+        "gdr_enabled_hcas": sorted(set(gdr_enabled)),
+        "gdr_disabled_hcas": sorted(set(gdr_disabled)),
+        "dmabuf": "(DMABUF)" in log,
+        "net_channels": len(net_channels),
+        "gdrdma_channels": sum(1 for c in net_channels if c["gdrdma"]),
+        "first_net_channel_without_gdrdma": next(
+            (c["line"] for c in net_channels if c["net"] == "IB" and not c["gdrdma"]), None),
+    }
+
+
+def nccl_transport_problems(info: dict, expect_gdr: bool = True) -> list[str]:
+    """Why a run did not use NET/IB (with GPUDirect RDMA where expected); empty when fine.
+
+    GPUDirect counts as used only through ``/GDRDMA`` channels: every NET/IB channel must
+    carry it where it is expected (``enabled for HCA`` alone proves nothing).
+    """
+    problems = []
+    if info["socket_fallback"] or info["network"] not in (None, "IB"):
+        problems.append("NCCL fell back to the socket transport (NET/Socket): no usable RDMA "
+                        "device; check NCCL_IB_HCA, `rdma link`, and that /dev/infiniband is visible")
+    elif info["network"] is None and not info["net_channels"]:
+        problems.append("NCCL log names no network transport; run with NCCL_DEBUG=INFO "
+                        "NCCL_DEBUG_SUBSYS=INIT,NET")
+    if expect_gdr and not problems:
+        if not info["gdrdma_channels"]:
+            problems.append("NCCL used NET/IB without GPUDirect RDMA: no `via NET/IB/<n>/GDRDMA` "
+                            "channel in the log (`GPU Direct RDMA enabled for HCA` only says the NIC "
+                            "could); run --tags gpudirect and check NCCL_NET_GDR_LEVEL against "
+                            "`nvidia-smi topo -m`")
+        elif info["first_net_channel_without_gdrdma"]:
+            problems.append("NCCL used NET/IB without GPUDirect RDMA on some channels: "
+                            f"{info['first_net_channel_without_gdrdma']!r}; check the GPU-NIC "
+                            "distance (`nvidia-smi topo -m`) and NCCL_NET_GDR_LEVEL")
+    return problems
+
+
+def engine_transport_problems(logs: dict[str, str], expect_gdr: dict[str, bool],
+                              rdma_enabled: bool = True) -> list[str]:
+    """Judge the serving engine's own NCCL lines, read from each node's unit journal.
+
+    ``logs``: node -> the journal text of its vLLM unit (with the Ray executor the head's
+    journal also carries the workers' ranks, forwarded by Ray); ``expect_gdr``: NCCL host
+    name (short, as NCCL prints it) -> whether that node's GPUDirect decision expects
+    GDRDMA. Each problem names the rank's host, the node whose journal holds the line, and
+    the line. A channel over NET/Socket fails where RDMA is enabled; a NET/IB channel without
+    /GDRDMA fails on a host that expects GPUDirect RDMA.
+    """
+    problems: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    any_channel = False
+    everyone = bool(expect_gdr) and all(expect_gdr.values())
+    for node in sorted(logs):
+        for channel in parse_nccl_channels(logs[node] or ""):
+            any_channel = True
+            host = channel["host"]
+            if channel["net"] == "Socket" and rdma_enabled:
+                kind = "socket"
+                why = ("cross-node channel over the socket transport (NET/Socket) on a cluster "
+                       "with RDMA enabled: NCCL found no usable RDMA device (NCCL_IB_HCA, "
+                       "/dev/infiniband in the unit or container, mlx5_ib)")
+            elif channel["net"] == "IB" and not channel["gdrdma"] and expect_gdr.get(host, everyone):
+                kind = "gdr"
+                why = ("cross-node channel over NET/IB without GDRDMA where this node's "
+                       "GPUDirect RDMA path expects it (servekit_node.gpudirect): run --tags "
+                       "gpudirect, check NCCL_NET_GDR_LEVEL and `nvidia-smi topo -m`")
+            else:
+                continue
+            if (host, kind) in seen:
+                continue
+            seen.add((host, kind))
+            problems.append(f"{host}: {why}; line (journal of {node}): {channel['line']}")
+        for line in (logs[node] or "").splitlines():
+            match = _NCCL_LINE.search(line)
+            if rdma_enabled and match and match.group("msg").strip() == "Using network Socket":
+                key = (match.group("host"), "socket")
+                if key not in seen:
+                    seen.add(key)
+                    problems.append(f"{match.group('host')}: NCCL chose the socket network on a "
+                                    f"cluster with RDMA enabled; line (journal of {node}): "
+                                    f"{line.strip()}")
+    if not any_channel:
+        problems.insert(0, "no NCCL channel line (`NCCL INFO Channel .. via ..`) in the journal of "
+                           f"{', '.join(sorted(logs)) or 'any node'}: the ranks must run with "
+                           "NCCL_DEBUG=INFO and NCCL_DEBUG_SUBSYS=INIT,NET (rdma_nccl_debug, "
+                           "rdma_nccl_debug_subsys in the cluster env file)")
+    return problems
+
+
+def parse_all_reduce_perf(text: str) -> dict:
+    """nccl-tests output -> per-size rows and the reported average bus bandwidth (GB/s)."""
+    rows = []
+    for line in text.splitlines():
+        cells = line.split()
+        # size count type redop [root] time algbw busbw #wrong time algbw busbw #wrong
+        # (the root column arrived in nccl-tests 2.10; older builds print 12 cells)
+        if not cells or not cells[0].isdigit() or len(cells) not in (12, 13):
+            continue
+        busbw = 7 if len(cells) == 13 else 6
+        rows.append({"size_bytes": int(cells[0]), "type": cells[2],
+                     "out_busbw": float(cells[busbw]), "in_busbw": float(cells[busbw + 4])})
+    avg = re.search(r"#\s*Avg bus bandwidth\s*:\s*([\d.]+)", text)
+    return {"rows": rows, "avg_busbw_gbs": float(avg.group(1)) if avg else None,
+            "peak_busbw_gbs": max((r["out_busbw"] for r in rows), default=None)}
+
+
+def bandwidth_gate(peak_busbw_gbs: float, link_gbps: float | None, min_share: float = 0.8,
+                   min_busbw_gbs: float = 0.0) -> list[str]:
+    """Why the peak bus bandwidth fails the gate; empty when it passes.
+
+    Two floors: an absolute one (``min_busbw_gbs``, GB/s) and ``min_share`` of the link speed
+    (``link_gbps``, Gb/s; None skips the share, e.g. where PCIe caps the NIC below its port
+    rate and the port rate would overstate what the link can carry).
+    """
+    problems = []
+    if peak_busbw_gbs < min_busbw_gbs:
+        problems.append(f"all_reduce bus bandwidth {peak_busbw_gbs:.1f} GB/s is under the floor "
+                        f"bench_nccl_min_busbw_gbs={min_busbw_gbs:g} GB/s")
+    if link_gbps:
+        link_gbs = link_gbps / 8
+        if peak_busbw_gbs < min_share * link_gbs:
+            problems.append(f"all_reduce bus bandwidth {peak_busbw_gbs:.1f} GB/s is "
+                            f"{100 * peak_busbw_gbs / link_gbs:.0f}% of the {link_gbps:g} Gb/s link "
+                            f"({link_gbs:.1f} GB/s); the gate is {100 * min_share:.0f}%")
+    return problems
+
+
+def parse_size(text: str) -> int:
+    """nccl-tests size syntax (``8G``, ``512M``, ``1024``) -> bytes."""
+    match = re.fullmatch(r"(\d+)\s*([KMGT]?)B?", str(text).strip(), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"size {text!r}: expected an integer with an optional K, M, G or T suffix")
+    return int(match.group(1)) * 1024 ** "_KMGT".index(match.group(2).upper() or "_")
+
+
+def all_reduce_max_bytes(requested: str, gpu_free_mib: list[int | None],
+                         mem_available_kib: int | None, share: float = 0.25) -> int:
+    """Largest all_reduce size that fits beside a running vLLM.
+
+    all_reduce_perf allocates a send and a receive buffer of the largest size per GPU, plus
+    NCCL's own buffers; using at most ``share`` (a quarter) of the free memory for each buffer
+    pair leaves the serving engine its memory. Unified-memory GPUs (GB10) report no free
+    framebuffer (``[N/A]``): MemAvailable is the pool there. The result is a power of two,
+    at most ``requested``, at least 1 MiB.
+    """
+    want = parse_size(requested)
+    frees = [f for f in gpu_free_mib if f is not None]
+    if frees:
+        free_bytes = min(frees) * 1024 ** 2
+    elif mem_available_kib:
+        free_bytes = mem_available_kib * 1024
+    else:
+        return want
+    cap = int(free_bytes * share / 2)
+    size = 1 << 20
+    while size * 2 <= min(want, cap):
+        size *= 2
+    return min(want, size)
+
+
+def nccl_bench_verdict(output: str, link_gbps: float | None, min_share: float = 0.8, *,
+                       expect_gdr: bool = True, min_busbw_gbs: float = 0.0,
+                       pcie_limited: bool = False) -> dict:
+    """Judge an ``all_reduce_perf`` run made with ``NCCL_DEBUG=INFO``.
+
+    Problems: no result rows, the socket transport instead of NET/IB, NET/IB channels without
+    GDRDMA where GPUDirect is expected, peak bus bandwidth under ``min_busbw_gbs`` or under
+    ``min_share`` of the link speed (``link_gbps``; the share is skipped when PCIe caps an HCA
+    below its port rate, ``pcie_limited``: the absolute floor decides there).
+    """
+    perf = parse_all_reduce_perf(output)
+    transport = nccl_transport(output)
+    problems = []
+    if not perf["rows"]:
+        problems.append("no all_reduce_perf result rows in the output: the run failed or was cut short")
+    problems += nccl_transport_problems(transport, expect_gdr=expect_gdr)
+    peak = perf["peak_busbw_gbs"] or 0.0
+    notes = []
+    if perf["rows"]:
+        share_link = None if pcie_limited else link_gbps
+        if pcie_limited:
+            notes.append("an HCA's PCIe link is slower than its port rate: only the absolute "
+                         "floor bench_nccl_min_busbw_gbs applies")
+        elif not link_gbps:
+            notes.append("link speed unknown (no rate in an HCA's sysfs port): only the absolute "
+                         "floor bench_nccl_min_busbw_gbs applies")
+        problems += bandwidth_gate(peak, share_link, min_share, min_busbw_gbs)
+        if not share_link and not min_busbw_gbs:
+            problems.append("no bandwidth floor: the link speed is unknown or capped by PCIe and "
+                            "bench_nccl_min_busbw_gbs is 0")
+    return {"peak_busbw_gbs": peak, "avg_busbw_gbs": perf["avg_busbw_gbs"], "rows": perf["rows"],
+            "transport": transport, "link_gbps": link_gbps, "min_share": min_share,
+            "min_busbw_gbs": min_busbw_gbs, "pcie_limited": pcie_limited, "notes": notes,
+            "problems": problems}
+
+
+def nccl_gate(output: str, *, link_gbps: float | None = None, facts: dict | None = None,
+              hcas: list[str] | tuple[str, ...] = (), min_share: float = 0.8,
+              min_busbw_gbs: float = 0.0, expect_gdr: bool = True) -> dict:
+    """The ``nccl_gate`` module's verdict: ``nccl_bench_verdict`` with the link speed given
+    (``link_gbps``) or found from the node's facts and the HCAs NCCL uses (``hca_link``).
+
+    Raises ValueError, naming the option and its range, for a share or floor out of range.
+    """
+    if not 0 < min_share <= 1:
+        raise ValueError(f"min_share: {min_share} is out of range; allowed: more than 0, at most 1")
+    if min_busbw_gbs < 0:
+        raise ValueError(f"min_busbw_gbs: {min_busbw_gbs} is out of range; allowed: 0 or more")
+    link = hca_link(facts, list(hcas))
+    if link_gbps is not None:
+        link = {"link_gbps": link_gbps, "pcie_limited": False}
+    return nccl_bench_verdict(output, link["link_gbps"], min_share, expect_gdr=expect_gdr,
+                              min_busbw_gbs=min_busbw_gbs, pcie_limited=link["pcie_limited"])

@@ -1,0 +1,145 @@
+"""Preflight: host limits and memory, and what stops a host or the cluster from serving.
+
+Pure functions shared by the ``node_facts`` and ``preflight_check`` modules
+(``ansible.module_utils.node_preflight``) and the tests
+(``servekit.module_utils.node_preflight``). Standard library only.
+
+Formats parsed: ``/proc/<pid>/limits``, ``/proc/meminfo``.
+"""
+
+from __future__ import annotations
+
+import re
+
+try:  # inside an Ansible module payload
+    from ansible.module_utils.node_gpu import version_tuple
+except ImportError:  # imported as servekit.module_utils.node_preflight
+    from .node_gpu import version_tuple  # type: ignore[no-redef]
+try:  # inside an Ansible module payload
+    from ansible.module_utils.node_rdma import data_port, roce_v2_gid_index
+except ImportError:  # imported as servekit.module_utils.node_preflight
+    from .node_rdma import data_port, roce_v2_gid_index  # type: ignore[no-redef]
+
+UNLIMITED = "unlimited"
+
+
+def parse_proc_limits(text: str) -> dict[str, dict[str, str]]:
+    """``/proc/<pid>/limits`` -> {"Max locked memory": {"soft": .., "hard": .., "units": ..}}."""
+    limits = {}
+    for line in text.splitlines()[1:]:
+        match = re.match(r"^(Max [\w ]+?)\s{2,}(\S+)\s+(\S+)\s*(\S*)\s*$", line)
+        if match:
+            limits[match.group(1)] = {"soft": match.group(2), "hard": match.group(3),
+                                      "units": match.group(4) or None}
+    return limits
+
+
+def memlock_ok(limits: dict, ceiling: str = UNLIMITED) -> bool:
+    """Locked-memory soft and hard limits reach ``ceiling`` (the node's highest)."""
+    entry = limits.get("Max locked memory")
+    if not entry:
+        return False
+    if ceiling == UNLIMITED:
+        return entry["soft"] == entry["hard"] == UNLIMITED
+    return all(entry[k] == UNLIMITED or int(entry[k]) >= int(ceiling) for k in ("soft", "hard"))
+
+
+def parse_meminfo_kib(text: str, key: str = "MemAvailable") -> int | None:
+    """One ``/proc/meminfo`` value in KiB."""
+    match = re.search(rf"^{key}:\s+(\d+) kB$", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def debian_multiarch(machine: str) -> str:
+    """Debian/Ubuntu multiarch triplet for ``uname -m`` (Open MPI lives under /usr/lib/<triplet>)."""
+    triplets = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
+                "arm64": "aarch64-linux-gnu", "ppc64le": "powerpc64le-linux-gnu"}
+    if machine not in triplets:
+        raise ValueError(f"machine {machine!r}: no Debian multiarch triplet known; "
+                         f"allowed: {', '.join(sorted(triplets))}")
+    return triplets[machine]
+
+
+def host_problems(host: str, facts: dict, want: dict) -> list[str]:
+    """What stops ``host`` from joining an RDMA GPU cluster; each names the fix.
+
+    ``want``: ``rdma_hca``, ``rdma_netdev``, ``mtu``, ``min_driver``,
+    ``gpus_per_node``, ``require_rdma`` (False skips the RDMA checks).
+    """
+    problems = []
+    gpus = facts.get("gpus") or []
+    if len(gpus) < want.get("gpus_per_node", 0):
+        problems.append(f"{host}: {len(gpus)} GPU(s) visible, inventory says "
+                        f"cluster_devices_per_node={want['gpus_per_node']}; check `nvidia-smi -L` "
+                        "and the driver")
+    driver = facts.get("driver_version")
+    if want.get("min_driver") and gpus and version_tuple(driver) < version_tuple(want["min_driver"]):
+        problems.append(f"{host}: NVIDIA driver {driver} is older than required "
+                        f"{want['min_driver']} (preflight_min_driver_version); upgrade the driver")
+    if not want.get("require_rdma", True):
+        return problems
+    hcas = facts.get("rdma") or {}
+    hca, netdev = want.get("rdma_hca"), want.get("rdma_netdev")
+    if hca not in hcas:
+        problems.append(f"{host}: RDMA device rdma_hca={hca!r} not present; present: "
+                        f"{', '.join(sorted(hcas)) or 'none (is mlx5_ib loaded?)'}")
+        return problems
+    port = data_port(facts, hca)
+    if port is None:
+        problems.append(f"{host}: {hca} has no ports in sysfs")
+        return problems
+    if port["state"] != "ACTIVE":
+        problems.append(f"{host}: {hca} port state is {port['state']} ({port['phys_state']}); "
+                        "bring the link up (cable, switch port, `ip link set <netdev> up`)")
+    ndevs = sorted({g["ndev"] for g in port["gids"] if g["ndev"]})
+    if netdev not in ndevs and netdev not in (facts.get("netdevs") or {}):
+        problems.append(f"{host}: netdev rdma_netdev={netdev!r} not found for {hca}; "
+                        f"its netdevs: {', '.join(ndevs) or 'none'}")
+    elif roce_v2_gid_index(port, netdev) is None:
+        problems.append(f"{host}: no RoCE v2 GID on {netdev} ({hca}); give {netdev} an IP "
+                        "address on the data subnet and check `rdma link` / cma_roce_mode")
+    mtu = (facts.get("netdevs") or {}).get(netdev, {}).get("mtu")
+    if want.get("mtu") and mtu is not None and mtu != want["mtu"]:
+        problems.append(f"{host}: {netdev} MTU is {mtu}, want {want['mtu']} (network stage "
+                        "sets it; the switch ports must allow it too)")
+    return problems
+
+
+def cluster_problems(facts_by_host: dict[str, dict], world_size: int) -> list[str]:
+    """Cross-host checks: GPU total, MTU and CUDA agreement."""
+    problems = []
+    total = sum(len(f.get("gpus") or []) for f in facts_by_host.values())
+    if total < world_size:
+        problems.append(f"cluster: {total} GPU(s) across {len(facts_by_host)} node(s), the model "
+                        f"needs tensor-parallel-size x pipeline-parallel-size = {world_size}")
+    for label, key in (("CUDA version", "cuda_version"), ("data netdev MTU", "data_mtu")):
+        values = {h: f.get(key) for h, f in facts_by_host.items() if f.get(key) is not None}
+        if len(set(values.values())) > 1:
+            problems.append(f"cluster: {label} differs between nodes: "
+                            + ", ".join(f"{h}={v}" for h, v in sorted(values.items())))
+    return problems
+
+
+def preflight_report(facts: dict[str, dict], expect: dict[str, dict], world_size: int,
+                     require_gpus: bool = True) -> dict:
+    """Every host's and the cluster's problems, and each host's RoCE v2 GID index.
+
+    ``facts``: host -> its ``servekit_node`` facts; ``expect``: host -> what the inventory
+    wants of it (``host_problems``' ``want``). Without ``require_gpus`` (the CPU lab) the
+    GPU count, driver and world-size checks are off.
+    """
+    problems: list[str] = []
+    gid_index: dict[str, int | None] = {}
+    data_mtu: dict[str, int | None] = {}
+    for host in sorted(facts):
+        want = expect.get(host, {})
+        if not require_gpus:
+            want = dict(want, gpus_per_node=0, min_driver=None)
+        problems += host_problems(host, facts[host], want)
+        netdev = want.get("rdma_netdev")
+        port = data_port(facts[host], want.get("rdma_hca"))
+        gid_index[host] = roce_v2_gid_index(port, netdev) if port and netdev else None
+        data_mtu[host] = (facts[host].get("netdevs") or {}).get(netdev, {}).get("mtu")
+    with_mtu = {h: dict(f, data_mtu=data_mtu[h]) for h, f in facts.items()}
+    problems += cluster_problems(with_mtu, world_size if require_gpus else 0)
+    return {"problems": problems, "gid_index": gid_index}

@@ -1,0 +1,64 @@
+"""Running Ansible from the tests: one way to call ansible-playbook (and friends) on the project.
+
+Every test that runs a play goes through ``ansible`` / ``ansible_playbook``:
+this venv's tools, the project's ansible.cfg, output captured as text, a
+timeout, never a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ANSIBLE_PLAYBOOK = str(BIN / "ansible-playbook")
+
+
+def ansible(tool: str, *args: object, project: Path = ROOT, env: Mapping[str, str] | None = None,
+            unset: Iterable[str] = (), timeout: int = 180) -> subprocess.CompletedProcess:
+    """Run ``tool`` (ansible-playbook, ansible-inventory, ...) in ``project`` with its ansible.cfg.
+
+    ``env`` adds to this process's environment, ``unset`` removes names from it.
+    """
+    full_env = dict(os.environ, ANSIBLE_CONFIG=str(project / "ansible.cfg"), **(env or {}))
+    for name in unset:
+        full_env.pop(name, None)
+    return subprocess.run([str(BIN / tool), *map(str, args)], cwd=project, env=full_env,
+                          capture_output=True, text=True, check=False, timeout=timeout)
+
+
+def ansible_playbook(*args: object, **kwargs) -> subprocess.CompletedProcess:
+    """``ansible-playbook *args`` (see ``ansible`` for the keywords)."""
+    return ansible("ansible-playbook", *args, **kwargs)
+
+
+def write_play(path: Path, plays: list[dict]) -> Path:
+    """Write ``plays`` as a playbook at ``path``."""
+    path.write_text(yaml.safe_dump(plays, sort_keys=False))
+    return path
+
+
+def run_task(tmp_path: Path, task: dict, *flags: str) -> tuple[int, dict]:
+    """Run one module task on localhost; return ansible-playbook's rc and the task's result."""
+    task = dict(task, register="out")
+    play = [{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "tasks": [
+            dict(task, ignore_errors=True),
+            {"ansible.builtin.copy": {"content": "{{ out | to_json }}",
+                                      "dest": str(tmp_path / "result.json")},
+             "check_mode": False},
+            {"ansible.builtin.fail": {"msg": "module failed"}, "when": "out is failed"},
+        ],
+    }]
+    proc = ansible_playbook(write_play(tmp_path / "play.yml", play), *flags, timeout=120,
+                            env={"ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+                                 "ANSIBLE_LOCALHOST_WARNING": "false"})
+    return proc.returncode, json.loads((tmp_path / "result.json").read_text())
