@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVEKIT = str(Path(sys.executable).with_name("servekit"))
@@ -397,7 +398,7 @@ def _real_events(tmp_path: Path, fatal: bool, msg: str = "broken on purpose") ->
 
 
 def test_failure_summary_names_changes_failures_and_the_rest(tmp_path):
-    from servekit.runs import failure_summary
+    from servekit.runner import failure_summary
 
     events = _real_events(tmp_path, fatal=False)
     text = failure_summary(events, ["servekit", "up", "-i", "inventory/x", "-e", "a=b"])
@@ -417,7 +418,7 @@ def test_failure_summary_names_changes_failures_and_the_rest(tmp_path):
 
 
 def test_failure_summary_without_limit_when_the_run_stopped_everywhere(tmp_path):
-    from servekit.runs import failure_summary
+    from servekit.runner import failure_summary
 
     events = _real_events(tmp_path, fatal=True, msg="vllm: m gave no completion. Rolled back to lab-tiny")
     body = "\n".join(line.strip() for line in failure_summary(
@@ -440,3 +441,44 @@ def test_up_prints_the_summary_when_a_node_fails(tmp_path):
     assert dry.returncode == 1
     assert "dry run: nothing on the nodes was changed" in dry.stderr
     assert "to finish" not in dry.stderr
+
+
+# --------------------------------------------------------------------------
+# servekit/runner.py: bad input is known by the role that failed, not a play title
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("role", "bad_input"), [
+    ("validate", True), ("cluster", True), ("vllm", False), (None, False), ("", False)])
+def test_failures_of_input_checking_roles_are_bad_input(role, bad_input):
+    from servekit.runner import is_input_failure
+
+    assert is_input_failure({"role": role, "play": "any title", "host": "localhost"}) is bad_input
+
+
+def test_the_example_guard_is_a_task_of_an_input_role():
+    """playbooks/preflight.yml stops example inventories with the validate role's task."""
+    from servekit.runner import INPUT_ROLES
+
+    plays = yaml.safe_load((ROOT / "playbooks" / "preflight.yml").read_text())
+    guard = plays[0]["tasks"][0]["ansible.builtin.import_role"]
+    assert guard["name"] in INPUT_ROLES and guard["tasks_from"] == "example_guard.yml"
+
+
+def test_terminate_descendants_stops_the_whole_tree(tmp_path):
+    from servekit.runner import terminate_descendants
+
+    marker = f"sleep {700 + os.getpid() % 1000}"
+    parent = subprocess.Popen(["sh", "-c", f"{marker} & {marker} & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and subprocess.run(
+                ["pgrep", "-c", "-f", marker], capture_output=True, text=True,
+                check=False).stdout.strip() != "2":
+            time.sleep(0.1)
+        stopped = terminate_descendants(parent.pid, grace_s=5)
+        assert len(stopped) == 2
+        parent.wait(timeout=10)
+        assert subprocess.run(["pgrep", "-f", marker], capture_output=True, check=False).returncode == 1
+    finally:
+        parent.kill()

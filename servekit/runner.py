@@ -1,5 +1,6 @@
-"""ansible-runner runs of ``servekit up``: one fresh private data dir per run,
-and what a failed run left on each node.
+"""``servekit up``'s ansible-runner run: a fresh private data dir per run, live
+events, Ctrl+C that stops the whole process tree, and what a failed run left
+on each node.
 
 Why a fresh dir: ansible-runner's ``dump_artifacts`` (ansible_runner/utils/
 __init__.py) writes ``env/cmdline``, ``env/envvars``, ``env/extravars``,
@@ -15,13 +16,26 @@ now gets its own dir (and ``suppress_env_files``, so nothing is written to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
+import sys
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import psutil
+
+EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 130
+# Roles that only check input on the control node (the validate stage and the
+# example-inventory guard): their failures are bad input (exit 2), whatever
+# the play is called.
+INPUT_ROLES = frozenset({"cluster", "validate"})
 
 RUNS_KEPT = 5
 _RUN_DIR = re.compile(r"\d{8}T\d{6}\.\d{6}-\d+")
@@ -199,3 +213,154 @@ def _with_limit(words: list[str], limit: str, flag: str) -> list[str]:
             continue
         out.append(word)
     return [*out, flag, limit]
+
+
+# --------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What ``servekit up`` was asked for (the CLI flags)."""
+
+    inventory: str | None = None
+    tags: str | None = None
+    skip_tags: str | None = None
+    limit: str | None = None
+    check: bool = False
+    diff: bool = False
+    extra_vars: Sequence[str] = ()
+    verbose: int = 0
+
+    def cmdline(self) -> str:
+        """ansible-playbook flags that ansible-runner has no parameter for."""
+        words: list[str] = []
+        if self.check:
+            words += ["--check", "--diff"]
+        elif self.diff:
+            words.append("--diff")
+        if self.skip_tags:
+            words += ["--skip-tags", self.skip_tags]
+        for extra in self.extra_vars:
+            words += ["--extra-vars", extra]
+        return shlex.join(words)
+
+    def rerun_words(self, model: str | None = None) -> list[str]:
+        """The ``servekit up`` command that repeats this run for real (no --check)."""
+        words = ["servekit", "up"]
+        if self.inventory is not None:
+            words += ["-i", self.inventory]
+        for flag, value in (("--tags", self.tags), ("--skip-tags", self.skip_tags),
+                            ("--limit", self.limit), ("--model", model)):
+            if value:
+                words += [flag, value]
+        for extra in self.extra_vars:
+            words += ["-e", extra]
+        if self.diff:
+            words.append("--diff")
+        return words
+
+
+def ansible_env(root: Path) -> dict[str, str]:
+    """Environment of the ansible commands servekit runs for the project at ``root``."""
+    # ansible-playbook comes from the same environment as servekit, even
+    # when that venv is not activated.
+    bindir = str(Path(sys.executable).parent)
+    env = {
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]),
+    }
+    # ansible-runner gives ansible-playbook a pty, so ansible colours its
+    # output even when ours goes to a log file: colour only for a terminal.
+    env["ANSIBLE_FORCE_COLOR" if sys.stdout.isatty() else "ANSIBLE_NOCOLOR"] = "1"
+    return env
+
+
+def run_site(root: Path, inventory: Path, options: UpOptions) -> int:
+    """Run ``root/site.yml`` on ``inventory``; the exit code of ``servekit up``."""
+    import ansible_runner  # slow import: only for the command that needs it
+
+    cancel = threading.Event()
+    log = EventLog()
+    # Every setting of this run is passed here and nowhere else: a fresh
+    # private data dir, and no env/ files (see the module docstring).
+    private_dir = new_private_dir(root / ".cache" / "runner")
+    thread, runner = ansible_runner.run_async(
+        private_data_dir=str(private_dir),
+        project_dir=str(root),
+        playbook=str(root / "site.yml"),
+        inventory=str(inventory),
+        tags=options.tags or None,
+        # The validate stage and the example-inventory guard run on the
+        # control node: a --limit to some nodes must not skip them.
+        limit=f"{options.limit},localhost" if options.limit else None,
+        cmdline=options.cmdline() or None,
+        verbosity=options.verbose or None,
+        envvars=ansible_env(root),
+        suppress_env_files=True,
+        cancel_callback=cancel.is_set,
+        event_handler=log,
+        quiet=False,
+    )
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        print("\nservekit: cancelling the playbook run...", file=sys.stderr)
+        # ansible-runner stops ansible-playbook only; the module processes it
+        # started (a long command, a wait loop) would live on as orphans.
+        terminate_descendants(os.getpid())
+        cancel.set()
+        thread.join()
+    rerun = options.rerun_words(os.environ.get("MODEL_NAME"))
+    if cancel.is_set() or runner.status == "canceled":
+        print("servekit: cancelled", file=sys.stderr)
+        if not options.check:
+            print(failure_summary(log.events, rerun), file=sys.stderr)
+        return EXIT_CANCELLED
+    if runner.rc == 0:
+        return 0
+    return report_failure(log, runner.rc, private_dir / "artifacts", options.check, rerun)
+
+
+def terminate_descendants(pid: int, grace_s: float = 5.0) -> list[int]:
+    """SIGTERM every descendant of ``pid``, SIGKILL those alive after ``grace_s``; their pids."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return [child.pid for child in children]
+
+
+def is_input_failure(failure: dict) -> bool:
+    """Whether a failed result is bad input: it came from a role that only checks input."""
+    return failure.get("role") in INPUT_ROLES
+
+
+def report_failure(log: EventLog, rc: int | None, artifacts: Path, check: bool,
+                   rerun: list[str]) -> int:
+    """Bad input caught on the control node exits 2 like any bad input; else 1, with what
+    the run changed on each node before it stopped and how to finish or revert it."""
+    failures = log.failures()
+    first = failures[0] if failures else {}
+    message = first.get("msg", "").replace("\n", " ")
+    if first and is_input_failure(first):
+        print(f"servekit: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    where = f" on {first.get('host')} at '{task_label(first)}'" if first else ""
+    print(f"servekit: playbook failed{where} (ansible-playbook rc {rc}); "
+          f"events under {artifacts}", file=sys.stderr)
+    if check:
+        print("servekit: dry run: nothing on the nodes was changed", file=sys.stderr)
+    else:
+        print(failure_summary(log.events, rerun), file=sys.stderr)
+    return 1

@@ -1,0 +1,145 @@
+"""A cluster as its inventory describes it: head, nodes, API URL and key, ports.
+
+Values come from ``ansible-inventory --list`` (the inventory and its
+group_vars, vault decrypted) over the roles' own ``defaults/main.yml``, so a
+port or an address the inventory leaves unset is the one the roles deploy,
+not a copy of it here. ansible-inventory does not template: a value such as
+``{{ vault_vllm_api_key }}`` or the default ``{{ ansible_host |
+default(inventory_hostname) }}`` is followed one step (``resolve_plain_var``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from servekit.lab import Paths as LabPaths
+
+# ``{{ name }}``, ``{{ name | default(None) }}`` or ``{{ name | default(other) }}``
+_ONE_VAR = re.compile(r"\{\{\s*(\w+)\s*(?:\|\s*default\(\s*(\w+)\s*\)\s*)?\}\}")
+
+
+class InventoryError(Exception):
+    """The inventory cannot be read or does not describe one cluster."""
+
+
+def resolve_plain_var(hostvars: Mapping[str, Any], name: str) -> Any:
+    """``name`` from ansible-inventory output, following one ``{{ other }}`` indirection.
+
+    ansible-inventory does not template; the lab's ``vllm_api_key`` is
+    ``{{ vault_vllm_api_key }}``, whose value comes decrypted from vault.yml.
+    ``{{ a | default(b) }}`` gives ``a`` where set, else ``b`` (``None``: None).
+    """
+    value = hostvars.get(name)
+    match = _ONE_VAR.fullmatch(value) if isinstance(value, str) else None
+    if not match:
+        return value
+    first, fallback = match.groups()
+    if first in hostvars or fallback in (None, "None"):
+        return hostvars.get(first)
+    return hostvars.get(fallback)
+
+
+def role_defaults(root: Path) -> dict[str, Any]:
+    """Every role's ``defaults/main.yml``, merged (role inputs carry their role's prefix)."""
+    merged: dict[str, Any] = {}
+    for path in sorted(root.glob("roles/*/defaults/main.yml")):
+        merged.update(yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """One cluster's nodes and endpoints; ``hostvars`` are inventory values over role defaults."""
+
+    inventory: Path
+    head: str
+    workers: tuple[str, ...]
+    hostvars: Mapping[str, Mapping[str, Any]]
+
+    @classmethod
+    def from_inventory_data(cls, inventory: Path, data: Mapping[str, Any],
+                            defaults: Mapping[str, Any]) -> ClusterView:
+        """From ``ansible-inventory --list`` JSON and the role defaults."""
+        heads = data.get("head", {}).get("hosts", [])
+        if len(heads) != 1:
+            raise InventoryError(f"{inventory}: group 'head' must hold exactly one host, has {heads}")
+        workers = tuple(h for h in _group_hosts(data, "workers") if h not in heads)
+        found = data.get("_meta", {}).get("hostvars", {})
+        hostvars = {name: {**defaults, "inventory_hostname": name, **found.get(name, {})}
+                    for name in (heads[0], *workers)}
+        return cls(inventory=inventory, head=heads[0], workers=workers, hostvars=hostvars)
+
+    @classmethod
+    def load(cls, inventory: Path, root: Path, env: Mapping[str, str] | None = None) -> ClusterView:
+        """Read ``inventory`` with ansible-inventory (``env``: e.g. ANSIBLE_CONFIG); ``root`` is
+        the project whose roles' defaults fill in what the inventory leaves unset."""
+        if not inventory.exists():
+            raise InventoryError(f"{inventory} does not exist (for the lab: servekit lab up)")
+        tool = Path(sys.executable).with_name("ansible-inventory")
+        proc = subprocess.run([str(tool), "-i", str(inventory), "--list"], capture_output=True,
+                              text=True, check=False, env={**os.environ, **(env or {})})
+        if proc.returncode != 0:
+            detail = (proc.stderr.strip().splitlines() or [""])[-1]
+            if "vault" in detail:
+                detail += (" (set ANSIBLE_VAULT_PASSWORD_FILE; the lab's is "
+                           f"{LabPaths.default(root).vault_password})")
+            raise InventoryError(f"{inventory}: {detail}")
+        return cls.from_inventory_data(inventory, json.loads(proc.stdout), role_defaults(root))
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Head first, then the workers: the node ranks the roles use."""
+        return (self.head, *self.workers)
+
+    def var(self, name: str, host: str | None = None) -> Any:
+        """A variable of ``host`` (default: the head), one indirection followed."""
+        return resolve_plain_var(self.hostvars[host or self.head], name)
+
+    def address(self, host: str | None = None) -> str:
+        """The data-plane address of ``host`` (``cluster_data_address``)."""
+        return str(self.var("cluster_data_address", host))
+
+    @property
+    def api_port(self) -> int:
+        return int(self.var("cluster_api_port"))
+
+    @property
+    def api_url(self) -> str:
+        """The head's OpenAI-compatible API, without ``/v1``."""
+        return f"http://{self.address()}:{self.api_port}"
+
+    @property
+    def api_key(self) -> str | None:
+        return self.var("vllm_api_key") or None
+
+    @property
+    def default_model(self) -> str | None:
+        return self.var("cluster_default_model")
+
+    def ports(self, host: str | None = None) -> dict[str, int]:
+        """Every ``*_port`` variable of ``host`` (default: the head) that is a number."""
+        found = {}
+        for name in self.hostvars[host or self.head]:
+            value = self.var(name, host) if name.endswith("_port") else None
+            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+                found[name] = int(value)
+        return found
+
+
+def _group_hosts(data: Mapping[str, Any], group: str) -> list[str]:
+    """Hosts of ``group`` and its child groups, in inventory order."""
+    entry = data.get(group, {})
+    hosts = list(entry.get("hosts", []))
+    for child in entry.get("children", []):
+        hosts += [h for h in _group_hosts(data, child) if h not in hosts]
+    return hosts

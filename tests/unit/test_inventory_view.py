@@ -1,0 +1,84 @@
+"""ClusterView: head, nodes, API URL and key, ports, from an inventory over the roles' defaults."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from helpers import ROOT, ansible
+
+from servekit.inventory import ClusterView, InventoryError, resolve_plain_var, role_defaults
+
+DEFAULTS = role_defaults(ROOT)
+ROLE = {role: yaml.safe_load((ROOT / f"roles/{role}/defaults/main.yml").read_text())
+        for role in ("cluster", "ray", "vllm")}
+
+
+def _data(head_vars: dict | None = None, worker_vars: dict | None = None) -> dict:
+    """What ``ansible-inventory --list`` prints for a head and one worker under 'cluster'."""
+    return {
+        "all": {"children": ["ungrouped", "cluster"]},
+        "cluster": {"children": ["head", "workers"]},
+        "head": {"hosts": ["node-a"]},
+        "workers": {"hosts": ["node-b"]},
+        "_meta": {"hostvars": {"node-a": {"ansible_host": "10.0.0.1", **(head_vars or {})},
+                               "node-b": {"ansible_host": "10.0.0.2", **(worker_vars or {})}}},
+    }
+
+
+def test_what_the_inventory_leaves_unset_comes_from_the_role_defaults():
+    view = ClusterView.from_inventory_data(ROOT / "x", _data(), DEFAULTS)
+    assert view.head == "node-a" and view.nodes == ("node-a", "node-b")
+    assert view.api_port == ROLE["cluster"]["cluster_api_port"]
+    # cluster_data_address defaults to "{{ ansible_host | default(inventory_hostname) }}"
+    assert view.address() == "10.0.0.1" and view.address("node-b") == "10.0.0.2"
+    assert view.api_url == f"http://10.0.0.1:{ROLE['cluster']['cluster_api_port']}"
+    assert view.default_model == ROLE["cluster"]["cluster_default_model"]
+    assert view.api_key is None  # vllm_api_key: null
+    ports = view.ports()
+    assert ports["ray_dashboard_port"] == ROLE["ray"]["ray_dashboard_port"]
+    assert ports["vllm_backend_port"] == ROLE["vllm"]["vllm_backend_port"]
+
+
+def test_inventory_values_win_and_one_indirection_is_followed():
+    view = ClusterView.from_inventory_data(ROOT / "x", _data(
+        {"cluster_api_port": 9000, "cluster_data_address": "192.168.1.1",
+         "vllm_api_key": "{{ vault_vllm_api_key }}", "vault_vllm_api_key": "sk-1"}), DEFAULTS)
+    assert view.api_url == "http://192.168.1.1:9000" and view.api_key == "sk-1"
+    no_host = ClusterView.from_inventory_data(ROOT / "x", {"head": {"hosts": ["h"]}}, DEFAULTS)
+    assert no_host.address() == "h" and no_host.workers == ()
+
+
+def test_one_head_or_an_error_naming_the_group():
+    data = _data()
+    data["head"]["hosts"] = ["node-a", "node-c"]
+    message = r"group 'head' must hold exactly one host, has \['node-a', 'node-c'\]"
+    with pytest.raises(InventoryError, match=message):
+        ClusterView.from_inventory_data(ROOT / "x", data, DEFAULTS)
+
+
+@pytest.mark.parametrize(("hostvars", "value"), [
+    ({"k": "{{ v }}", "v": "s"}, "s"),
+    ({"k": "{{ v | default(None) }}", "v": "s"}, "s"),
+    ({"k": "{{ v | default(None) }}"}, None),
+    ({"k": "{{ a | default(b) }}", "b": "fallback"}, "fallback"),
+    ({"k": "{{ a | default(b) }}", "a": "first", "b": "fallback"}, "first"),
+    ({"k": "plain"}, "plain"),
+    ({}, None),
+])
+def test_resolve_plain_var(hostvars, value):
+    assert resolve_plain_var(hostvars, "k") == value
+
+
+def test_load_reads_a_real_inventory_with_ansible_inventory():
+    inventory = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
+    view = ClusterView.load(inventory, ROOT, env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")})
+    listed = ansible("ansible-inventory", "-i", inventory, "--list", timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert view.nodes == ("spark-01", "spark-02")
+    assert view.api_url == f"http://{view.address()}:{ROLE['cluster']['cluster_api_port']}"
+    assert view.address() in listed.stdout
+
+
+def test_load_names_a_missing_inventory(tmp_path):
+    with pytest.raises(InventoryError, match="does not exist"):
+        ClusterView.load(tmp_path / "nope", ROOT)
