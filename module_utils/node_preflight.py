@@ -81,7 +81,7 @@ def host_problems(host: str, facts: dict, want: dict) -> list[str]:
     hcas = facts.get("rdma") or {}
     hca, netdev = want.get("rdma_hca"), want.get("rdma_netdev")
     if hca not in hcas:
-        problems.append(f"{host}: RDMA device rdma_hca={hca!r} not present; present: "
+        problems.append(f"{host}: RDMA device cluster_rdma_hca={hca!r} not present; present: "
                         f"{', '.join(sorted(hcas)) or 'none (is mlx5_ib loaded?)'}")
         return problems
     port = data_port(facts, hca)
@@ -93,7 +93,7 @@ def host_problems(host: str, facts: dict, want: dict) -> list[str]:
                         "bring the link up (cable, switch port, `ip link set <netdev> up`)")
     ndevs = sorted({g["ndev"] for g in port["gids"] if g["ndev"]})
     if netdev not in ndevs and netdev not in (facts.get("netdevs") or {}):
-        problems.append(f"{host}: netdev rdma_netdev={netdev!r} not found for {hca}; "
+        problems.append(f"{host}: netdev cluster_rdma_netdev={netdev!r} not found for {hca}; "
                         f"its netdevs: {', '.join(ndevs) or 'none'}")
     elif roce_v2_gid_index(port, netdev) is None:
         problems.append(f"{host}: no RoCE v2 GID on {netdev} ({hca}); give {netdev} an IP "

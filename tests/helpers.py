@@ -25,11 +25,10 @@ def ansible(tool: str, *args: object, project: Path = ROOT, env: Mapping[str, st
             unset: Iterable[str] = (), timeout: int = 180) -> subprocess.CompletedProcess:
     """Run ``tool`` (ansible-playbook, ansible-inventory, ...) in ``project`` with its ansible.cfg.
 
-    ``env`` adds to this process's environment, ``unset`` removes names from it.
+    The environment is this process's without the names in ``unset``, plus ``env``.
     """
-    full_env = dict(os.environ, ANSIBLE_CONFIG=str(project / "ansible.cfg"), **(env or {}))
-    for name in unset:
-        full_env.pop(name, None)
+    full_env = {k: v for k, v in os.environ.items() if k not in set(unset)}
+    full_env.update(ANSIBLE_CONFIG=str(project / "ansible.cfg"), **(env or {}))
     return subprocess.run([str(BIN / tool), *map(str, args)], cwd=project, env=full_env,
                           capture_output=True, text=True, check=False, timeout=timeout)
 

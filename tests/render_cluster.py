@@ -13,19 +13,15 @@ verify`` can load the units; nothing runs them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from helpers import ROOT, ansible_playbook, write_play
 
-ROOT = Path(__file__).resolve().parents[1]
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 COMPOSE = shutil.which("docker-compose")
-ENV = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
 # What roles/ray/tasks/main.yml hands the compose template for Ray's project.
 RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(__ray_auth_env) }}"
 RAY_VOLUMES = ("{{ [cluster_ray_auth_token_file ~ ':' ~ cluster_ray_auth_token_file ~ ':ro']"
@@ -111,26 +107,22 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
         "roles": ["cluster"],
         "tasks": tasks,
     }]
-    path = tmp / ("render-full.yml" if full else "render-rdma.yml")
-    path.write_text(yaml.safe_dump(play, sort_keys=False))
-    return path
+    return write_play(tmp / ("render-full.yml" if full else "render-rdma.yml"), play)
 
 
 def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subprocess.CompletedProcess:
     bin_dir = _stubs(tmp)
-    return subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", str(inventory), str(playbook(tmp, full=full)),
-         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
-         "-e", f"cluster_templates_dir={ROOT / 'templates'}",
-         # role vars (vars/main.yml) outrank play vars: the recorded sysfs and
-         # the script path come in as extra vars
-         "-e", f"__rdma_sysfs_root={tmp}/sysfs/{{{{ inventory_hostname }}}}",
-         "-e", f"__rdma_script={tmp}/out/{{{{ inventory_hostname }}}}/servekit-rdma-defaults",
-         "-e", f"ray_venv={tmp / 'venv'}",
-         "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
-         *extra],
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300, env=ENV,
-    )
+    return ansible_playbook(
+        "-i", inventory, playbook(tmp, full=full),
+        "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
+        "-e", f"cluster_templates_dir={ROOT / 'templates'}",
+        # role vars (vars/main.yml) outrank play vars: the recorded sysfs and
+        # the script path come in as extra vars
+        "-e", f"__rdma_sysfs_root={tmp}/sysfs/{{{{ inventory_hostname }}}}",
+        "-e", f"__rdma_script={tmp}/out/{{{{ inventory_hostname }}}}/servekit-rdma-defaults",
+        "-e", f"ray_venv={tmp / 'venv'}",
+        "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
+        *extra, timeout=300)
 
 
 def env_lines(path: Path) -> dict[str, str]:

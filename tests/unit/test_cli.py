@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, ansible_playbook
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVEKIT = str(Path(sys.executable).with_name("servekit"))
 
 
@@ -280,11 +280,8 @@ def test_up_refuses_the_example_inventory_before_any_node():
 
 
 def test_example_inventory_still_passes_the_validate_stage():
-    playbook = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(ROOT / EXAMPLE),
-         str(ROOT / "playbooks" / "validate.yml")],
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), **NO_SSH))
+    playbook = ansible_playbook("-i", ROOT / EXAMPLE, ROOT / "playbooks" / "validate.yml", env=NO_SSH,
+                                timeout=120)
     assert playbook.returncode == 0, playbook.stdout[-2000:]
     # and with any other stage asked for, the guard stops the run
     proc = servekit("up", "-i", EXAMPLE, "--tags", "validate,preflight", env=NO_SSH)

@@ -9,7 +9,6 @@ serving needs.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, ansible_playbook, write_play
 
-ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
 COMPOSE = shutil.which("docker-compose")
 # What roles/ray/tasks/main.yml hands the template for Ray's project.
@@ -75,15 +74,10 @@ def rendered(tmp_path_factory) -> Path:
              "when": "plan.active"},
         ],
     }]
-    playbook = tmp / "render.yml"
-    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(INVENTORY), str(playbook),
-         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
-         "-e", "cluster_runtime=container", "-e", f"cluster_templates_dir={ROOT / 'templates'}"],
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=180,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")),
-    )
+    proc = ansible_playbook(
+        "-i", INVENTORY, write_play(tmp / "render.yml", play),
+        "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
+        "-e", "cluster_runtime=container", "-e", f"cluster_templates_dir={ROOT / 'templates'}")
     assert proc.returncode == 0, proc.stdout[-3000:]
     return out
 

@@ -19,17 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, ansible_playbook
 from rdma_sysfs import H100_GIDS, gid_table, with_ipv4, write_hca
-from render_cluster import (
-    ANSIBLE_PLAYBOOK,
-    COMPOSE,
-    ENV,
-    ROOT,
-    SYSTEMD_ANALYZE,
-    env_lines,
-    render,
-    systemd_verify,
-)
+from render_cluster import COMPOSE, SYSTEMD_ANALYZE, env_lines, render, systemd_verify
 
 TABLE = gid_table(H100_GIDS.read_text())
 
@@ -73,8 +65,7 @@ def example(request, tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_validate_stage_passes_on_localhost(name):
-    proc = subprocess.run([ANSIBLE_PLAYBOOK, "-i", f"inventory/{name}", "playbooks/validate.yml"],
-                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=300, env=ENV)
+    proc = ansible_playbook("-i", f"inventory/{name}", "playbooks/validate.yml", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     spec = EXAMPLES[name]
     assert f"model {spec['model']}: {spec['devices']} device(s) over 2 of 2 node(s)" in proc.stdout

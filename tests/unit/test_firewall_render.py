@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, ansible_playbook, write_play
 
-ROOT = Path(__file__).resolve().parents[2]
 NFT = shutil.which("nft")
 HOSTS = {"spark-01": "192.168.100.1", "spark-02": "192.168.100.2"}
 
@@ -48,20 +48,14 @@ def render(tmp: Path, ssh_connection: str | None, **extra_vars) -> dict[str, str
              "check_mode": False},
         ],
     }]
-    playbook = tmp / "render.yml"
-    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
-    env.pop("SSH_CONNECTION", None)
-    if ssh_connection is not None:
-        # what sshd sets on a node; a local connection passes it to the task
-        env["SSH_CONNECTION"] = ssh_connection
-    argv = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(tmp / "hosts.yml"),
-            str(playbook), "--check", "--diff", "-e", "ansible_connection=local",
-            "-e", f"ansible_python_interpreter={sys.executable}",
+    args = ["-i", tmp / "hosts.yml", write_play(tmp / "render.yml", play), "--check", "--diff",
+            "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
             "-e", f"cluster_templates_dir={ROOT / 'templates'}"]
     for key, value in extra_vars.items():
-        argv += ["-e", yaml.safe_dump({key: value}, default_flow_style=True).strip()]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False, timeout=180, env=env)
+        args += ["-e", yaml.safe_dump({key: value}, default_flow_style=True).strip()]
+    # what sshd sets on a node; a local connection passes it to the task
+    proc = ansible_playbook(*args, unset=["SSH_CONNECTION"],
+                            env={"SSH_CONNECTION": ssh_connection} if ssh_connection is not None else None)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "Schedule the revert" not in proc.stdout, "a dry run must not schedule a revert"
     assert not list(tmp.glob("*.persisted.nft*")), "a dry run must write no ruleset"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -11,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, ansible_playbook
 from servekit.module_utils import input_rules
 from servekit.module_utils.input_rules import FORMATS, check_values, load_rules, relation_vars
 
-ROOT = Path(__file__).resolve().parents[2]
 RULES = load_rules(ROOT / "roles")
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 SERVEKIT = str(Path(sys.executable).with_name("servekit"))
 EXAMPLE = ROOT / "inventory" / "example-2node-roce"
 
@@ -241,11 +239,7 @@ def _inventory(tmp_path: Path, extra: dict | None = None, worker_vars: dict | No
 
 
 def _validate(inventory: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", str(inventory), "playbooks/validate.yml"],
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=180,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1"),
-    )
+    return ansible_playbook("-i", inventory, "playbooks/validate.yml", env={"ANSIBLE_NOCOLOR": "1"})
 
 
 @pytest.mark.parametrize(

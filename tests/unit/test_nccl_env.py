@@ -12,13 +12,11 @@ release notes (driver >= 580.65.06).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ANSIBLE_PLAYBOOK, ROOT
+from helpers import ROOT, ansible_playbook, write_play
 from servekit.module_utils.node_preflight import host_problems
 
 
@@ -35,10 +33,7 @@ def render_env(tmp_path: Path, **extra) -> dict[str, str]:
                        + "') }}",
             "dest": str(tmp_path / "cluster.env"), "mode": "0644"}}],
     }]
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
-    proc = subprocess.run([ANSIBLE_PLAYBOOK, str(tmp_path / "play.yml"), "-e", json.dumps(extra)],
-                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
-                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
+    proc = ansible_playbook(write_play(tmp_path / "play.yml", play), "-e", json.dumps(extra), timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
     return dict(line.split("=", 1) for line in (tmp_path / "cluster.env").read_text().splitlines()
                 if line and not line.startswith("#"))

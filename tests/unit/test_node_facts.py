@@ -157,11 +157,11 @@ def test_seed_host_passes_preflight():
     ("facts", "want", "message"),
     [
         ({"rdma": {"mlx5_0": {"ports": {}}}}, {},
-         "spark-01: RDMA device rdma_hca='roceP2p1s0f0' not present; present: mlx5_0"),
+         "spark-01: RDMA device cluster_rdma_hca='roceP2p1s0f0' not present; present: mlx5_0"),
         ({"rdma": {}}, {}, "present: none (is mlx5_ib loaded?)"),
         ({"netdevs": {"enP2p1s0f0np0": {"mtu": 1500}}}, {},
          "enP2p1s0f0np0 MTU is 1500, want 9000"),
-        ({}, {"rdma_netdev": "eth9"}, "netdev rdma_netdev='eth9' not found for roceP2p1s0f0"),
+        ({}, {"rdma_netdev": "eth9"}, "netdev cluster_rdma_netdev='eth9' not found for roceP2p1s0f0"),
         ({}, {"min_driver": "590.1"}, "NVIDIA driver 580.159.04 is older than required 590.1"),
         ({}, {"gpus_per_node": 8}, "1 GPU(s) visible, inventory says cluster_devices_per_node=8"),
     ],
