@@ -463,19 +463,19 @@ def test_the_example_guard_is_a_task_of_an_input_role():
 
 
 def test_terminate_descendants_stops_the_whole_tree(tmp_path):
+    import psutil
+
     from servekit.runner import terminate_descendants
 
-    marker = f"sleep {700 + os.getpid() % 1000}"
-    parent = subprocess.Popen(["sh", "-c", f"{marker} & {marker} & wait"])
+    parent = subprocess.Popen(["sh", "-c", "sleep 600 & sleep 600 & wait"])
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and subprocess.run(
-                ["pgrep", "-c", "-f", marker], capture_output=True, text=True,
-                check=False).stdout.strip() != "2":
-            time.sleep(0.1)
+        while time.monotonic() < deadline and len(psutil.Process(parent.pid).children()) < 2:
+            time.sleep(0.05)
+        sleeps = psutil.Process(parent.pid).children()
         stopped = terminate_descendants(parent.pid, grace_s=5)
-        assert len(stopped) == 2
-        parent.wait(timeout=10)
-        assert subprocess.run(["pgrep", "-f", marker], capture_output=True, check=False).returncode == 1
+        assert sorted(stopped) == sorted(p.pid for p in sleeps) and len(stopped) == 2
+        parent.wait(timeout=10)  # sh's `wait` returns once both are gone
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in sleeps)
     finally:
         parent.kill()
