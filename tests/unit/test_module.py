@@ -6,11 +6,12 @@ idempotence, module_utils shipping), not through a mocked AnsibleModule.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_task
+from helpers import ansible, run_task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +83,17 @@ def test_yaml_error_reports_line(tmp_path):
     bad.write_text("models:\n  a:\n    model: x\n   dtype: auto\n")
     rc, result = run_task(tmp_path, {"vllm_launch": {"registry_path": str(bad), "model": "a"}})
     assert rc != 0 and "YAML syntax error at line 4" in result["msg"]
+
+
+def test_every_module_documents_itself_and_its_check_and_diff_support():
+    """`ansible-doc -M library <module>` works for each module, which declares its attributes."""
+    modules = sorted(p.stem for p in (ROOT / "library").glob("*.py"))
+    proc = ansible("ansible-doc", "-M", ROOT / "library", "--json", *modules, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    docs = json.loads(proc.stdout)
+    assert sorted(docs) == modules
+    for name, doc in docs.items():
+        attributes = doc["doc"].get("attributes") or {}
+        assert {"check_mode", "diff_mode"} <= set(attributes), f"{name}: declare attributes: in DOCUMENTATION"
+        assert attributes["check_mode"]["support"] in ("full", "partial", "none")
+        assert doc["doc"]["short_description"] and doc["examples"] and doc["return"]
