@@ -23,10 +23,12 @@ all:
   children:
     head:
       hosts:
-        lab-head: {ansible_connection: local, cluster_data_address: 10.0.0.10, __cluster_address: 10.0.0.10}
+        lab-head:
+          {ansible_connection: local, cluster_data_address: 10.0.0.10, __cluster_address: 10.0.0.10}
     workers:
       hosts:
-        lab-worker-1: {ansible_connection: local, cluster_data_address: 10.0.0.11, __cluster_address: 10.0.0.11}
+        lab-worker-1:
+          {ansible_connection: local, cluster_data_address: 10.0.0.11, __cluster_address: 10.0.0.11}
 """
 PLAY = """\
 - name: Ray readiness decision
