@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from helpers import ROOT, ansible_playbook
 
 HOSTS = """\
 all:
@@ -45,14 +42,9 @@ def _readiness(tmp_path: Path, alive: dict, executor: str = "ray") -> subprocess
     (tmp_path / "play.yml").write_text(PLAY)
     extra = {"__ray_nodes": {"rc": 0, "stdout": json.dumps(alive), "stderr_lines": []},
              "cluster_executor": executor, "cluster_templates_dir": str(ROOT / "templates")}
-    return subprocess.run(
-        [BIN / "ansible-playbook", "-i", tmp_path / "hosts.yml", tmp_path / "play.yml",
-         "--start-at-task", "Check every node joined the Ray cluster", "-e", json.dumps(extra)],
-        capture_output=True, text=True, check=False, timeout=120, cwd=tmp_path,
-        env={"PATH": f"{BIN}:/usr/bin:/bin", "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-             "ANSIBLE_LIBRARY": str(ROOT / "library"), "ANSIBLE_MODULE_UTILS": str(ROOT / "module_utils"),
-             "HOME": str(tmp_path), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp")},
-    )
+    return ansible_playbook("-i", tmp_path / "hosts.yml", tmp_path / "play.yml",
+                            "--start-at-task", "Check every node joined the Ray cluster",
+                            "-e", json.dumps(extra), timeout=120)
 
 
 def test_every_node_with_its_device_passes(tmp_path):
