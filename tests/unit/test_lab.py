@@ -194,3 +194,18 @@ def test_portscan_that_misses_a_port_known_open_fails_instead_of_reporting():
     # the listener is gone: the port "known open" is missing from every try
     with pytest.raises(ScanIncomplete, match=rf"port\(s\) \[{open_port}\] are known to be open"):
         asyncio.run(scan(["127.0.0.1"], [open_port], 0.2, 10, expect=(open_port,), tries=2))
+
+
+def test_a_node_whose_nspawn_ended_is_reported_with_its_console_tail(tmp_path):
+    """Seen in CI: a node booted after a power-off exited at once, and the error only
+    pointed at a console log that `lab down` then removed."""
+    paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
+    node = lab.plan_nodes(1)[1]
+    paths.node_dir(node).mkdir(parents=True)
+    (paths.node_dir(node) / "console.log").write_bytes(
+        b"[\x1b[0;32m  OK  \x1b[0m] Reached target basic.target\n\n"
+        b"Directory tree /x/rootfs is currently busy.\n")
+    expected = (r"lab-worker-1: systemd-nspawn exited; last console lines: "
+                r"\[  OK  \] Reached target basic.target \| Directory tree /x/rootfs is currently busy")
+    with pytest.raises(lab.NodeExited, match=expected):
+        lab.wait_ready(paths, [node], timeout_s=1)
