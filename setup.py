@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 # What the CLI runs; keep in step with MANIFEST.in.
 PROJECT_FILES = ("site.yml", "ansible.cfg", "servekit/watchdog.py")
 PROJECT_DIRS = ("playbooks", "roles", "library", "module_utils", "action_plugins", "templates",
-                "config", "inventory")
+                "config", "inventory", "lab")
 # Written by `servekit lab up` on the build machine: never shipped.
 LAB_GENERATED = ("inventory/lab/hosts.yml", "inventory/lab/group_vars/all/lab.yml",
                  "inventory/lab/group_vars/all/vault.yml")
@@ -31,6 +31,8 @@ def project_files(root: Path) -> list[Path]:
     for top in PROJECT_DIRS:
         files += sorted(path.relative_to(root) for path in (root / top).rglob("*")
                         if path.is_file() and "__pycache__" not in path.parts
+                        and "build" not in path.parts and not any(
+                            part.endswith(".egg-info") for part in path.parts)
                         and path.suffix not in (".pyc", ".pyo"))
     return [path for path in files if path.as_posix() not in LAB_GENERATED]
 

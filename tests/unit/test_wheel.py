@@ -65,7 +65,9 @@ def test_wheel_carries_the_project(wheel):
     for path in ("site.yml", "ansible.cfg", "config/model_registry.yml", "playbooks/validate.yml",
                  "roles/cluster/defaults/main.yml", "library/vllm_launch.py",
                  "module_utils/vllm_registry.py", "action_plugins/validate_inputs.py",
-                 "inventory/example-2node-roce/hosts.yml"):
+                 "inventory/example-2node-roce/hosts.yml",
+                 "lab/vllm-lab-platform/pyproject.toml",
+                 "lab/vllm-lab-platform/servekit_lab_platform/platform.py"):
         assert f"servekit/_project/{path}" in names, f"the wheel lacks {path}"
     assert "servekit/module_utils/vllm_registry.py" in names
     leaked = [n for n in names if n.endswith(("vault.yml", "inventory/lab/hosts.yml", ".pyc"))]
