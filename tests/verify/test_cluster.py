@@ -61,19 +61,27 @@ def _pids(host, unit: str) -> list[int]:
     return found
 
 
+def _skip_without_vllm_unit(node, unit: str) -> None:
+    """With the Ray executor only the head runs a vLLM unit: worker ranks are Ray actors."""
+    if unit == VLLM_UNIT and node["rank"] > 0 and node["vars"].get("cluster_executor", "ray") == "ray":
+        pytest.skip("ray executor: this node's vLLM rank is a Ray actor under servekit-ray, not a unit")
+
+
 def _memlock_ceiling(host) -> str:
     return parse_proc_limits(host.file("/proc/1/limits").content_string)["Max locked memory"]["hard"]
 
 
 @pytest.mark.parametrize("unit", [RAY_UNIT, VLLM_UNIT])
-def test_units_configure_unlimited_memlock(host, unit):
+def test_units_configure_unlimited_memlock(host, node, unit):
+    _skip_without_vllm_unit(node, unit)
     value = host.check_output(f"systemctl show -P LimitMEMLOCK {unit}")
     assert value == "infinity", f"{unit} has LimitMEMLOCK={value}: the unit must set LimitMEMLOCK=infinity"
 
 
 @pytest.mark.parametrize("unit", [RAY_UNIT, VLLM_UNIT])
-def test_running_processes_get_the_node_memlock_ceiling(host, unit):
+def test_running_processes_get_the_node_memlock_ceiling(host, node, unit):
     """Unlimited on real hosts; in a container that caps it (the lab: 8 MiB), the cap itself."""
+    _skip_without_vllm_unit(node, unit)
     pids = _pids(host, unit)
     assert pids, f"{unit} runs no process on this node"
     ceiling = _memlock_ceiling(host)
@@ -88,6 +96,8 @@ def test_running_processes_get_the_node_memlock_ceiling(host, unit):
 
 def test_cluster_env_in_serving_processes(host, node):
     for unit in (RAY_UNIT, VLLM_UNIT):
+        if unit == VLLM_UNIT and node["rank"] > 0 and node["vars"].get("cluster_executor", "ray") == "ray":
+            continue  # the rank is a Ray actor: test_ray_ranks_keep_this_nodes_settings
         main_pid = host.check_output(f"systemctl show -P MainPID {unit}")
         assert main_pid != "0", f"{unit} is not running"
         environ = host.file(f"/proc/{main_pid}/environ").content.split(b"\0")
@@ -98,6 +108,7 @@ def test_cluster_env_in_serving_processes(host, node):
 
 
 def test_vllm_unit_runs_with_this_node_rank(host, node, cluster):
+    _skip_without_vllm_unit(node, VLLM_UNIT)
     assert host.service(VLLM_UNIT.removesuffix(".service")).is_running, f"{VLLM_UNIT} is not active"
     argv = host.check_output(f"systemctl show -P ExecStart {VLLM_UNIT}")
     executor = node["vars"].get("cluster_executor", "ray")
@@ -105,6 +116,61 @@ def test_vllm_unit_runs_with_this_node_rank(host, node, cluster):
         rank = node["rank"]
         assert f"--node-rank {rank} " in argv + " ", f"{VLLM_UNIT} argv lacks --node-rank {rank}"
         assert ("--headless" in argv) == (node["rank"] > 0), "only the head (rank 0) serves the API"
+
+
+# What must be this node's own in every vLLM rank it holds. vLLM's Ray
+# executor fills a rank's environment from the head driver's: v2 (vLLM 0.32's
+# default) with setdefault, so a name the node lacks takes the head's value;
+# v1 overwrites NCCL_*/VLLM_* with the head's and logs "Overwriting environment
+# variable" (vllm/utils/system_utils.py). /proc/PID/environ shows what the
+# raylet started the rank with (so what setdefault keeps); the rank's own Ray
+# log shows whether vLLM overwrote any of them afterwards.
+PER_NODE_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_IB_HCA", "NCCL_IB_GID_INDEX",
+                 "VLLM_HOST_IP")
+# vLLM's Ray actors: RayWorkerProc (v2, vllm/v1/executor/ray_executor_v2.py),
+# RayWorkerWrapper (v1, vllm/v1/executor/ray_executor.py).
+RAY_RANK_TITLES = ("ray::RayWorkerProc", "ray::RayWorkerWrapper")
+
+
+def _environ(host, pid: int) -> dict[str, str] | None:
+    environ = host.file(f"/proc/{pid}/environ")
+    if not environ.exists:
+        return None
+    return dict(item.decode().split("=", 1) for item in environ.content.split(b"\0") if b"=" in item)
+
+
+def test_ray_ranks_keep_this_nodes_settings(host, node):
+    if node["vars"].get("cluster_executor", "ray") != "ray":
+        pytest.skip("mp executor: every rank is a vLLM unit (test_cluster_env_in_serving_processes)")
+    ray_pids = set(_pids(host, RAY_UNIT))
+    ranks = []
+    for line in host.check_output("ps -e -o pid=,args=").splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if int(pid) in ray_pids and args.startswith(RAY_RANK_TITLES):
+            ranks.append(int(pid))
+    if not ranks:
+        pytest.skip(f"no vLLM rank ({', '.join(RAY_RANK_TITLES)}) under {RAY_UNIT} on this node")
+    cluster_env = host.file(node["vars"].get("rdma_env_file", "/etc/servekit/cluster.env")).content_string
+    wanted = dict(line.split("=", 1) for line in cluster_env.splitlines()
+                  if "=" in line and not line.startswith("#"))
+    iface = _data_interface(host, node["address"])
+    expected = {"NCCL_SOCKET_IFNAME": iface, "GLOO_SOCKET_IFNAME": iface, "VLLM_HOST_IP": node["address"]}
+    expected |= {name: wanted[name] for name in ("NCCL_IB_HCA", "NCCL_IB_GID_INDEX") if name in wanted}
+    for pid in ranks:
+        env = _environ(host, pid)
+        assert env is not None, f"rank PID {pid} exited during the check"
+        wrong = {name: env.get(name) for name, value in expected.items() if env.get(name) != value}
+        assert not wrong, (
+            f"{node['name']}: vLLM rank PID {pid} has {wrong}, this node's own are "
+            f"{ {name: expected[name] for name in wrong} } (set them in the Ray unit's environment: "
+            "the head's values fill what a node lacks)")
+        logs = host.run(f"cat /tmp/ray/session_latest/logs/worker-*-{pid}.out "
+                        f"/tmp/ray/session_latest/logs/worker-*-{pid}.err 2>/dev/null").stdout
+        overwritten = sorted({name for name in PER_NODE_VARS
+                              if f"Overwriting environment variable {name} " in logs})
+        assert not overwritten, (
+            f"{node['name']}: vLLM overwrote {overwritten} in rank PID {pid} with the head's values "
+            "(v1 Ray executor): list them in vllm_ray_env_not_carried or pin vllm_ray_executor_version: 2")
 
 
 def test_ray_sees_every_node(host, node, cluster, venv):
