@@ -202,9 +202,16 @@ def gpudirect_decision(facts: dict) -> dict:
     module then fails with "Unknown symbol") -> ``peermem``; else ``none``.
     ``expect_gdr`` says whether NCCL must show GDRDMA channels.
     """
+    # No RDMA device at all (node_facts found /sys/class/infiniband empty, as on
+    # the H100 of tests/fixtures/device-h100): the GPU side may be ready, but
+    # NCCL can only use sockets, so no GDRDMA channel can be expected.
+    no_nic = "rdma" in facts and not facts["rdma"]
+
     def decide(mode: str, reason: str, load: bool = False) -> dict:
-        return {"mode": mode, "load": load, "reason": reason,
-                "expect_gdr": mode in ("dmabuf", "peermem")}
+        expect = mode in ("dmabuf", "peermem") and not no_nic
+        if mode in ("dmabuf", "peermem") and no_nic:
+            reason += "; no RDMA device on this host, so NCCL uses sockets"
+        return {"mode": mode, "load": load, "reason": reason, "expect_gdr": expect}
 
     if not facts.get("gpus"):
         return decide("none", "no NVIDIA GPU visible")
