@@ -32,8 +32,8 @@ unit: venv
 
 # --- the local lab: two systemd-nspawn nodes serving lab-tiny (TP 2) -------------
 LAB_INV  := inventory/lab
-# `servekit lab up` keeps the lab's vault password (API key) here.
-LAB_VAULT ?= /var/lib/servekit/lab/vault-pass
+# The lab's vault password file (API key, HF token), where `servekit lab up` keeps it.
+LAB_VAULT ?= $(shell $(BIN)/servekit lab vault-path)
 LAB_ENV  := PATH="$(abspath $(BIN)):$$PATH" ANSIBLE_VAULT_PASSWORD_FILE=$(LAB_VAULT)
 PLAYBOOK := $(LAB_ENV) $(BIN)/ansible-playbook -i $(LAB_INV)
 # Debian packages the lab needs on this machine (command:package).

@@ -13,14 +13,10 @@ from typing import NoReturn
 
 from servekit import commands as cmd
 from servekit import runner
-from servekit.commands import LAB_INVENTORY, UsageError, _inventory_head
-from servekit.inventory import resolve_plain_var
+from servekit.commands import LAB_INVENTORY, UsageError
 from servekit.lab import LabError
 from servekit.module_utils.vllm_registry import EXECUTORS, RUNTIMES, RegistryError
 from servekit.project import ProjectNotFound
-
-# Imported from here by .ci/serving and tests/verify (until they use servekit.inventory).
-__all__ = ["_inventory_head", "build_parser", "main", "resolve_plain_var"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +97,8 @@ def _add_lab_parser(sub) -> None:
     lab_ssh.add_argument("node", help="node name, e.g. lab-head")
     lab_ssh.add_argument("remote", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
     lab_ssh.set_defaults(func=cmd.cmd_lab_ssh)
+    lab_sub.add_parser("vault-path", help="print the lab's vault password file (for "
+                       "ANSIBLE_VAULT_PASSWORD_FILE)").set_defaults(func=cmd.cmd_lab_vault_path)
 
 
 def main(argv: list[str] | None = None) -> int:

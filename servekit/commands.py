@@ -75,15 +75,9 @@ def cluster_view(inventory: str) -> ClusterView:
     root = project_root()
     path = Path(inventory) if Path(inventory).is_absolute() else root / inventory
     try:
-        return ClusterView.load(path, root, env=runner.ansible_env(root))
+        return ClusterView.load(path, root, env=runner.ansible_env(root, path))
     except InventoryError as exc:
         raise UsageError(f"--inventory: {exc}") from exc
-
-
-def _inventory_head(inventory: str) -> tuple[str, dict]:
-    """The head's name and variables, role defaults filled in (.ci/serving's old entry point)."""
-    view = cluster_view(inventory)
-    return view.head, {name: view.var(name) for name in view.hostvars[view.head]}
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -140,25 +134,22 @@ def cmd_up(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 
-def _lab():
-    return lab, lab.Paths.default(project_root())
+def _lab() -> lab.Lab:
+    return lab.Lab.default(project_root())
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
-    lab, paths = _lab()
-    lab.up(paths, workers=args.workers)
+    _lab().up(workers=args.workers)
     return 0
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
-    lab, paths = _lab()
-    lab.down(paths, purge=args.purge)
+    _lab().down(purge=args.purge)
     return 0
 
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
-    lab, paths = _lab()
-    rows = lab.status(paths)
+    rows = _lab().status()
     if not rows:
         print("no lab is up")
     for row in rows:
@@ -169,10 +160,10 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 def cmd_lab_scan(args: argparse.Namespace) -> int:
     """Print what an outsider reaches; exit 1 when more than SSH (and the API on the head) answers."""
-    lab, paths = _lab()
+    the_lab = _lab()
     started = time.monotonic()
-    found = lab.scan(paths, args.ports)
-    nodes = {n.name: n for n in lab.load_nodes(paths)}
+    found = the_lab.scan(args.ports)
+    nodes = {n.name: n for n in the_lab.nodes}
     unexpected = {}
     for name, ports in found.items():
         allowed = {22} | ({args.api_port} if nodes[name].group == "head" else set())
@@ -188,17 +179,20 @@ def cmd_lab_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_stop(args: argparse.Namespace) -> int:
-    lab, paths = _lab()
-    lab.stop(paths, args.node)
+    _lab().stop(args.node)
     return 0
 
 
 def cmd_lab_start(args: argparse.Namespace) -> int:
-    lab, paths = _lab()
-    lab.start(paths, args.node)
+    _lab().start(args.node)
     return 0
 
 
 def cmd_lab_ssh(args: argparse.Namespace) -> int:
-    lab, paths = _lab()
-    return lab.ssh(paths, args.node, args.remote)
+    return _lab().ssh(args.node, args.remote)
+
+
+def cmd_lab_vault_path(args: argparse.Namespace) -> int:
+    """The lab's vault password file, for ANSIBLE_VAULT_PASSWORD_FILE (the Makefile, .ci scripts)."""
+    print(_lab().paths.vault_password)
+    return 0

@@ -5,7 +5,10 @@ group_vars, vault decrypted) over the roles' own ``defaults/main.yml``, so a
 port or an address the inventory leaves unset is the one the roles deploy,
 not a copy of it here. ansible-inventory does not template: a value such as
 ``{{ vault_vllm_api_key }}`` or the default ``{{ ansible_host |
-default(inventory_hostname) }}`` is followed one step (``resolve_plain_var``).
+default(inventory_hostname) }}`` is followed one step (``resolve_plain_var``),
+and one such as ``{{ runtime_root }}/venv`` is rendered with plain Jinja2
+over the host's variables (``render_var``; Ansible's own filters and lookups
+are not there: such a value stays as written).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import yaml
 
 from servekit.lab import Paths as LabPaths
@@ -47,6 +51,23 @@ def resolve_plain_var(hostvars: Mapping[str, Any], name: str) -> Any:
     if first in hostvars or fallback in (None, "None"):
         return hostvars.get(first)
     return hostvars.get(fallback)
+
+
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - not HTML
+
+
+def render_var(hostvars: Mapping[str, Any], name: str, depth: int = 5) -> Any:
+    """``name`` as ``resolve_plain_var`` gives it, then any template left in it rendered over
+    ``hostvars`` (up to ``depth`` levels); a template plain Jinja2 cannot render stays as is."""
+    value = resolve_plain_var(hostvars, name)
+    for _ in range(depth):
+        if not (isinstance(value, str) and "{{" in value):
+            break
+        try:
+            value = _JINJA.from_string(value).render(hostvars)
+        except jinja2.TemplateError:
+            break
+    return value
 
 
 def role_defaults(root: Path) -> dict[str, Any]:
@@ -102,8 +123,12 @@ class ClusterView:
         return (self.head, *self.workers)
 
     def var(self, name: str, host: str | None = None) -> Any:
-        """A variable of ``host`` (default: the head), one indirection followed."""
-        return resolve_plain_var(self.hostvars[host or self.head], name)
+        """A variable of ``host`` (default: the head), templates rendered (``render_var``)."""
+        return render_var(self.hostvars[host or self.head], name)
+
+    def resolved_vars(self, host: str | None = None) -> dict[str, Any]:
+        """Every variable of ``host`` (default: the head) as ``var`` gives it."""
+        return {name: self.var(name, host) for name in self.hostvars[host or self.head]}
 
     def address(self, host: str | None = None) -> str:
         """The data-plane address of ``host`` (``cluster_data_address``)."""

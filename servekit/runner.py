@@ -30,6 +30,8 @@ from pathlib import Path
 
 import psutil
 
+from servekit.lab import Lab
+
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
 # Roles that only check input on the control node (the validate stage and the
@@ -262,8 +264,13 @@ class UpOptions:
         return words
 
 
-def ansible_env(root: Path) -> dict[str, str]:
-    """Environment of the ansible commands servekit runs for the project at ``root``."""
+def ansible_env(root: Path, inventory: Path | None = None) -> dict[str, str]:
+    """Environment of the ansible commands servekit runs for the project at ``root``.
+
+    On the lab's inventory it names the lab's vault password file unless the
+    caller's environment names one (so neither ``servekit up`` nor ``ask``
+    needs ANSIBLE_VAULT_PASSWORD_FILE exported for the lab).
+    """
     # ansible-playbook comes from the same environment as servekit, even
     # when that venv is not activated.
     bindir = str(Path(sys.executable).parent)
@@ -274,6 +281,8 @@ def ansible_env(root: Path) -> dict[str, str]:
     # ansible-runner gives ansible-playbook a pty, so ansible colours its
     # output even when ours goes to a log file: colour only for a terminal.
     env["ANSIBLE_FORCE_COLOR" if sys.stdout.isatty() else "ANSIBLE_NOCOLOR"] = "1"
+    if inventory is not None:
+        env.update(Lab.default(root).vault_env(inventory))
     return env
 
 
@@ -297,7 +306,7 @@ def run_site(root: Path, inventory: Path, options: UpOptions) -> int:
         limit=f"{options.limit},localhost" if options.limit else None,
         cmdline=options.cmdline() or None,
         verbosity=options.verbose or None,
-        envvars=ansible_env(root),
+        envvars=ansible_env(root, inventory),
         suppress_env_files=True,
         cancel_callback=cancel.is_set,
         event_handler=log,

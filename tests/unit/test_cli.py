@@ -162,14 +162,15 @@ def test_ctrl_c_cancels_a_running_playbook(tmp_path):
     assert leftover.returncode == 1, f"playbook task still running: {leftover.stdout}"
 
 
-def test_resolve_plain_var_follows_one_indirection():
-    from servekit.cli import resolve_plain_var
-
-    hv = {"vllm_api_key": "{{ vault_vllm_api_key }}", "vault_vllm_api_key": "sk-1", "plain": "x"}
-    assert resolve_plain_var(hv, "vllm_api_key") == "sk-1"
-    assert resolve_plain_var(hv, "plain") == "x"
-    assert resolve_plain_var(hv, "missing") is None
-    assert resolve_plain_var({"k": "{{ v | default(None) }}", "v": "s"}, "k") == "s"
+def test_lab_vault_path_is_the_lab_state_file_that_the_environment_moves(tmp_path):
+    """The Makefile and .ci scripts read the lab's vault password file from here, not a copy."""
+    proc = servekit("lab", "vault-path", env={"SERVEKIT_LAB_DIR": str(tmp_path / "state")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{tmp_path / 'state' / 'vault-pass'}\n"
+    env = {k: v for k, v in os.environ.items() if k != "SERVEKIT_LAB_DIR"}
+    default = subprocess.run([SERVEKIT, "lab", "vault-path"], capture_output=True, text=True,
+                             env=env, check=True, timeout=60)
+    assert default.stdout.strip() == "/var/lib/servekit/lab/vault-pass"
 
 
 # --------------------------------------------------------------------------

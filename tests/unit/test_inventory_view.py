@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+
 import pytest
 import yaml
 from helpers import ROOT, ansible
 
-from servekit.inventory import ClusterView, InventoryError, resolve_plain_var, role_defaults
+from servekit.inventory import ClusterView, InventoryError, render_var, resolve_plain_var, role_defaults
 
 DEFAULTS = role_defaults(ROOT)
 ROLE = {role: yaml.safe_load((ROOT / f"roles/{role}/defaults/main.yml").read_text())
@@ -82,3 +85,49 @@ def test_load_reads_a_real_inventory_with_ansible_inventory():
 def test_load_names_a_missing_inventory(tmp_path):
     with pytest.raises(InventoryError, match="does not exist"):
         ClusterView.load(tmp_path / "nope", ROOT)
+
+
+@pytest.mark.parametrize(("hostvars", "value"), [
+    ({"k": "{{ root }}/venv", "root": "/opt/x"}, "/opt/x/venv"),
+    ({"k": "{{ a }}/b", "a": "{{ root }}/a", "root": "/r"}, "/r/a/b"),  # nested templates
+    ({"k": "{{ v }}", "v": 8265}, 8265),  # one plain indirection keeps the type
+    ({"k": "{{ x | ansible.builtin.to_json }}", "x": 1}, "{{ x | ansible.builtin.to_json }}"),
+    ({"k": "{{ missing }}/venv"}, "{{ missing }}/venv"),
+])
+def test_render_var_renders_what_plain_jinja_can_and_leaves_the_rest(hostvars, value):
+    assert render_var(hostvars, "k") == value
+
+
+def _verify_conftest():
+    """tests/verify/conftest.py as a module (it runs only against a live cluster)."""
+    spec = importlib.util.spec_from_file_location("verify_conftest", ROOT / "tests/verify/conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_verify_suite_reads_nodes_ports_and_key_from_the_cluster_view():
+    conftest = _verify_conftest()
+    view = ClusterView.from_inventory_data(ROOT / "x", _data(
+        {"vllm_api_key": "{{ vault_vllm_api_key }}", "vault_vllm_api_key": "sk-1"},
+        {"cluster_data_address": "192.168.1.2"}), DEFAULTS)
+    nodes = conftest.cluster_nodes(view)
+    assert [(n["name"], n["rank"], n["address"]) for n in nodes.values()] == [
+        ("node-a", 0, "10.0.0.1"), ("node-b", 1, "192.168.1.2")]
+    head = nodes["node-a"]
+    assert head["api_port"] == ROLE["cluster"]["cluster_api_port"]
+    assert head["vars"]["ray_dashboard_port"] == ROLE["ray"]["ray_dashboard_port"]
+    assert head["vars"]["vllm_api_key"] == "sk-1"
+    runtime = yaml.safe_load((ROOT / "roles/runtime/defaults/main.yml").read_text())
+    assert head["vars"]["runtime_venv"] == f"{runtime['runtime_root']}/venv"
+    assert conftest.ROLE_DEFAULTS == DEFAULTS
+
+
+def test_every_variable_the_verify_suite_reads_is_a_role_default():
+    """tests/verify reads variables without fallbacks: a renamed role variable must fail here,
+    not as a KeyError on a live cluster."""
+    text = "\n".join(p.read_text() for p in (ROOT / "tests/verify").glob("*.py"))
+    read = set(re.findall(r'\["vars"\]\["(\w+)"\]|hostvars\["(\w+)"\]', text))
+    names = {a or b for a, b in read}
+    assert {"cluster_executor", "ray_dashboard_port", "runtime_venv"} <= names
+    assert sorted(names - set(DEFAULTS)) == []

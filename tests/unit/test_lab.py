@@ -35,8 +35,8 @@ def test_plan_nodes_rejects_out_of_range(workers):
 
 
 def test_stamp_changes_with_the_package_list():
-    assert lab._stamp(("a", "b")) != lab._stamp(("a", "b", "c"))
-    assert lab._stamp(("a", "b")) == lab._stamp(("a", "b"))
+    assert lab.base.stamp(("a", "b")) != lab.base.stamp(("a", "b", "c"))
+    assert lab.base.stamp(("a", "b")) == lab.base.stamp(("a", "b"))
 
 
 def _fake_apt(tmp_path: Path, monkeypatch, files: dict[str, str]) -> None:
@@ -53,7 +53,7 @@ def _fake_apt(tmp_path: Path, monkeypatch, files: dict[str, str]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
     (tmp_path / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
-    monkeypatch.setattr(lab, "Path", fake)
+    monkeypatch.setattr(lab.cache, "Path", fake)
 
 
 def test_mirror_from_deb822_sources(tmp_path, monkeypatch):
@@ -153,13 +153,16 @@ def test_portscan_finds_a_listening_loopback_port():
 
 def test_one_node_commands_name_the_nodes_that_exist(tmp_path):
     paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
+    the_lab = lab.Lab(paths)
     with pytest.raises(lab.LabError, match="no lab is up"):
-        lab._node(paths, "lab-worker-1")
+        the_lab.node("lab-worker-1")
+    assert the_lab.nodes == []
     paths.state.mkdir()
     lab.save_state(paths, lab.plan_nodes(1))
     with pytest.raises(lab.LabError, match="no lab node 'lab-worker-9'; nodes: lab-head, lab-worker-1"):
-        lab._node(paths, "lab-worker-9")
-    assert lab._node(paths, "lab-worker-1").address.endswith(".11")
+        the_lab.node("lab-worker-9")
+    assert the_lab.node("lab-worker-1").address.endswith(".11")
+    assert the_lab.nodes == lab.plan_nodes(1)
 
 
 def test_lab_vault_holds_both_secrets_and_adds_a_missing_one(tmp_path):
@@ -227,3 +230,35 @@ def test_a_node_whose_nspawn_ended_is_reported_with_its_console_tail(tmp_path):
                 r"\[  OK  \] Reached target basic.target \| Directory tree /x/rootfs is currently busy")
     with pytest.raises(lab.NodeExited, match=expected):
         lab.wait_ready(paths, [node], timeout_s=1)
+
+
+def test_servekit_runs_on_the_lab_inventory_find_the_vault_password_themselves(tmp_path):
+    paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
+    the_lab = lab.Lab(paths)
+    assert the_lab.vault_env(paths.inventory) == {}, "no password file yet: nothing to name"
+    lab.write_vault(paths, {"vault_vllm_api_key": "sk-1"})
+    wanted = {"ANSIBLE_VAULT_PASSWORD_FILE": str(paths.vault_password)}
+    assert lab.vault_env(paths, paths.inventory, environ={}) == wanted
+    assert lab.vault_env(paths, paths.inventory / "hosts.yml", environ={}) == wanted
+    assert lab.vault_env(paths, tmp_path / "inventory" / "other", environ={}) == {}
+    assert lab.vault_env(paths, paths.inventory, environ={"ANSIBLE_VAULT_PASSWORD_FILE": "/x"}) == {}
+
+
+def test_ansible_env_of_a_lab_run_names_the_lab_vault(tmp_path, monkeypatch):
+    from servekit.runner import ansible_env
+
+    monkeypatch.setenv("SERVEKIT_LAB_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("ANSIBLE_VAULT_PASSWORD_FILE", raising=False)
+    paths = lab.Paths.default(tmp_path)
+    lab.write_vault(paths, {"vault_vllm_api_key": "sk-1"})
+    assert ansible_env(tmp_path, paths.inventory)["ANSIBLE_VAULT_PASSWORD_FILE"] == str(paths.vault_password)
+    assert "ANSIBLE_VAULT_PASSWORD_FILE" not in ansible_env(tmp_path, tmp_path / "inventory/example")
+    assert "ANSIBLE_VAULT_PASSWORD_FILE" not in ansible_env(tmp_path)
+
+
+def test_the_lab_vault_path_is_written_in_servekit_only():
+    """The Makefile and the .ci scripts ask `servekit lab vault-path`; a copied path goes stale
+    when SERVEKIT_LAB_DIR moves the lab."""
+    copies = [path.relative_to(ROOT).as_posix() for path in [ROOT / "Makefile", *(ROOT / ".ci").iterdir()]
+              if path.is_file() and "vault-pass" in path.read_text()]
+    assert copies == [], f"write `servekit lab vault-path` instead of the path in {copies}"

@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import os
 import shlex
+from pathlib import Path
 
 import pytest
-from servekit.module_utils.node_facts import GPU_QUERY
+from servekit.module_utils.node_gpu import GPU_QUERY
 
-ROLE_DEFAULTS = {  # roles/cluster/defaults/main.yml, for hosts the inventory leaves them unset
-    "cluster_rdma_enabled": True,
-    "cluster_rdma_hca": "mlx5_0",
-    "cluster_rdma_netdev": "eth0",
-    "cluster_devices_per_node": 1,
-}
+from servekit.inventory import ClusterView, role_defaults
+from servekit.project import project_root
+from servekit.runner import ansible_env
+
+ROOT = project_root()
+# What the roles deploy where the inventory leaves a variable unset.
+ROLE_DEFAULTS = role_defaults(ROOT)
 
 
 @pytest.fixture
 def hostvars(host) -> dict:
     found = host.ansible.get_variables() if host.backend.NAME == "ansible" else {}
-    return {key: found.get(key, default) for key, default in ROLE_DEFAULTS.items()} | found
+    return ROLE_DEFAULTS | found
 
 
 @pytest.fixture
@@ -45,31 +47,32 @@ def gpus(host) -> str:
 
 
 @pytest.fixture(scope="session")
-def inventory_vars(request) -> dict[str, dict]:
-    """Variables of every head/workers host in the inventory under test, in rank order."""
-    from testinfra.utils.ansible_runner import AnsibleRunner
-
+def cluster_view(request) -> ClusterView:
+    """The cluster under test: head, nodes, addresses, API, from its inventory over the role defaults."""
     path = request.config.option.ansible_inventory
     if not path:
         pytest.skip("these checks need --ansible-inventory (the cluster's inventory)")
-    runner = AnsibleRunner(path)
-    groups = runner.get_variables(runner.get_hosts("all")[0])["groups"]
-    names = groups.get("head", []) + groups.get("workers", [])
-    return {name: runner.get_variables(name) for name in names}
+    inventory = Path(path).resolve()
+    return ClusterView.load(inventory, ROOT, env=ansible_env(ROOT, inventory))
 
 
-@pytest.fixture(scope="session")
-def cluster(inventory_vars) -> dict[str, dict]:
+def cluster_nodes(view: ClusterView) -> dict[str, dict]:
+    """Per node, in rank order: name, rank, data address, API port and every variable rendered."""
     return {
         name: {
             "name": name,
             "rank": rank,
-            "address": hv.get("cluster_data_address", hv.get("ansible_host", name)),
-            "api_port": hv.get("cluster_api_port", 8000),
-            "vars": hv,
+            "address": view.address(name),
+            "api_port": view.api_port,
+            "vars": view.resolved_vars(name),
         }
-        for rank, (name, hv) in enumerate(inventory_vars.items())
+        for rank, name in enumerate(view.nodes)
     }
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_view) -> dict[str, dict]:
+    return cluster_nodes(cluster_view)
 
 
 @pytest.fixture
@@ -82,18 +85,15 @@ def node(host, cluster) -> dict:
 
 @pytest.fixture
 def model(node) -> str:
-    hv = node["vars"]
-    return os.environ.get("MODEL_NAME") or hv.get("cluster_default_model", "gpt-oss-20b")
+    return os.environ.get("MODEL_NAME") or node["vars"]["cluster_default_model"]
 
 
 @pytest.fixture
 def venv(node) -> str:
-    return node["vars"].get("runtime_venv", "/opt/servekit/venv")
+    return node["vars"]["runtime_venv"]
 
 
 @pytest.fixture
-def api_key(node) -> str | None:
+def api_key(cluster_view) -> str | None:
     """The cluster's API key, from the inventory (vault-decrypted by ansible-inventory)."""
-    from servekit.cli import resolve_plain_var
-
-    return resolve_plain_var(node["vars"], "vllm_api_key") or None
+    return cluster_view.api_key

@@ -10,12 +10,11 @@ import json
 import shlex
 
 import pytest
-from servekit.module_utils.node_facts import parse_proc_limits
+from servekit.module_utils.node_preflight import parse_proc_limits
 
 VLLM_UNIT = "servekit-vllm.service"
 RAY_UNIT = "servekit-ray.service"
 JUMBO_PAYLOAD = 9000 - 28  # MTU minus IPv4 and ICMP headers
-RAY_TOKEN_FILE = "/etc/servekit/ray-auth-token"  # noqa: S105 - a path, not a secret
 
 
 def _data_interface(host, address: str) -> str:
@@ -63,7 +62,7 @@ def _pids(host, unit: str) -> list[int]:
 
 def _skip_without_vllm_unit(node, unit: str) -> None:
     """With the Ray executor only the head runs a vLLM unit: worker ranks are Ray actors."""
-    if unit == VLLM_UNIT and node["rank"] > 0 and node["vars"].get("cluster_executor", "ray") == "ray":
+    if unit == VLLM_UNIT and node["rank"] > 0 and node["vars"]["cluster_executor"] == "ray":
         pytest.skip("ray executor: this node's vLLM rank is a Ray actor under servekit-ray, not a unit")
 
 
@@ -96,7 +95,7 @@ def test_running_processes_get_the_node_memlock_ceiling(host, node, unit):
 
 def test_cluster_env_in_serving_processes(host, node):
     for unit in (RAY_UNIT, VLLM_UNIT):
-        if unit == VLLM_UNIT and node["rank"] > 0 and node["vars"].get("cluster_executor", "ray") == "ray":
+        if unit == VLLM_UNIT and node["rank"] > 0 and node["vars"]["cluster_executor"] == "ray":
             continue  # the rank is a Ray actor: test_ray_ranks_keep_this_nodes_settings
         main_pid = host.check_output(f"systemctl show -P MainPID {unit}")
         assert main_pid != "0", f"{unit} is not running"
@@ -111,7 +110,7 @@ def test_vllm_unit_runs_with_this_node_rank(host, node, cluster):
     _skip_without_vllm_unit(node, VLLM_UNIT)
     assert host.service(VLLM_UNIT.removesuffix(".service")).is_running, f"{VLLM_UNIT} is not active"
     argv = host.check_output(f"systemctl show -P ExecStart {VLLM_UNIT}")
-    executor = node["vars"].get("cluster_executor", "ray")
+    executor = node["vars"]["cluster_executor"]
     if executor == "mp" and len(cluster) > 1:
         rank = node["rank"]
         assert f"--node-rank {rank} " in argv + " ", f"{VLLM_UNIT} argv lacks --node-rank {rank}"
@@ -140,7 +139,7 @@ def _environ(host, pid: int) -> dict[str, str] | None:
 
 
 def test_ray_ranks_keep_this_nodes_settings(host, node):
-    if node["vars"].get("cluster_executor", "ray") != "ray":
+    if node["vars"]["cluster_executor"] != "ray":
         pytest.skip("mp executor: every rank is a vLLM unit (test_cluster_env_in_serving_processes)")
     ray_pids = set(_pids(host, RAY_UNIT))
     ranks = []
@@ -150,7 +149,7 @@ def test_ray_ranks_keep_this_nodes_settings(host, node):
             ranks.append(int(pid))
     if not ranks:
         pytest.skip(f"no vLLM rank ({', '.join(RAY_RANK_TITLES)}) under {RAY_UNIT} on this node")
-    cluster_env = host.file(node["vars"].get("rdma_env_file", "/etc/servekit/cluster.env")).content_string
+    cluster_env = host.file(node["vars"]["rdma_env_file"]).content_string
     wanted = dict(line.split("=", 1) for line in cluster_env.splitlines()
                   if "=" in line and not line.startswith("#"))
     iface = _data_interface(host, node["address"])
@@ -181,8 +180,8 @@ def test_ray_sees_every_node(host, node, cluster, venv):
         "print(json.dumps(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))"
     )
     env = ""
-    if node["vars"].get("cluster_ray_auth", True):
-        token_file = node["vars"].get("cluster_ray_auth_token_file", RAY_TOKEN_FILE)
+    if node["vars"]["cluster_ray_auth"]:
+        token_file = node["vars"]["cluster_ray_auth_token_file"]
         env = f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={shlex.quote(token_file)} "
     out = host.check_output(f"{env}{venv}/bin/python -c {shlex.quote(script)}")
     alive = json.loads(out.splitlines()[-1])
@@ -193,17 +192,17 @@ def test_ray_sees_every_node(host, node, cluster, venv):
 def test_ray_refuses_job_submission_without_the_token(host, node):
     if node["rank"] != 0:
         pytest.skip("the job API runs on the head")
-    if not node["vars"].get("cluster_ray_auth", True):
+    if not node["vars"]["cluster_ray_auth"]:
         pytest.skip("the inventory turns Ray token authentication off")
-    port = node["vars"].get("ray_dashboard_port", 8265)
+    port = node["vars"]["ray_dashboard_port"]
     status, reply = _post(host, port, "/api/jobs/", {"entrypoint": "echo pwned"})
     assert status in (401, 403), f"job submission without a token answered {status}: {reply}"
 
 
 def test_ray_token_is_root_only_and_never_on_a_command_line(host, node):
-    if not node["vars"].get("cluster_ray_auth", True):
+    if not node["vars"]["cluster_ray_auth"]:
         pytest.skip("the inventory turns Ray token authentication off")
-    token_file = host.file(node["vars"].get("cluster_ray_auth_token_file", RAY_TOKEN_FILE))
+    token_file = host.file(node["vars"]["cluster_ray_auth_token_file"])
     assert token_file.exists, f"{token_file.path} missing: run --tags ray"
     mode = token_file.mode
     assert token_file.user == "root" and mode == 0o600, f"{token_file.path} mode {oct(mode)}"
@@ -267,16 +266,14 @@ def test_api_refuses_requests_without_the_key(host, node, model, api_key):
 @pytest.fixture(params=["vllm_api_key", "vllm_hf_token", "ray_auth_token"])
 def secret(request, host, node) -> tuple[str, str]:
     """Each secret the cluster holds: (name, value)."""
-    from servekit.cli import resolve_plain_var
-
     name = request.param
     if name == "ray_auth_token":
-        if not node["vars"].get("cluster_ray_auth", True):
+        if not node["vars"]["cluster_ray_auth"]:
             pytest.skip("the inventory turns Ray token authentication off")
-        path = node["vars"].get("cluster_ray_auth_token_file", RAY_TOKEN_FILE)
+        path = node["vars"]["cluster_ray_auth_token_file"]
         value = host.file(path).content_string.strip() if host.file(path).exists else None
     else:
-        value = resolve_plain_var(node["vars"], name)
+        value = node["vars"][name]
     if not value:
         pytest.skip(f"the inventory sets no {name}")
     return name, value
@@ -316,7 +313,7 @@ def proxied_head(node) -> dict:
     """The head, when the API proxy is on (the role's default)."""
     if node["rank"] != 0:
         pytest.skip("the API runs on the head")
-    if not node["vars"].get("vllm_api_proxy", True):
+    if not node["vars"]["vllm_api_proxy"]:
         pytest.skip("the inventory turns the API proxy off (vLLM serves every route itself)")
     return node
 
@@ -334,7 +331,7 @@ def test_api_proxy_passes_only_the_keyed_routes(proxied_head):
 
 def test_vllm_itself_listens_on_loopback_only(host, proxied_head):
     """Behind the proxy vLLM binds 127.0.0.1, where its unguarded routes do answer."""
-    port = proxied_head["vars"].get("vllm_backend_port", 8001)
+    port = proxied_head["vars"]["vllm_backend_port"]
     listeners = host.check_output(f"ss -Hltn 'sport = :{port}'").split("\n")
     local = {line.split()[3] for line in listeners if line.strip()}
     assert local == {f"127.0.0.1:{port}"}, f"vLLM listens on {local}"

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from servekit.module_utils.node_facts import (
-    parse_gpu_query,
-    parse_proc_limits,
-    parse_sysfs_port,
-    roce_v2_gid_index,
-)
+from servekit.module_utils.node_gpu import parse_gpu_query
+from servekit.module_utils.node_preflight import parse_proc_limits
+from servekit.module_utils.node_rdma import parse_sysfs_port, roce_v2_gid_index
 
 # Processes whose environment and limits NCCL depends on.
 # (bracketed first letters keep pgrep from matching the shell that runs it)
