@@ -351,3 +351,26 @@ def test_api_reachable_from_the_control_node(node, model, api_key):
     reply = client.chat.completions.create(model=model, max_tokens=8,
                                            messages=[{"role": "user", "content": "Say hi"}])
     assert reply.usage.completion_tokens > 0
+
+
+def test_model_files_on_every_node_that_holds_a_rank(host, node, model):
+    # Under the Ray executor only the head runs a vLLM unit, but Ray places
+    # ranks on the workers and each loads its share of the weights from its
+    # own disk: a local model (vllm_model_source) must be on those nodes too.
+    from pathlib import Path
+
+    from servekit.module_utils.vllm_registry import load_registry_file, select_model
+
+    registry = Path(__file__).resolve().parents[2] / "config" / "model_registry.yml"
+    entry = select_model(load_registry_file(str(registry)), model)
+    path = str(entry.get("model", ""))
+    if not path.startswith("/"):
+        pytest.skip(f"model {model} comes from the hub ({path}): each rank downloads it")
+    # Ray may place a rank on any node of the cluster; under mp the nodes
+    # that hold one run a vLLM unit.
+    if node["vars"].get("cluster_executor", "ray") != "ray" and not host.service(VLLM_UNIT).is_running:
+        pytest.skip("mp executor: no vLLM unit, so no rank, on this node")
+    for name in ("config.json", "model.safetensors"):
+        assert host.file(f"{path}/{name}").exists, (
+            f"{node['name']} may hold a vLLM rank but lacks {path}/{name}: the vllm stage copies "
+            "vllm_model_source to every node that holds a rank (every node under Ray)")
