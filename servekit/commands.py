@@ -99,13 +99,27 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise UsageError("--model: the inventory sets no cluster_default_model; name the model")
     endpoint = f"{view.api_url}/v1"
     api_key = os.environ.get("OPENAI_API_KEY") or view.api_key or "none"
-    client = openai.OpenAI(base_url=endpoint, api_key=api_key, timeout=args.timeout)
+    client = openai.OpenAI(base_url=endpoint, api_key=api_key, timeout=args.timeout,
+                           http_client=_api_http_client(openai, view))
     reply = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": args.prompt}], max_tokens=args.max_tokens)
     print(f"endpoint:   {endpoint}\nmodel:      {model}\nprompt:     {args.prompt}")
     print(f"completion: {json.dumps(reply.choices[0].message.content)}")
     print(f"tokens:     {reply.usage.prompt_tokens} in, {reply.usage.completion_tokens} out")
     return 0
+
+
+def _api_http_client(openai, view: ClusterView):
+    """The openai client's HTTP client, trusting the cluster's CA when its API is HTTPS (None: default)."""
+    ca = view.api_ca_file(project_root())
+    if ca is None:
+        return None
+    if not ca.is_file():
+        raise UsageError(f"the API is HTTPS and its CA {ca} is missing: run `servekit up` (it makes "
+                         "servekit's CA), or set vllm_api_tls_ca_file")
+    import ssl
+
+    return openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(ca)))
 
 
 def _up_inventory(root: Path, given: str | None) -> Path:
