@@ -277,6 +277,13 @@ def ansible_env(root: Path) -> dict[str, str]:
     return env
 
 
+def up_env(root: Path) -> dict[str, str]:
+    """``servekit up``'s environment: ``ansible_env`` plus servekit's callbacks (callback_plugins/):
+    a progress line per retry of a wait instead of FAILED - RETRYING, and per-task timings at the end."""
+    return {**ansible_env(root), "ANSIBLE_CALLBACK_PLUGINS": str(root / "callback_plugins"),
+            "ANSIBLE_STDOUT_CALLBACK": "servekit", "ANSIBLE_CALLBACKS_ENABLED": "servekit_timings"}
+
+
 def run_site(root: Path, inventory: Path, options: UpOptions) -> int:
     """Run ``root/site.yml`` on ``inventory``; the exit code of ``servekit up``."""
     import ansible_runner  # slow import: only for the command that needs it
@@ -297,7 +304,7 @@ def run_site(root: Path, inventory: Path, options: UpOptions) -> int:
         limit=f"{options.limit},localhost" if options.limit else None,
         cmdline=options.cmdline() or None,
         verbosity=options.verbose or None,
-        envvars=ansible_env(root),
+        envvars=up_env(root),
         suppress_env_files=True,
         cancel_callback=cancel.is_set,
         event_handler=log,
