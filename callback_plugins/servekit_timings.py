@@ -61,8 +61,8 @@ class CallbackModule(CallbackBase):
 
     def _start(self, task) -> None:
         self._close()
-        role = f"{task._role.get_name()} : " if task._role else ""
-        self._current = (f"{role}{task.get_name().strip()}", time.monotonic())
+        # get_name() already reads "role : task" for a role's task
+        self._current = (task.get_name().strip(), time.monotonic())
 
     def v2_playbook_on_task_start(self, task, is_conditional) -> None:
         self._start(task)

@@ -279,7 +279,10 @@ def ansible_env(root: Path) -> dict[str, str]:
 
 def up_env(root: Path) -> dict[str, str]:
     """``servekit up``'s environment: ``ansible_env`` plus servekit's callbacks (callback_plugins/):
-    a progress line per retry of a wait instead of FAILED - RETRYING, and per-task timings at the end."""
+    a progress line per retry of a wait instead of FAILED - RETRYING, and per-task timings at the end
+    (ansible's own output where the project has no callback_plugins/)."""
+    if not (root / "callback_plugins" / "servekit.py").is_file():
+        return ansible_env(root)
     return {**ansible_env(root), "ANSIBLE_CALLBACK_PLUGINS": str(root / "callback_plugins"),
             "ANSIBLE_STDOUT_CALLBACK": "servekit", "ANSIBLE_CALLBACKS_ENABLED": "servekit_timings"}
 
