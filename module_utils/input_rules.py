@@ -203,10 +203,12 @@ def _check_relation(path: Path, relation: Any) -> None:
     if not isinstance(relation, Mapping) or relation.get("check") not in RELATIONS:
         raise RulesError(f"{path}: relation {relation!r}: 'check' must be one of {', '.join(RELATIONS)}")
     names = relation.get("vars")
-    if not isinstance(names, list) or len(names) < (1 if relation["check"] == "outside_range" else 2):
+    if not isinstance(names, list) or len(names) < (1 if relation["check"] in ONE_VAR_CHECKS else 2):
         raise RulesError(f"{path}: relation {relation!r} needs 'vars', a list of variable names")
     if relation["check"] == "span_at_least" and not _is_int(relation.get("count")):
         raise RulesError(f"{path}: relation {relation!r} needs an integer 'count'")
+    if relation["check"] == "set_beyond_loopback" and len(names) != 2:
+        raise RulesError(f"{path}: relation {relation!r} needs 'vars': [the key, the listen address]")
     if relation["check"] == "outside_range" and len(relation.get("range") or []) != 2:
         raise RulesError(f"{path}: relation {relation!r} needs 'range', [first, last] variable names")
 
@@ -219,6 +221,8 @@ def relation_vars(relation: Mapping[str, Any]) -> list[str]:
         names.append(when)
     elif isinstance(when, Mapping):
         names.extend(when)
+    if relation.get("unless"):
+        names.append(relation["unless"])
     return names
 
 
@@ -405,6 +409,9 @@ def _truthy(value: Any) -> bool:
 
 
 def _relation_applies(relation: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    unless = relation.get("unless")
+    if unless and _truthy(values.get(unless)):
+        return False
     when = relation.get("when")
     if when is None:
         return True
@@ -462,6 +469,33 @@ def _outside_range(relation: Mapping, values: Mapping, pair: Callable[[str], str
             for n in relation["vars"] if values[first] <= values[n] <= values[last]]
 
 
+def _is_loopback(address: Any) -> bool:
+    try:
+        return ipaddress.ip_address(str(address)).is_loopback
+    except ValueError:
+        return str(address) == "localhost"
+
+
+def _set_beyond_loopback(relation: Mapping, values: Mapping, pair: Callable[[str], str]) -> list[str]:
+    key, address = relation["vars"]
+    if values.get(key) or _is_loopback(values[address]):
+        return []
+    opt_out = f"; or set {relation['unless']}: true to serve it without one on purpose" \
+        if relation.get("unless") else ""
+    return [f"{key} is not set while {pair(address)} listens beyond loopback: anyone the firewall "
+            f"lets in could use the API. Set {key} (from ansible-vault){opt_out}"]
+
+
+def _required(relation: Mapping, values: Mapping, pair: Callable[[str], str]) -> list[str]:
+    name = relation["vars"][0]
+    if _truthy(values.get(name)) and values.get(name) != "":
+        return []
+    shown = f"{name} is not set" if values.get(name) in (None, "") else pair(name)
+    cause = relation.get("when")
+    because = f" when {cause} is true or set" if isinstance(cause, str) else ""
+    return [f"{shown}: it must be true or set{because}"]
+
+
 RELATIONS: dict[str, Callable[[Mapping, Mapping, Callable[[str], str]], list[str]]] = {
     "less_than": _ordered,
     "less_equal": _ordered,
@@ -470,14 +504,23 @@ RELATIONS: dict[str, Callable[[Mapping, Mapping, Callable[[str], str]], list[str
     "differs_from": _differs_from,
     "span_at_least": _span_at_least,
     "outside_range": _outside_range,
+    "set_beyond_loopback": _set_beyond_loopback,
+    "required": _required,
 }
+# Checks that read one variable (plus their condition)
+ONE_VAR_CHECKS = frozenset({"outside_range", "required"})
+# Checks whose first variable may be null (that is what they look for).
+NULLABLE_FIRST = frozenset({"set_beyond_loopback", "required"})
 
 
 def check_relation(ruleset: RuleSet, relation: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
     """Problems of one relation over already-checked values; skipped where a value is unknown."""
     if not _relation_applies(relation, values):
         return []
-    if any(values.get(n) is None for n in list(relation["vars"]) + list(relation.get("range") or [])):
+    names = list(relation["vars"]) + list(relation.get("range") or [])
+    if relation["check"] in NULLABLE_FIRST:
+        names = names[1:]
+    if any(values.get(n) is None for n in names):
         return []
 
     def pair(n: str) -> str:

@@ -69,8 +69,40 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=float, default=120.0)
     ask.set_defaults(func=cmd.cmd_ask)
 
+    _add_day2_parsers(sub)
     _add_lab_parser(sub)
     return parser
+
+
+def _add_day2_parsers(sub) -> None:
+    inventory_help = f"inventory file or folder (default: the lab, {LAB_INVENTORY})"
+    status = sub.add_parser("status", help="per node: Ray, vLLM rank and unit, watchdog, readiness; "
+                                           "exit 1 when the cluster does not serve")
+    status.add_argument("--inventory", "-i", help=inventory_help)
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    status.set_defaults(func=cmd.cmd_status)
+
+    logs = sub.add_parser("logs", help="the journal of the servekit units, each line prefixed by its node")
+    logs.add_argument("node", nargs="?", help="one node (default: every node)")
+    logs.add_argument("--inventory", "-i", help=inventory_help)
+    logs.add_argument("--unit", "-u", action="append", choices=tuple(cmd.LOG_UNITS),
+                      help="repeatable (default: all of ray, vllm, watchdog, proxy)")
+    logs.add_argument("--lines", "-n", type=int, default=50, help="last lines per node (default 50)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    logs.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    logs.set_defaults(func=cmd.cmd_logs)
+
+    down = sub.add_parser("down", help="stop and remove the units site.yml started (packages, models, "
+                                       "secrets and firewall stay); `servekit up` brings it back")
+    down.add_argument("--inventory", "-i", help=inventory_help)
+    down.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    down.add_argument("--purge-models", action="store_true", help="also delete the copied model files")
+    down.add_argument("--purge-runtime", action="store_true", help="also delete the venv and caches")
+    down.set_defaults(func=cmd.cmd_down)
+
+    completion = sub.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=("bash",))
+    completion.set_defaults(func=cmd.cmd_completion)
 
 
 def _add_lab_parser(sub) -> None:

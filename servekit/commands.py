@@ -93,13 +93,27 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise UsageError("--model: the inventory sets no cluster_default_model; name the model")
     endpoint = f"{view.api_url}/v1"
     api_key = os.environ.get("OPENAI_API_KEY") or view.api_key or "none"
-    client = openai.OpenAI(base_url=endpoint, api_key=api_key, timeout=args.timeout)
+    client = openai.OpenAI(base_url=endpoint, api_key=api_key, timeout=args.timeout,
+                           http_client=_api_http_client(openai, view))
     reply = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": args.prompt}], max_tokens=args.max_tokens)
     print(f"endpoint:   {endpoint}\nmodel:      {model}\nprompt:     {args.prompt}")
     print(f"completion: {json.dumps(reply.choices[0].message.content)}")
     print(f"tokens:     {reply.usage.prompt_tokens} in, {reply.usage.completion_tokens} out")
     return 0
+
+
+def _api_http_client(openai, view: ClusterView):
+    """The openai client's HTTP client, trusting the cluster's CA when its API is HTTPS (None: default)."""
+    ca = view.api_ca_file(project_root())
+    if ca is None:
+        return None
+    if not ca.is_file():
+        raise UsageError(f"the API is HTTPS and its CA {ca} is missing: run `servekit up` (it makes "
+                         "servekit's CA), or set vllm_api_tls_ca_file")
+    import ssl
+
+    return openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(ca)))
 
 
 def _up_inventory(root: Path, given: str | None) -> Path:
@@ -196,3 +210,173 @@ def cmd_lab_vault_path(args: argparse.Namespace) -> int:
     """The lab's vault password file, for ANSIBLE_VAULT_PASSWORD_FILE (the Makefile, .ci scripts)."""
     print(_lab().paths.vault_password)
     return 0
+
+
+# --------------------------------------------------------------------------
+# day 2: status, logs, down, completion
+# --------------------------------------------------------------------------
+
+# `servekit logs --unit`: the inventory variable naming each unit (None: fixed name).
+LOG_UNITS = {"ray": None, "vllm": "vllm_unit_name", "watchdog": "vllm_watchdog_unit",
+             "proxy": "vllm_api_proxy_unit"}
+
+
+def _day2_cluster(given: str | None) -> tuple[Path, Path, ClusterView]:
+    """The project, the inventory (as for `up`) and its cluster; never an example inventory."""
+    root = project_root()
+    inventory = _up_inventory(root, given)
+    view = cluster_view(str(inventory))
+    if str(view.var("cluster_example_inventory")).lower() in ("true", "yes", "1"):
+        raise UsageError(f"--inventory {given}: an example inventory (cluster_example_inventory: true); "
+                         "its addresses are not your machines")
+    return root, inventory, view
+
+
+def unit_names(view: ClusterView) -> dict[str, str]:
+    return {kind: (view.var(var) if var else "servekit-ray.service") for kind, var in LOG_UNITS.items()}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when the cluster serves (the head answered a one-token completion), else 1."""
+    from servekit import status as st
+
+    root, inventory, view = _day2_cluster(args.inventory)
+    out = root / ".cache" / "status.json"
+    out.unlink(missing_ok=True)
+    rc = runner.run_playbook(root, inventory, "playbooks/status.yml", {"status_output": str(out)},
+                             quiet=True)
+    if rc == runner.EXIT_CANCELLED:
+        return rc
+    if not out.is_file():
+        print(f"servekit status: the status playbook failed (rc {rc}); its events are under "
+              f"{root / '.cache' / 'runner'}", file=sys.stderr)
+        return 1
+    executor = str(view.var("cluster_executor"))
+    result = st.cluster_status(json.loads(out.read_text()), unit_names(view), executor)
+    print(st.format_json(result) if args.format == "json" else st.format_table(result))
+    return 0 if result.serving else 1
+
+
+def journal_argv(units: list[str], lines: int, cursor: str | None = None) -> list[str]:
+    """journalctl for ``units``: the last ``lines``, or what came after ``cursor`` (follow)."""
+    argv = ["journalctl", "--no-pager", "-o", "short-iso", "--show-cursor"]
+    for unit in units:
+        argv += ["-u", unit]
+    return argv + ([f"--after-cursor={cursor}"] if cursor else ["-n", str(lines)])
+
+
+def split_cursor(stdout: str) -> tuple[list[str], str | None]:
+    """journalctl --show-cursor output: the entries, and the cursor after the last one."""
+    lines = stdout.splitlines()
+    if lines and lines[-1].startswith("-- cursor: "):
+        return lines[:-1], lines[-1][len("-- cursor: "):]
+    return [line for line in lines if line != "-- No entries --"], None
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The journal of the chosen units on one node or all, each line prefixed by its node."""
+    root, inventory, view = _day2_cluster(args.inventory)
+    if args.node and args.node not in view.nodes:
+        raise UsageError(f"node {args.node!r} is not in the inventory; nodes: {', '.join(view.nodes)}")
+    names = unit_names(view)
+    units = [names[kind] for kind in (args.unit or LOG_UNITS)]
+    targets = [args.node] if args.node else list(view.nodes)
+    width = max(len(n) for n in targets)
+    cursors: dict[str, str | None] = {}
+    while True:
+        if not cursors:  # the first round: every node in one ansible run
+            found = runner.run_command(root, inventory, ":".join(targets), journal_argv(units, args.lines))
+        else:  # then per node, what came after its cursor
+            found = {}
+            for host in targets:
+                found.update(runner.run_command(root, inventory, host,
+                                                journal_argv(units, args.lines, cursors.get(host))))
+        for host in targets:
+            result = found.get(host)
+            if result is None:
+                continue
+            if result["unreachable"]:
+                print(f"{host:<{width}} | unreachable: {result['msg']}", file=sys.stderr)
+                continue
+            entries, cursor = split_cursor(result["stdout"])
+            cursors[host] = cursor or cursors.get(host)
+            for line in entries:
+                print(f"{host:<{width}} | {line}", flush=True)
+        if not args.follow:
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    root, inventory, view = _day2_cluster(args.inventory)
+    purge = {"down_purge_models": args.purge_models, "down_purge_runtime": args.purge_runtime}
+    what = "stop and remove vLLM, its watchdog, the API proxy and Ray"
+    extra = [name for flag, name in ((args.purge_models, "the model files"),
+                                     (args.purge_runtime, "the venv and caches")) if flag]
+    if extra:
+        what += ", and delete " + " and ".join(extra)
+    print(f"servekit down: {what} on {', '.join(view.nodes)} ({inventory}); packages, "
+          f"{'' if args.purge_models else 'model files, '}secrets and the firewall stay.")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("--yes: not a terminal, so nothing was asked; pass --yes to take it down")
+        if input("Go on? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("servekit down: nothing done")
+            return 1
+    rc = runner.run_playbook(root, inventory, "playbooks/down.yml", purge)
+    if rc == 0:
+        print(f"servekit down: done; `servekit up -i {inventory}` brings it back")
+    return rc
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from servekit.cli import build_parser
+
+    print(bash_completion(build_parser()))
+    return 0
+
+
+def _words(parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, argparse.ArgumentParser]]:
+    """A parser's option strings and its subcommands."""
+    options = [s for action in parser._actions for s in action.option_strings]
+    subs: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            subs.update(action.choices)
+    return options, subs
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script for ``parser``: subcommands, their flags and choices, from argparse."""
+    cases = []
+
+    def walk(prefix: str, p: argparse.ArgumentParser) -> None:
+        options, subs = _words(p)
+        choices = [c for a in p._actions if a.choices and not isinstance(a, argparse._SubParsersAction)
+                   for c in a.choices]
+        words = " ".join([*subs, *options, *map(str, choices)])
+        cases.append(f'        "{prefix}") words="{words}" ;;')
+        for name, sub in subs.items():
+            walk(f"{prefix} {name}".strip(), sub)
+
+    walk("", parser)
+    body = "\n".join(cases)
+    return f"""# servekit bash completion: eval "$(servekit completion bash)" (or save it under
+# /etc/bash_completion.d/servekit)
+_servekit() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} path="" w words
+    for w in "${{COMP_WORDS[@]:1:COMP_CWORD-1}}"; do
+        case "$w" in -*) continue ;; esac
+        case " $(_servekit_words "${{path# }}") " in *" $w "*) path="$path $w" ;; esac
+    done
+    COMPREPLY=($(compgen -W "$(_servekit_words "${{path# }}")" -- "$cur"))
+}}
+_servekit_words() {{
+    local words=""
+    case "$1" in
+{body}
+    esac
+    echo "$words"
+}}
+complete -o default -F _servekit servekit
+"""

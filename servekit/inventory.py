@@ -139,9 +139,26 @@ class ClusterView:
         return int(self.var("cluster_api_port"))
 
     @property
+    def api_tls(self) -> bool:
+        """Whether the head's proxy serves HTTPS (vllm_api_tls, which needs vllm_api_proxy)."""
+        return _flag(self.var("vllm_api_proxy")) and _flag(self.var("vllm_api_tls"))
+
+    @property
     def api_url(self) -> str:
         """The head's OpenAI-compatible API, without ``/v1``."""
-        return f"http://{self.address()}:{self.api_port}"
+        return f"{'https' if self.api_tls else 'http'}://{self.address()}:{self.api_port}"
+
+    def api_ca_file(self, root: Path) -> Path | None:
+        """The CA that verifies the API: vllm_api_tls_ca_file, else servekit's own CA under
+        ``root/.cache/tls`` (roles/vllm/tasks/tls.yml makes it), else None: no TLS, or the
+        inventory's own certificate checked against the system's trust store."""
+        if not self.api_tls:
+            return None
+        if self.var("vllm_api_tls_ca_file"):
+            return Path(self.var("vllm_api_tls_ca_file"))
+        if self.var("vllm_api_tls_cert"):
+            return None
+        return root / ".cache" / "tls" / "ca.crt"
 
     @property
     def api_key(self) -> str | None:
@@ -159,6 +176,13 @@ class ClusterView:
             if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
                 found[name] = int(value)
         return found
+
+
+def _flag(value: Any) -> bool:
+    """An inventory boolean as Ansible reads it (true, yes, on, 1)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("y", "yes", "on", "1", "true", "t")
+    return bool(value)
 
 
 def _group_hosts(data: Mapping[str, Any], group: str) -> list[str]:

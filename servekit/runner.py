@@ -286,6 +286,16 @@ def ansible_env(root: Path, inventory: Path | None = None) -> dict[str, str]:
     return env
 
 
+def up_env(root: Path, inventory: Path | None = None) -> dict[str, str]:
+    """``servekit up``'s environment: ``ansible_env`` plus servekit's callbacks (callback_plugins/):
+    a progress line per retry of a wait instead of FAILED - RETRYING, and per-task timings at the end
+    (ansible's own output where the project has no callback_plugins/)."""
+    if not (root / "callback_plugins" / "servekit.py").is_file():
+        return ansible_env(root, inventory)
+    return {**ansible_env(root, inventory), "ANSIBLE_CALLBACK_PLUGINS": str(root / "callback_plugins"),
+            "ANSIBLE_STDOUT_CALLBACK": "servekit", "ANSIBLE_CALLBACKS_ENABLED": "servekit_timings"}
+
+
 def run_site(root: Path, inventory: Path, options: UpOptions) -> int:
     """Run ``root/site.yml`` on ``inventory``; the exit code of ``servekit up``."""
     import ansible_runner  # slow import: only for the command that needs it
@@ -306,7 +316,7 @@ def run_site(root: Path, inventory: Path, options: UpOptions) -> int:
         limit=f"{options.limit},localhost" if options.limit else None,
         cmdline=options.cmdline() or None,
         verbosity=options.verbose or None,
-        envvars=ansible_env(root, inventory),
+        envvars=up_env(root, inventory),
         suppress_env_files=True,
         cancel_callback=cancel.is_set,
         event_handler=log,
@@ -373,3 +383,49 @@ def report_failure(log: EventLog, rc: int | None, artifacts: Path, check: bool,
     else:
         print(failure_summary(log.events, rerun), file=sys.stderr)
     return 1
+
+
+def run_playbook(root: Path, inventory: Path, playbook: str, extravars: dict | None = None,
+                 *, quiet: bool = False, limit: str | None = None) -> int:
+    """Run ``root/<playbook>`` (a day-2 playbook: status, down) on ``inventory``; its rc.
+
+    Same fresh private data dir and environment as ``run_site``; ``quiet`` keeps
+    ansible's output in the artifacts only (the caller prints what it read).
+    """
+    import ansible_runner
+
+    private_dir = new_private_dir(root / ".cache" / "runner")
+    try:
+        result = ansible_runner.run(
+            private_data_dir=str(private_dir), project_dir=str(root), playbook=str(root / playbook),
+            inventory=str(inventory), extravars=extravars or {}, limit=limit, envvars=ansible_env(root),
+            suppress_env_files=True, quiet=quiet)
+    except KeyboardInterrupt:
+        terminate_descendants(os.getpid())
+        return EXIT_CANCELLED
+    return result.rc if result.rc is not None else 1
+
+
+def run_command(root: Path, inventory: Path, hosts: str, argv: Sequence[str]) -> dict[str, dict]:
+    """``argv`` on ``hosts`` as an ad-hoc ``command`` task (no shell); per host its result
+    (``stdout``, ``rc``, or ``unreachable``/``msg``)."""
+    import ansible_runner
+
+    found: dict[str, dict] = {}
+
+    def keep(event: dict) -> bool:
+        data = event.get("event_data") or {}
+        if event.get("event") in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
+            res = data.get("res") or {}
+            found[data.get("host")] = {"stdout": res.get("stdout", ""), "rc": res.get("rc"),
+                                       "msg": str(res.get("msg", "")),
+                                       "unreachable": event["event"] == "runner_on_unreachable"}
+        return False  # nothing in the artifacts: a follow loop runs this every few seconds
+
+    private_dir = new_private_dir(root / ".cache" / "runner")
+    ansible_runner.run(private_data_dir=str(private_dir), inventory=str(inventory), host_pattern=hosts,
+                       module="ansible.builtin.command", module_args=shlex.join(argv),
+                       envvars=ansible_env(root), suppress_env_files=True, quiet=True,
+                       event_handler=keep)
+    shutil.rmtree(private_dir, ignore_errors=True)
+    return found

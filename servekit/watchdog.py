@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -49,11 +50,16 @@ from dataclasses import dataclass
 SYSTEMCTL = shutil.which("systemctl") or "/usr/bin/systemctl"
 
 
+# The CA file that verifies an https API (--cafile; None: the system's store).
+CAFILE: str | None = None
+
+
 def _fetch(url: str, timeout: float, headers: dict | None = None, body: bytes | None = None) -> bytes:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) URL: {url}")
     req = urllib.request.Request(url, data=body, headers=headers or {})  # noqa: S310 - scheme checked above
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
+    context = ssl.create_default_context(cafile=CAFILE) if url.startswith("https://") else None
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310 - scheme checked above
         return resp.read()
 
 
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--grace", type=float, default=900, help="seconds after a start before acting")
     w.add_argument("--max-restarts", type=int, default=5, help="restarts per --restart-window at most")
     w.add_argument("--restart-window", type=float, default=3600)
+    w.add_argument("--cafile", default="", help="CA file for an https --url ('': the system's store)")
     w.set_defaults(func=watch)
     h = sub.add_parser("wait-head", help="wait until the head's rendezvous port accepts connections")
     h.add_argument("--host", required=True)
@@ -230,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--timeout", type=float, default=300)
     h.set_defaults(func=wait_head)
     args = parser.parse_args(argv)
+    global CAFILE  # noqa: PLW0603 - one setting for every request of this process
+    CAFILE = getattr(args, "cafile", "") or None
     return args.func(args)
 
 

@@ -87,6 +87,13 @@ def _defaults() -> dict:
 
 def _relation_case(relation: dict) -> tuple[dict, str]:
     """Values (valid one by one) that break the relation, and the variable the message must name."""
+    if relation["check"] == "set_beyond_loopback":  # no key, an outside address
+        key, address = relation["vars"]
+        return {key: None, address: "0.0.0.0", relation["unless"]: False}, address
+    if relation["check"] == "required":
+        name = relation["vars"][0]
+        off = False if RULES.options.get(name, {}).get("type") == "bool" else None
+        return {name: off, relation["when"]: True}, name
     defaults = _defaults()
     values = {}
     for name in relation_vars(relation):
@@ -120,7 +127,8 @@ def test_every_relation_refuses_values_that_break_it(relation):
     for name, value in values.items():  # each value alone passes its own rule
         assert not check_values(RULES, {name: value}), (name, value)
     problems = check_values(RULES, values)
-    assert any(f"{named} = {values[named]!r}" in p for p in problems), problems
+    shown = f"{named} is not set" if values[named] is None else f"{named} = {values[named]!r}"
+    assert any(shown in p for p in problems), problems
     if relation.get("when"):  # and the condition gates it
         off = dict(values, **({relation["when"]: False} if isinstance(relation["when"], str)
                               else {k: "other" for k in relation["when"]}))
@@ -130,7 +138,51 @@ def test_every_relation_refuses_values_that_break_it(relation):
 
 def test_every_relation_of_defaults_holds():
     values = {n: v for n, v in _defaults().items() if not (isinstance(v, str) and "{{" in v)}
+    # the defaults listen on 0.0.0.0: an inventory must bring an API key
+    values["vllm_api_key"] = "sk-from-vault"
     assert check_values(RULES, values) == []
+
+
+KEY_RULE = ("vllm_api_key is not set while vllm_api_host = '0.0.0.0' listens beyond loopback")
+
+
+@pytest.mark.parametrize(
+    ("values", "refused"),
+    [
+        ({}, True),
+        ({"vllm_api_key": ""}, True),
+        ({"vllm_api_host": "10.0.0.1"}, True),
+        ({"vllm_api_host": "::"}, True),
+        ({"vllm_api_key": "sk-1"}, False),
+        ({"vllm_api_host": "127.0.0.1"}, False),
+        ({"vllm_api_host": "::1"}, False),
+        ({"vllm_api_allow_unauthenticated": True}, False),
+        ({"vllm_api_allow_unauthenticated": "yes"}, False),
+    ],
+    ids=["defaults", "empty-key", "data-address", "v6-any", "key", "loopback", "v6-loopback", "opt-out",
+         "opt-out-word"],
+)
+def test_an_api_beyond_loopback_needs_a_key_or_the_named_opt_out(values, refused):
+    effective = {n: v for n, v in _defaults().items() if not (isinstance(v, str) and "{{" in v)}
+    effective.update(values)
+    problems = [p for p in check_values(RULES, effective) if p.startswith("vllm_api_key is not set")]
+    assert bool(problems) == refused, problems
+    if refused:
+        assert "set vllm_api_allow_unauthenticated: true" in problems[0]
+        assert f"vllm_api_host = {effective['vllm_api_host']!r}" in problems[0]
+
+
+def test_tls_needs_the_proxy_and_a_certificate_needs_its_key():
+    base = {n: v for n, v in _defaults().items() if not (isinstance(v, str) and "{{" in v)}
+    base["vllm_api_key"] = "sk-1"
+    assert check_values(RULES, dict(base, vllm_api_proxy=False)) == [
+        "vllm_api_proxy = False: it must be true or set when vllm_api_tls is true or set"]
+    assert check_values(RULES, dict(base, vllm_api_proxy=False, vllm_api_tls=False)) == []
+    only_cert = check_values(RULES, dict(base, vllm_api_tls_cert="-----BEGIN CERTIFICATE-----"))
+    assert only_cert == ["vllm_api_tls_key is not set: it must be true or set when vllm_api_tls_cert is "
+                         "true or set"]
+    only_key = check_values(RULES, dict(base, vllm_api_tls_key="-----BEGIN PRIVATE KEY----- s3cr3t"))
+    assert only_key and "s3cr3t" not in " ".join(only_key)
 
 
 # Options that need a rule: numbers, paths, and names that say port, address,
@@ -257,14 +309,22 @@ def _validate(inventory: Path) -> subprocess.CompletedProcess:
          "vllm_backend_port = 8000 must differ from cluster_api_port = 8000"),
         ({"cluster_rdma_netdev": "enP2p1s0f0np0-long"}, None,
          "cluster_rdma_netdev = 'enP2p1s0f0np0-long': must be a Linux interface name"),
+        ({"vllm_api_key": None}, None,
+         f"{KEY_RULE}: anyone the firewall lets in could use the API. Set vllm_api_key (from "
+         "ansible-vault); or set vllm_api_allow_unauthenticated: true to serve it without one on purpose"),
     ],
-    ids=["mtu-per-host", "cidr", "worker-range", "ib-timeout", "proxy-port", "iface"],
+    ids=["mtu-per-host", "cidr", "worker-range", "ib-timeout", "proxy-port", "iface", "no-api-key"],
 )
 def test_validate_play_refuses_bad_inputs(tmp_path, extra, worker_vars, message):
     proc = _validate(_inventory(tmp_path, extra, worker_vars))
     assert proc.returncode == 2, proc.stdout[-3000:]
     assert message in proc.stdout, proc.stdout[-3000:]
     assert "Check the model registry" not in proc.stdout, "the input check must come first"
+
+
+def test_validate_play_takes_the_named_opt_out(tmp_path):
+    proc = _validate(_inventory(tmp_path, {"vllm_api_key": None, "vllm_api_allow_unauthenticated": True}))
+    assert proc.returncode == 0, proc.stdout[-3000:]
 
 
 def test_validate_play_hides_secrets(tmp_path):
@@ -309,6 +369,8 @@ def _lab_inventory(tmp_path: Path) -> Path:
             "ansible_user": "root", "lab_wheelhouse": "/opt/servekit/wheelhouse",
             "lab_model_source": str(tmp_path / "model")}))
     (inv / "group_vars" / "all" / "vault.yml").unlink(missing_ok=True)
+    # what `servekit lab up` writes encrypted into vault.yml (no vault password here)
+    (inv / "group_vars" / "all" / "test-vault.yml").write_text("vault_vllm_api_key: sk-lab-test\n")
     return inv / "hosts.yml"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -34,7 +35,9 @@ def test_what_the_inventory_leaves_unset_comes_from_the_role_defaults():
     assert view.api_port == ROLE["cluster"]["cluster_api_port"]
     # cluster_data_address defaults to "{{ ansible_host | default(inventory_hostname) }}"
     assert view.address() == "10.0.0.1" and view.address("node-b") == "10.0.0.2"
-    assert view.api_url == f"http://10.0.0.1:{ROLE['cluster']['cluster_api_port']}"
+    # the proxy serves HTTPS by default (vllm_api_tls), verified with servekit's CA
+    assert view.api_url == f"https://10.0.0.1:{ROLE['cluster']['cluster_api_port']}"
+    assert view.api_ca_file(ROOT) == ROOT / ".cache" / "tls" / "ca.crt"
     assert view.default_model == ROLE["cluster"]["cluster_default_model"]
     assert view.api_key is None  # vllm_api_key: null
     ports = view.ports()
@@ -46,7 +49,7 @@ def test_inventory_values_win_and_one_indirection_is_followed():
     view = ClusterView.from_inventory_data(ROOT / "x", _data(
         {"cluster_api_port": 9000, "cluster_data_address": "192.168.1.1",
          "vllm_api_key": "{{ vault_vllm_api_key }}", "vault_vllm_api_key": "sk-1"}), DEFAULTS)
-    assert view.api_url == "http://192.168.1.1:9000" and view.api_key == "sk-1"
+    assert view.api_url == "https://192.168.1.1:9000" and view.api_key == "sk-1"
     no_host = ClusterView.from_inventory_data(ROOT / "x", {"head": {"hosts": ["h"]}}, DEFAULTS)
     assert no_host.address() == "h" and no_host.workers == ()
 
@@ -78,7 +81,7 @@ def test_load_reads_a_real_inventory_with_ansible_inventory():
     listed = ansible("ansible-inventory", "-i", inventory, "--list", timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert view.nodes == ("spark-01", "spark-02")
-    assert view.api_url == f"http://{view.address()}:{ROLE['cluster']['cluster_api_port']}"
+    assert view.api_url == f"https://{view.address()}:{ROLE['cluster']['cluster_api_port']}"
     assert view.address() in listed.stdout
 
 
@@ -131,3 +134,19 @@ def test_every_variable_the_verify_suite_reads_is_a_role_default():
     names = {a or b for a, b in read}
     assert {"cluster_executor", "ray_dashboard_port", "runtime_venv"} <= names
     assert sorted(names - set(DEFAULTS)) == []
+
+
+@pytest.mark.parametrize(
+    ("head_vars", "scheme", "ca"),
+    [
+        ({"vllm_api_tls": False}, "http", None),
+        ({"vllm_api_proxy": "false"}, "http", None),  # TLS is the proxy's
+        ({"vllm_api_tls_cert": "-----BEGIN CERTIFICATE-----"}, "https", None),  # the system store
+        ({"vllm_api_tls_ca_file": "/etc/ssl/my-ca.pem"}, "https", "/etc/ssl/my-ca.pem"),
+    ],
+    ids=["tls-off", "proxy-off", "own-cert", "own-ca"],
+)
+def test_api_scheme_and_the_ca_clients_trust(head_vars, scheme, ca):
+    view = ClusterView.from_inventory_data(ROOT / "x", _data(head_vars), DEFAULTS)
+    assert view.api_url.startswith(f"{scheme}://10.0.0.1:")
+    assert view.api_ca_file(ROOT) == (ca and Path(ca))

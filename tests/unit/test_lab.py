@@ -85,11 +85,15 @@ def lab_checkout(tmp_path) -> lab.Paths:
                     ignore=shutil.ignore_patterns("lab.yml", "vault.yml"))
     paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
     lab.write_inventory(paths, lab.plan_nodes(1))
+    # as `servekit lab up` does: the API key (validate refuses an API beyond
+    # loopback without one)
+    lab.ensure_vault(paths)
     return paths
 
 
 def _ansible(tool: str, paths: lab.Paths, *args: str) -> subprocess.CompletedProcess:
-    return ansible(tool, "-i", paths.inventory, *args, project=paths.root, timeout=120)
+    return ansible(tool, "-i", paths.inventory, "--vault-password-file", paths.vault_password, *args,
+                   project=paths.root, timeout=120)
 
 
 def test_written_inventory_gives_ssh_settings_and_lab_settings(lab_checkout):

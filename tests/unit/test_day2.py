@@ -1,0 +1,202 @@
+"""Day-2 commands: `servekit status`, `logs`, `down`, `completion`.
+
+What runs for real here: argument parsing, the status playbook on localhost
+(a node where nothing serves: no systemd, no Ray, no API), the table/JSON
+and exit-code decision on documents in the playbook's own format (unit
+headers rendered by vllm_launch's render_unit, the watchdog's restart line,
+``systemctl show`` blocks as systemctl(1) prints them: ``Key=Value``, one
+block per unit, blank-line separated), the generated bash completion with
+bash, and ``--syntax-check`` of the status and down playbooks on every
+inventory. Not run here: the playbooks against a serving cluster (the
+lead's lab commands in the report).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT, ansible_playbook
+
+from servekit import commands, status
+from servekit.cli import build_parser
+from servekit.module_utils.vllm_registry import NodeSpec, build_launch_plan, load_registry_file, render_unit
+
+SERVEKIT = str(Path(sys.executable).with_name("servekit"))
+UNITS = {"ray": "servekit-ray.service", "vllm": "servekit-vllm.service",
+         "watchdog": "servekit-vllm-watchdog.service", "proxy": "servekit-api-proxy.service"}
+INVENTORIES = [ROOT / "inventory" / n / "hosts.yml" for n in ("example-2node-roce", "example-2x8-h100")]
+
+
+def _show(unit: str, active: str = "active", sub: str = "running", load: str = "loaded") -> str:
+    return f"Id={unit}\nLoadState={load}\nActiveState={active}\nSubState={sub}\nNRestarts=0\n"
+
+
+def _unit_header(rank: int) -> str:
+    registry = load_registry_file(str(ROOT / "config" / "model_registry.yml"))
+    node = NodeSpec(node_rank=rank, nnodes=2, head_address="10.0.0.1",
+                    host_address=f"10.0.0.{rank + 1}", devices_per_node=1, executor="mp",
+                    runtime="native", api_port=8001)
+    plan = build_launch_plan("lab-tiny", registry["lab-tiny"], node, ["vllm"])
+    return render_unit(plan).splitlines()[0]
+
+
+def _document(ready_status=200, worker_vllm="active", restarts=0, worker_reachable=True) -> dict:
+    restart = f"3 failed completions in a row: restarting {UNITS['vllm']}"
+
+    def vllm(rank, head, state):
+        units = [_show(UNITS["vllm"], *state.split("/")) if "/" in state else _show(UNITS["vllm"], state),
+                 _show(UNITS["watchdog"])]
+        if head:
+            units.append(_show(UNITS["proxy"]))
+        return {"units": "\n".join(units), "launch": _unit_header(rank),
+                "watchdog_journal": ["no completion from http://127.0.0.1:8001 (timed out)"]
+                + [restart] * restarts,
+                "ready_status": ready_status if head else None, "ready_model": None,
+                "ready_error": "" if ready_status == 200 else "Connection refused"}
+    ray = {"unit": _show(UNITS["ray"]), "nodes": "", "error": ""}
+    return {"nodes": [
+        {"name": "lab-head", "head": True, "address": "10.0.0.1", "ray": ray,
+         "vllm": vllm(0, True, "active")},
+        {"name": "lab-worker-1", "head": False, "address": "10.0.0.2",
+         "ray": ray if worker_reachable else None,
+         "vllm": vllm(1, False, worker_vllm) if worker_reachable else None},
+    ]}
+
+
+def test_a_cluster_whose_head_answers_serves():
+    result = status.cluster_status(_document(), UNITS, "mp")
+    assert result.serving and result.problems == []
+    head, worker = result.nodes
+    assert (head.rank, head.role, head.model, head.ready) == (0, "head", "lab-tiny", True)
+    assert (worker.rank, worker.vllm_unit, worker.proxy_unit) == (1, "active/running", "-")
+
+
+@pytest.mark.parametrize(
+    ("doc", "serving", "problem"),
+    [
+        ({"ready_status": -1}, False, "lab-head: no completion (HTTP -1: Connection refused)"),
+        ({"worker_vllm": "failed/failed"}, True, "lab-worker-1: vLLM unit failed/failed"),
+        ({"restarts": 2}, True, "lab-worker-1: the watchdog restarted vLLM 2 time(s) in the last hour"),
+        ({"worker_reachable": False}, True, "lab-worker-1: unreachable"),
+    ],
+    ids=["head-silent", "worker-failed", "restarts", "unreachable"],
+)
+def test_what_is_wrong_is_named_and_only_a_silent_head_means_not_serving(doc, serving, problem):
+    result = status.cluster_status(_document(**doc), UNITS, "mp")
+    assert result.serving is serving
+    assert problem in result.problems
+
+
+def test_ray_liveness_and_devices_come_from_the_heads_view():
+    doc = _document()
+    doc["nodes"][0]["ray"]["nodes"] = json.dumps({"10.0.0.1": 1.0})  # the worker's Ray is gone
+    result = status.cluster_status(doc, UNITS, "ray")
+    assert [(n.ray_alive, n.ray_devices) for n in result.nodes] == [(True, 1.0), (False, None)]
+    assert "lab-worker-1: not a live node of the Ray cluster" in result.problems
+
+
+def test_an_absent_unit_reads_absent():
+    assert status.unit_state(status.parse_systemctl_show(
+        _show("servekit-vllm.service", "inactive", "dead", "not-found"))["servekit-vllm.service"]) == "absent"
+
+
+def test_table_and_json_carry_every_node_and_the_verdict():
+    result = status.cluster_status(_document(ready_status=500), UNITS, "mp")
+    table = status.format_table(result)
+    assert table.splitlines()[0].split()[:3] == ["NODE", "ADDRESS", "REACHABLE"]
+    assert "lab-head (head)" in table and "lab-worker-1" in table and "serving: NO" in table
+    data = json.loads(status.format_json(result))
+    assert data["serving"] is False and [n["name"] for n in data["nodes"]] == ["lab-head", "lab-worker-1"]
+    assert data["nodes"][0]["ready_detail"].startswith("HTTP 500")
+
+
+def _local_inventory(tmp_path: Path) -> Path:
+    inv = tmp_path / "inv" / "hosts.yml"
+    inv.parent.mkdir()
+    inv.write_text(yaml.safe_dump({"all": {"children": {"cluster": {"children": {
+        "head": {"hosts": {"local-head": {"ansible_host": "127.0.0.1", "ansible_connection": "local",
+                                          "ansible_python_interpreter": sys.executable}}},
+        "workers": {"hosts": {}}}}}}}))
+    return inv
+
+
+def test_status_on_a_node_that_serves_nothing_exits_1_with_the_reason(tmp_path):
+    proc = subprocess.run([SERVEKIT, "status", "-i", str(_local_inventory(tmp_path)), "--format", "json"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads(proc.stdout)
+    node = data["nodes"][0]
+    assert node["name"] == "local-head" and node["reachable"] is True and node["ready"] is False
+    assert data["serving"] is False and data["problems"][0].startswith("local-head: no completion")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["status", "--format", "yaml"], ["logs", "--unit", "nginx"], ["completion", "zsh"], ["down", "--purge"]],
+)
+def test_bad_flags_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_flags_parse_into_what_the_commands_read():
+    args = build_parser().parse_args(["logs", "lab-head", "-u", "vllm", "-u", "watchdog", "-f", "-n", "5"])
+    assert (args.node, args.unit, args.follow, args.lines, args.func) == (
+        "lab-head", ["vllm", "watchdog"], True, 5, commands.cmd_logs)
+    args = build_parser().parse_args(["down", "-i", "inventory/x", "--yes", "--purge-models"])
+    assert (args.inventory, args.yes, args.purge_models, args.purge_runtime) == (
+        "inventory/x", True, True, False)
+    assert build_parser().parse_args(["status"]).format == "text"
+
+
+def test_down_asks_and_refuses_without_a_terminal_or_yes(tmp_path):
+    proc = subprocess.run([SERVEKIT, "down", "-i", str(_local_inventory(tmp_path))],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "--yes" in proc.stderr
+
+
+@pytest.mark.parametrize("verb", ["status", "down", "logs"])
+def test_example_inventories_are_refused(verb):
+    proc = subprocess.run([SERVEKIT, verb, "-i", str(INVENTORIES[0]), *(["--yes"] if verb == "down" else [])],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "example inventory" in proc.stderr
+
+
+def test_journal_cursor_is_followed():
+    assert commands.journal_argv(["a.service"], 20) == [
+        "journalctl", "--no-pager", "-o", "short-iso", "--show-cursor", "-u", "a.service", "-n", "20"]
+    assert commands.journal_argv(["a.service"], 20, "s=1;i=2")[-1] == "--after-cursor=s=1;i=2"
+    out = "2026-01-01T00:00:00+0000 lab-head vllm[1]: INFO ready\n-- cursor: s=abc;i=5f;b=1"
+    assert commands.split_cursor(out) == (
+        ["2026-01-01T00:00:00+0000 lab-head vllm[1]: INFO ready"], "s=abc;i=5f;b=1")
+    assert commands.split_cursor("-- No entries --") == ([], None)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_bash_completion_completes_subcommands_flags_and_choices():
+    script = commands.bash_completion(build_parser())
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        proc = subprocess.run(["bash", "-c", f"{script}\nCOMP_WORDS=(servekit {line}); "
+                               f"COMP_CWORD={len(words)}; _servekit; echo \"${{COMPREPLY[@]}}\""],
+                              capture_output=True, text=True, check=True)
+        return proc.stdout.split()
+    assert complete("sta") == ["status"]
+    assert "--follow" in complete("logs", "--f")
+    assert complete("logs", "-u", "wat") == ["watchdog"]
+    assert complete("lab", "st") == ["status", "stop", "start"]
+
+
+@pytest.mark.parametrize("playbook", ["playbooks/status.yml", "playbooks/down.yml"])
+@pytest.mark.parametrize("inventory", INVENTORIES, ids=[i.parent.name for i in INVENTORIES])
+def test_day2_playbooks_pass_syntax_check(playbook, inventory):
+    proc = ansible_playbook("-i", inventory, "--syntax-check", playbook, timeout=120)
+    assert proc.returncode == 0, proc.stderr
