@@ -27,15 +27,27 @@ lint: venv
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
 
-unit: venv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
+unit: venv $(NGINX)
+	PATH="$(abspath $(BIN)):$$PATH" SERVEKIT_NGINX="$(abspath $(NGINX))" $(BIN)/pytest
+
+# nginx for tests/unit/test_api_proxy.py (the API proxy's real config, rate
+# limit, body cap and TLS on loopback), unpacked from Debian's package into
+# .cache: installing the package would start a web server on this machine.
+NGINX := .cache/tools/nginx/usr/sbin/nginx
+$(NGINX):
+	mkdir -p .cache/tools/deb
+	cd .cache/tools/deb && { apt-get download -q nginx nginx-common \
+	  || { apt-get update -q && apt-get download -q nginx nginx-common; }; }
+	for f in .cache/tools/deb/*.deb; do dpkg -x "$$f" .cache/tools/nginx; done
+	test -x $@
 
 # --- the local lab: two systemd-nspawn nodes serving lab-tiny (TP 2) -------------
 LAB_INV  := inventory/lab
 # The lab's vault password file (API key, HF token), where `servekit lab up` keeps it.
+# Asked when a lab target runs (the venv may not exist yet when make starts).
 LAB_VAULT ?= $(shell $(BIN)/servekit lab vault-path)
-LAB_ENV  := PATH="$(abspath $(BIN)):$$PATH" ANSIBLE_VAULT_PASSWORD_FILE=$(LAB_VAULT)
-PLAYBOOK := $(LAB_ENV) $(BIN)/ansible-playbook -i $(LAB_INV)
+LAB_ENV   = PATH="$(abspath $(BIN)):$$PATH" ANSIBLE_VAULT_PASSWORD_FILE=$(LAB_VAULT)
+PLAYBOOK  = $(LAB_ENV) $(BIN)/ansible-playbook -i $(LAB_INV)
 # Debian packages the lab needs on this machine (command:package).
 HOST_TOOLS := debootstrap:debootstrap systemd-nspawn:systemd-container iptables:iptables \
 	ssh:openssh-client docker-compose:docker-compose nft:nftables
