@@ -21,6 +21,8 @@ from pathlib import Path
 from helpers import ROOT, ansible_playbook, write_play
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+# The runtime role's template the ray and vllm roles render their compose projects from.
+COMPOSE_TEMPLATE = str(ROOT / "roles/runtime/templates/compose.yaml.j2")
 COMPOSE = shutil.which("docker-compose")
 # What roles/ray/tasks/main.yml hands the compose template for Ray's project.
 RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(cluster_ray_auth_env) }}"
@@ -52,7 +54,8 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
         {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "rails.yml", "public": True},
          "when": "cluster_rdma_enabled"},
         {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "env.yml", "public": True}},
-        _template("rdma", "rdma-defaults.sh.j2", "servekit-rdma-defaults", "0755", when="cluster_rdma_enabled"),
+        _template("rdma", "rdma-defaults.sh.j2", "servekit-rdma-defaults", "0755",
+                  when="cluster_rdma_enabled"),
         _template("rdma", "servekit-rdma.service.j2", "servekit-rdma.service", when="cluster_rdma_enabled"),
     ]
     vars_files: list[str] = []
@@ -78,7 +81,7 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
              "loop": ["{{ __ray_compose_file }}", "{{ __vllm_compose_file }}"],
              "when": "cluster_runtime == 'container'"},
             {"name": "Ray compose project", "ansible.builtin.template": {
-                "src": str(ROOT / "roles/runtime/templates/compose.yaml.j2"), "dest": "{{ __ray_compose_file }}",
+                "src": COMPOSE_TEMPLATE, "dest": "{{ __ray_compose_file }}",
                 "mode": "0644"},
              "vars": {"__compose": {"project": "servekit-ray", "service": "ray",
                                     "argv": "{{ ['ray'] + __ray_args }}",
@@ -86,10 +89,11 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
                                     "environment": RAY_ENV, "volumes": RAY_VOLUMES}},
              "when": "cluster_runtime == 'container'"},
             {"name": "vLLM compose project", "ansible.builtin.template": {
-                "src": str(ROOT / "roles/runtime/templates/compose.yaml.j2"), "dest": "{{ __vllm_compose_file }}",
+                "src": COMPOSE_TEMPLATE, "dest": "{{ __vllm_compose_file }}",
                 "mode": "0644"},
              "vars": {"__compose": {"project": "servekit-vllm", "service": "vllm", "argv": "{{ plan.argv }}",
-                                    "environment": "{{ plan.env }}", "env_files": ["{{ cluster_env_file }}"]}},
+                                    "environment": "{{ plan.env }}",
+                                    "env_files": ["{{ cluster_env_file }}"]}},
              "when": "cluster_runtime == 'container' and plan.active"},
             {"name": "vLLM unit", "ansible.builtin.copy": {
                 "content": "{{ plan.unit }}", "dest": "{{ out }}/servekit-vllm.service", "mode": "0644"},

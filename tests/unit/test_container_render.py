@@ -20,6 +20,7 @@ from helpers import ROOT, ansible_playbook, write_play
 
 INVENTORY = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
 COMPOSE = shutil.which("docker-compose")
+COMPOSE_TEMPLATE = str(ROOT / "roles/runtime/templates/compose.yaml.j2")
 # What roles/ray/tasks/main.yml hands the template for Ray's project.
 RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(cluster_ray_auth_env) }}"
 RAY_VOLUMES = ("{{ [cluster_ray_auth_token_file ~ ':' ~ cluster_ray_auth_token_file ~ ':ro']"
@@ -55,14 +56,14 @@ def rendered(tmp_path_factory) -> Path:
                 "path": "{{ item | dirname }}", "state": "directory", "mode": "0755"},
              "loop": ["{{ __ray_compose_file }}", "{{ __vllm_compose_file }}"]},
             {"name": "Ray project", "ansible.builtin.template": {
-                "src": str(ROOT / "roles/runtime/templates/compose.yaml.j2"), "dest": "{{ __ray_compose_file }}",
+                "src": COMPOSE_TEMPLATE, "dest": "{{ __ray_compose_file }}",
                 "mode": "0644"},
              "vars": {"__compose": {"project": "servekit-ray", "service": "ray",
                                     "argv": "{{ ['ray'] + __ray_args }}",
                                     "env_files": ["{{ cluster_env_file }}"],
                                     "environment": RAY_ENV, "volumes": RAY_VOLUMES}}},
             {"name": "vLLM project", "ansible.builtin.template": {
-                "src": str(ROOT / "roles/runtime/templates/compose.yaml.j2"), "dest": "{{ __vllm_compose_file }}",
+                "src": COMPOSE_TEMPLATE, "dest": "{{ __vllm_compose_file }}",
                 "mode": "0644"},
              "vars": {"__compose": {"project": "servekit-vllm", "service": "vllm", "argv": "{{ plan.argv }}",
                                     "environment": "{{ plan.env }}",

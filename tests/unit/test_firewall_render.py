@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, ansible_playbook, write_play
+from helpers import ansible_playbook, write_play
 
 NFT = shutil.which("nft")
 HOSTS = {"spark-01": "192.168.100.1", "spark-02": "192.168.100.2"}

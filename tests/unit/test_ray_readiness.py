@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, ansible_playbook
+from helpers import ansible_playbook
 
 HOSTS = """\
 all:
