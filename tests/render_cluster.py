@@ -6,9 +6,10 @@ each host reading its RDMA sysfs from a recorded-format tree under
 ``<tmp>/out/<host>/``. What runs for real: the rdma role's ``rdma_rails``
 module (rails.yml) and env.yml, the validate stage's ``vllm_launch`` plan,
 the RoCE script and unit, the Ray unit and compose project, the vLLM compose
-project and unit. Unit ExecStart binaries that do not exist here (the Ray
-venv, docker) point at stubs under ``<tmp>/bin`` so ``systemd-analyze
-verify`` can load the units; nothing runs them.
+project and unit, the vLLM watchdog, API proxy and firewall units. Unit
+ExecStart binaries that do not exist here (the Ray venv, docker) point at
+stubs under ``<tmp>/bin`` so ``systemd-analyze verify`` can load the units;
+nothing runs them.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
     vars_files: list[str] = []
     if full:
         vars_files = [str(ROOT / f"roles/{role}/{kind}/main.yml")
-                      for kind in ("defaults", "vars") for role in ("ray", "vllm")]
+                      for kind in ("defaults", "vars") for role in ("ray", "vllm", "firewall")]
         tasks += [
             {"name": "Plan the vLLM launch", "vllm_launch": {
                 "registry_path": str(ROOT / "config/model_registry.yml"), "model": "{{ cluster_model }}",
@@ -98,6 +99,11 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
             {"name": "vLLM unit", "ansible.builtin.copy": {
                 "content": "{{ plan.unit }}", "dest": "{{ out }}/servekit-vllm.service", "mode": "0644"},
              "when": "plan.active"},
+            _template("vllm", "servekit-vllm-watchdog.service.j2", "servekit-vllm-watchdog.service",
+                      vars={"__vllm_plan": "{{ plan }}"}, when="plan.active"),
+            _template("vllm", "servekit-api-proxy.service.j2", "servekit-api-proxy.service",
+                      when="inventory_hostname in groups['head']"),
+            _template("firewall", "servekit-firewall.service.j2", "servekit-firewall.service"),
         ]
     play = [{
         "name": "Render every file of the inventory on localhost",
