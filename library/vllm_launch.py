@@ -200,6 +200,14 @@ registry:
   description: The validated registry, to pass to later calls as O(registry).
   returned: always
   type: dict
+previous_model:
+  description:
+    - Registry name of the model the unit at O(dest) launched before this call (read before it is
+      written or removed); null when there was no unit there, or no unit this module wrote.
+    - The vllm role's rollback restores and probes this model.
+  returned: when O(dest) is set
+  type: str
+  sample: gpt-oss-20b
 """
 
 import os  # noqa: E402 - Ansible modules put documentation first
@@ -212,6 +220,7 @@ from ansible.module_utils.vllm_registry import (  # noqa: E402
     load_registry_file,
     render_unit,
     select_model,
+    unit_model,
     validate_registry,
 )
 
@@ -300,6 +309,8 @@ def run_module() -> None:
     )
 
     dest = params["dest"]
+    if dest:
+        result["previous_model"] = unit_model(_read(dest))
     if dest and not plan.active and os.path.exists(dest):
         # This host no longer runs vLLM for the selected model: retire its unit.
         result["changed"] = True

@@ -423,6 +423,25 @@ def systemd_quote(word: str) -> str:
     return f'"{escaped}"'
 
 
+# The unit's Description= line: `vLLM <model> (node rank <n>, <role>)`;
+# render_unit writes it and unit_model reads it back.
+_DESCRIPTION_KEY = "Description=vLLM "
+_DESCRIPTION_RANK = " (node rank "
+
+
+def unit_model(unit: str | None) -> str | None:
+    """The registry name of the model a unit written by ``render_unit`` launches.
+
+    None when there is no unit, or it is not one of ours (no such Description=).
+    The vllm role's rollback restores and probes this model.
+    """
+    for line in (unit or "").splitlines():
+        if line.startswith(_DESCRIPTION_KEY):
+            model, found, _ = line[len(_DESCRIPTION_KEY):].rpartition(_DESCRIPTION_RANK)
+            return model if found and model else None
+    return None
+
+
 def render_unit(
     plan: LaunchPlan,
     *,
@@ -449,7 +468,7 @@ def render_unit(
         f"# Managed by servekit (vllm_launch): model {plan.model_name}, "
         f"node rank {plan.node_rank}, role {plan.role}",
         "[Unit]",
-        f"Description=vLLM {plan.model_name} (node rank {plan.node_rank}, {plan.role})",
+        f"{_DESCRIPTION_KEY}{plan.model_name}{_DESCRIPTION_RANK}{plan.node_rank}, {plan.role})",
         f"After={ordering}",
         "Wants=network-online.target",
         f"StartLimitIntervalSec={start_limit_interval_sec}",

@@ -6,7 +6,7 @@ port or an address the inventory leaves unset is the one the roles deploy,
 not a copy of it here. ansible-inventory does not template: a value such as
 ``{{ vault_vllm_api_key }}`` or the default ``{{ ansible_host |
 default(inventory_hostname) }}`` is followed one step (``resolve_plain_var``),
-and one such as ``{{ runtime_root }}/venv`` is rendered with plain Jinja2
+and one such as ``{{ cluster_root }}/venv`` is rendered with plain Jinja2
 over the host's variables (``render_var``; Ansible's own filters and lookups
 are not there: such a value stays as written).
 """

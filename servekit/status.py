@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _LAUNCH = re.compile(r"model (?P<model>[^ ,]+), node rank (?P<rank>\d+), role (?P<role>\w+)")
-# servekit/watchdog.py logs this line when it restarts the vLLM unit.
+# roles/vllm/files/watchdog.py logs this line when it restarts the vLLM unit.
 _RESTART = re.compile(r"failed completions in a row: restarting ")
 
 

@@ -6,9 +6,10 @@ each host reading its RDMA sysfs from a recorded-format tree under
 ``<tmp>/out/<host>/``. What runs for real: the rdma role's ``rdma_rails``
 module (rails.yml) and env.yml, the validate stage's ``vllm_launch`` plan,
 the RoCE script and unit, the Ray unit and compose project, the vLLM compose
-project and unit. Unit ExecStart binaries that do not exist here (the Ray
-venv, docker) point at stubs under ``<tmp>/bin`` so ``systemd-analyze
-verify`` can load the units; nothing runs them.
+project and unit, the vLLM watchdog, API proxy and firewall units. Unit
+ExecStart binaries that do not exist here (the Ray venv, docker) point at
+stubs under ``<tmp>/bin`` so ``systemd-analyze verify`` can load the units;
+nothing runs them.
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ from pathlib import Path
 from helpers import ROOT, ansible_playbook, write_play
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+# The runtime role's template the ray and vllm roles render their compose projects from.
+COMPOSE_TEMPLATE = str(ROOT / "roles/runtime/templates/compose.yaml.j2")
 COMPOSE = shutil.which("docker-compose")
 # What roles/ray/tasks/main.yml hands the compose template for Ray's project.
-RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(__ray_auth_env) }}"
+RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(cluster_ray_auth_env) }}"
 RAY_VOLUMES = ("{{ [cluster_ray_auth_token_file ~ ':' ~ cluster_ray_auth_token_file ~ ':ro']"
                " if cluster_ray_auth else [] }}")
 
 
-def _template(src: str, dest: str, mode: str = "0644", **extra) -> dict:
+def _template(role: str, src: str, dest: str, mode: str = "0644", **extra) -> dict:
     return {"name": f"Render {dest}", "ansible.builtin.template": {
-        "src": str(ROOT / "templates" / src), "dest": f"{{{{ out }}}}/{dest}", "mode": mode}, **extra}
+        "src": str(ROOT / "roles" / role / "templates" / src), "dest": f"{{{{ out }}}}/{dest}", "mode": mode},
+        **extra}
 
 
 def _stubs(tmp: Path) -> Path:
@@ -51,48 +55,55 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
         {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "rails.yml", "public": True},
          "when": "cluster_rdma_enabled"},
         {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "env.yml", "public": True}},
-        _template("rdma-defaults.sh.j2", "servekit-rdma-defaults", "0755", when="cluster_rdma_enabled"),
-        _template("servekit-rdma.service.j2", "servekit-rdma.service", when="cluster_rdma_enabled"),
+        _template("rdma", "rdma-defaults.sh.j2", "servekit-rdma-defaults", "0755",
+                  when="cluster_rdma_enabled"),
+        _template("rdma", "servekit-rdma.service.j2", "servekit-rdma.service", when="cluster_rdma_enabled"),
     ]
     vars_files: list[str] = []
     if full:
         vars_files = [str(ROOT / f"roles/{role}/{kind}/main.yml")
-                      for kind in ("defaults", "vars") for role in ("ray", "vllm")]
+                      for kind in ("defaults", "vars") for role in ("ray", "vllm", "firewall")]
         tasks += [
             {"name": "Plan the vLLM launch", "vllm_launch": {
                 "registry_path": str(ROOT / "config/model_registry.yml"), "model": "{{ cluster_model }}",
-                "node_rank": "{{ (groups['head'] + groups['workers']).index(inventory_hostname) }}",
-                "nnodes": "{{ (groups['head'] + groups['workers']) | length }}",
+                "node_rank": "{{ cluster_nodes.index(inventory_hostname) }}",
+                "nnodes": "{{ cluster_nodes | length }}",
                 "devices_per_node": "{{ cluster_devices_per_node }}",
-                "head_address": "{{ hostvars[groups['head'][0]].__cluster_address }}",
+                "head_address": "{{ cluster_head_address }}",
                 "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
                 "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
-                "environment_files": ["{{ rdma_env_file }}"],
+                "environment_files": ["{{ cluster_env_file }}"],
                 "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}",
                 "exec_start": "{{ __vllm_exec_start if cluster_runtime == 'container' else omit }}"},
              "register": "plan"},
-            _template("servekit-ray.service.j2", "servekit-ray.service"),
+            _template("ray", "servekit-ray.service.j2", "servekit-ray.service"),
             {"name": "Compose project dirs", "ansible.builtin.file": {
                 "path": "{{ item | dirname }}", "state": "directory", "mode": "0755"},
              "loop": ["{{ __ray_compose_file }}", "{{ __vllm_compose_file }}"],
              "when": "cluster_runtime == 'container'"},
             {"name": "Ray compose project", "ansible.builtin.template": {
-                "src": str(ROOT / "templates/compose.yaml.j2"), "dest": "{{ __ray_compose_file }}",
+                "src": COMPOSE_TEMPLATE, "dest": "{{ __ray_compose_file }}",
                 "mode": "0644"},
              "vars": {"__compose": {"project": "servekit-ray", "service": "ray",
                                     "argv": "{{ ['ray'] + __ray_args }}",
-                                    "env_files": ["{{ rdma_env_file }}"],
+                                    "env_files": ["{{ cluster_env_file }}"],
                                     "environment": RAY_ENV, "volumes": RAY_VOLUMES}},
              "when": "cluster_runtime == 'container'"},
             {"name": "vLLM compose project", "ansible.builtin.template": {
-                "src": str(ROOT / "templates/compose.yaml.j2"), "dest": "{{ __vllm_compose_file }}",
+                "src": COMPOSE_TEMPLATE, "dest": "{{ __vllm_compose_file }}",
                 "mode": "0644"},
              "vars": {"__compose": {"project": "servekit-vllm", "service": "vllm", "argv": "{{ plan.argv }}",
-                                    "environment": "{{ plan.env }}", "env_files": ["{{ rdma_env_file }}"]}},
+                                    "environment": "{{ plan.env }}",
+                                    "env_files": ["{{ cluster_env_file }}"]}},
              "when": "cluster_runtime == 'container' and plan.active"},
             {"name": "vLLM unit", "ansible.builtin.copy": {
                 "content": "{{ plan.unit }}", "dest": "{{ out }}/servekit-vllm.service", "mode": "0644"},
              "when": "plan.active"},
+            _template("vllm", "servekit-vllm-watchdog.service.j2", "servekit-vllm-watchdog.service",
+                      vars={"__vllm_plan": "{{ plan }}"}, when="plan.active"),
+            _template("vllm", "servekit-api-proxy.service.j2", "servekit-api-proxy.service",
+                      when="inventory_hostname in groups['head']"),
+            _template("firewall", "servekit-firewall.service.j2", "servekit-firewall.service"),
         ]
     play = [{
         "name": "Render every file of the inventory on localhost",
@@ -100,7 +111,7 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
         "gather_facts": False,
         "vars_files": vars_files,
         "vars": {"out": str(tmp / "out" / "{{ inventory_hostname }}"),
-                 "rdma_env_file": "{{ out }}/cluster.env",
+                 "cluster_env_file": "{{ out }}/cluster.env",
                  "runtime_compose_dir": "{{ out }}/compose"},
         "pre_tasks": [{"ansible.builtin.import_role": {"name": "runtime", "tasks_from": "settings.yml"}}]
         if full else [],
@@ -115,12 +126,11 @@ def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subpro
     return ansible_playbook(
         "-i", inventory, playbook(tmp, full=full),
         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
-        "-e", f"cluster_templates_dir={ROOT / 'templates'}",
         # role vars (vars/main.yml) outrank play vars: the recorded sysfs and
         # the script path come in as extra vars
         "-e", f"__rdma_sysfs_root={tmp}/sysfs/{{{{ inventory_hostname }}}}",
         "-e", f"__rdma_script={tmp}/out/{{{{ inventory_hostname }}}}/servekit-rdma-defaults",
-        "-e", f"ray_venv={tmp / 'venv'}",
+        "-e", f"cluster_venv={tmp / 'venv'}",
         "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
         *extra, timeout=300)
 

@@ -20,8 +20,9 @@ from helpers import ROOT, ansible_playbook, write_play
 
 INVENTORY = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
 COMPOSE = shutil.which("docker-compose")
+COMPOSE_TEMPLATE = str(ROOT / "roles/runtime/templates/compose.yaml.j2")
 # What roles/ray/tasks/main.yml hands the template for Ray's project.
-RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(__ray_auth_env) }}"
+RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(cluster_ray_auth_env) }}"
 RAY_VOLUMES = ("{{ [cluster_ray_auth_token_file ~ ':' ~ cluster_ray_auth_token_file ~ ':ro']"
                " if cluster_ray_auth else [] }}")
 
@@ -37,7 +38,7 @@ def rendered(tmp_path_factory) -> Path:
         "vars_files": [str(ROOT / "roles/ray/defaults/main.yml"), str(ROOT / "roles/vllm/defaults/main.yml"),
                        str(ROOT / "roles/ray/vars/main.yml"), str(ROOT / "roles/vllm/vars/main.yml")],
         "vars": {"runtime_compose_dir": str(out / "{{ inventory_hostname }}"), "preflight_gid_index": 3,
-                 "rdma_env_file": str(out / "{{ inventory_hostname }}/cluster.env")},
+                 "cluster_env_file": str(out / "{{ inventory_hostname }}/cluster.env")},
         "pre_tasks": [{"ansible.builtin.import_role": {"name": "runtime", "tasks_from": "settings.yml"}}],
         "roles": ["cluster"],
         "tasks": [
@@ -46,8 +47,8 @@ def rendered(tmp_path_factory) -> Path:
             {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "env.yml", "public": True}},
             {"name": "Plan the vLLM launch", "vllm_launch": {
                 "registry_path": str(ROOT / "config/model_registry.yml"), "model": "gpt-oss-20b",
-                "node_rank": "{{ (groups['head'] + groups['workers']).index(inventory_hostname) }}",
-                "nnodes": 2, "head_address": "{{ hostvars[groups['head'][0]].__cluster_address }}",
+                "node_rank": "{{ cluster_nodes.index(inventory_hostname) }}",
+                "nnodes": 2, "head_address": "{{ cluster_head_address }}",
                 "host_address": "{{ cluster_data_address }}", "executor": "ray", "runtime": "container",
                 "command": ["vllm"], "exec_start": "{{ __vllm_exec_start }}"},
              "register": "plan"},
@@ -55,18 +56,18 @@ def rendered(tmp_path_factory) -> Path:
                 "path": "{{ item | dirname }}", "state": "directory", "mode": "0755"},
              "loop": ["{{ __ray_compose_file }}", "{{ __vllm_compose_file }}"]},
             {"name": "Ray project", "ansible.builtin.template": {
-                "src": str(ROOT / "templates/compose.yaml.j2"), "dest": "{{ __ray_compose_file }}",
+                "src": COMPOSE_TEMPLATE, "dest": "{{ __ray_compose_file }}",
                 "mode": "0644"},
              "vars": {"__compose": {"project": "servekit-ray", "service": "ray",
                                     "argv": "{{ ['ray'] + __ray_args }}",
-                                    "env_files": ["{{ rdma_env_file }}"],
+                                    "env_files": ["{{ cluster_env_file }}"],
                                     "environment": RAY_ENV, "volumes": RAY_VOLUMES}}},
             {"name": "vLLM project", "ansible.builtin.template": {
-                "src": str(ROOT / "templates/compose.yaml.j2"), "dest": "{{ __vllm_compose_file }}",
+                "src": COMPOSE_TEMPLATE, "dest": "{{ __vllm_compose_file }}",
                 "mode": "0644"},
              "vars": {"__compose": {"project": "servekit-vllm", "service": "vllm", "argv": "{{ plan.argv }}",
                                     "environment": "{{ plan.env }}",
-                                    "env_files": ["{{ rdma_env_file }}"]}},
+                                    "env_files": ["{{ cluster_env_file }}"]}},
              "when": "plan.active"},
             {"name": "vLLM unit", "ansible.builtin.copy": {
                 "content": "{{ plan.unit }}", "dest": "{{ runtime_compose_dir }}/servekit-vllm.service",
@@ -77,7 +78,7 @@ def rendered(tmp_path_factory) -> Path:
     proc = ansible_playbook(
         "-i", INVENTORY, write_play(tmp / "render.yml", play),
         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
-        "-e", "cluster_runtime=container", "-e", f"cluster_templates_dir={ROOT / 'templates'}")
+        "-e", "cluster_runtime=container")
     assert proc.returncode == 0, proc.stdout[-3000:]
     return out
 

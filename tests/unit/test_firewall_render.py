@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, ansible_playbook, write_play
+from helpers import ansible_playbook, write_play
 
 NFT = shutil.which("nft")
 HOSTS = {"spark-01": "192.168.100.1", "spark-02": "192.168.100.2"}
@@ -49,8 +49,7 @@ def render(tmp: Path, ssh_connection: str | None, **extra_vars) -> dict[str, str
         ],
     }]
     args = ["-i", tmp / "hosts.yml", write_play(tmp / "render.yml", play), "--check", "--diff",
-            "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
-            "-e", f"cluster_templates_dir={ROOT / 'templates'}"]
+            "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}"]
     for key, value in extra_vars.items():
         args += ["-e", yaml.safe_dump({key: value}, default_flow_style=True).strip()]
     # what sshd sets on a node; a local connection passes it to the task

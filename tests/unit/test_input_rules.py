@@ -237,8 +237,8 @@ def test_types_follow_ansible_conversions():
         "network_mtu = 'jumbo': must be an integer (argument_specs type int)"]
     assert check_values(RULES, {"cluster_rdma_enabled": "maybe"}) == [
         "cluster_rdma_enabled = 'maybe': must be a boolean (true/false) (argument_specs type bool)"]
-    assert check_values(RULES, {"rdma_env_file": None}) == [
-        "rdma_env_file = None: is required; set it or remove the null from the inventory"]
+    assert check_values(RULES, {"cluster_env_file": None}) == [
+        "cluster_env_file = None: is required; set it or remove the null from the inventory"]
     assert check_values(RULES, {"preflight_mtu": None}) == []
     # Ansible's own argument check refuses a null that is not a choice, required or not.
     optional = input_rules.RuleSet(options={"demo_mode": {"type": "str", "choices": ["fast", "safe"]}})

@@ -121,8 +121,8 @@ def test_verify_suite_reads_nodes_ports_and_key_from_the_cluster_view():
     assert head["api_port"] == ROLE["cluster"]["cluster_api_port"]
     assert head["vars"]["ray_dashboard_port"] == ROLE["ray"]["ray_dashboard_port"]
     assert head["vars"]["vllm_api_key"] == "sk-1"
-    runtime = yaml.safe_load((ROOT / "roles/runtime/defaults/main.yml").read_text())
-    assert head["vars"]["runtime_venv"] == f"{runtime['runtime_root']}/venv"
+    cluster_defaults = yaml.safe_load((ROOT / "roles/cluster/defaults/main.yml").read_text())
+    assert head["vars"]["cluster_venv"] == f"{cluster_defaults['cluster_root']}/venv"
     assert conftest.ROLE_DEFAULTS == DEFAULTS
 
 
@@ -132,7 +132,7 @@ def test_every_variable_the_verify_suite_reads_is_a_role_default():
     text = "\n".join(p.read_text() for p in (ROOT / "tests/verify").glob("*.py"))
     read = set(re.findall(r'\["vars"\]\["(\w+)"\]|hostvars\["(\w+)"\]', text))
     names = {a or b for a, b in read}
-    assert {"cluster_executor", "ray_dashboard_port", "runtime_venv"} <= names
+    assert {"cluster_executor", "ray_dashboard_port", "cluster_venv"} <= names
     assert sorted(names - set(DEFAULTS)) == []
 
 

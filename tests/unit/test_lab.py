@@ -78,7 +78,7 @@ def test_no_mirror_leaves_debootstrap_default(tmp_path, monkeypatch):
 def lab_checkout(tmp_path) -> lab.Paths:
     """A copy of the checkout's playbooks and lab inventory with a written hosts.yml."""
     for item in ("site.yml", "ansible.cfg", "playbooks", "roles", "library", "module_utils",
-                 "action_plugins", "templates", "config"):
+                 "action_plugins", "config"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
     shutil.copytree(ROOT / "inventory/lab/group_vars/all", tmp_path / "inventory/lab/group_vars/all",

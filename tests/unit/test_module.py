@@ -52,6 +52,25 @@ def test_inactive_node_retires_an_old_unit(tmp_path):
     assert not dest.exists()
 
 
+def test_returns_the_model_the_unit_ran_before_a_switch(tmp_path):
+    """The rollback restores and probes this model: read from the unit before it is rewritten."""
+    dest = tmp_path / "vllm.service"
+    rc, fresh = run_task(tmp_path, launch(model="lab-tiny", nnodes=2, executor="mp", dest=str(dest)))
+    assert rc == 0 and fresh["previous_model"] is None, "no unit there before"
+    rc, switch = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)), "--check")
+    assert rc == 0 and switch["changed"] and switch["previous_model"] == "lab-tiny"
+    rc, switch = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)))
+    assert rc == 0 and switch["previous_model"] == "lab-tiny"
+    rc, again = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)))
+    assert rc == 0 and again["previous_model"] == "gpt-oss-20b" and not again["changed"]
+    # a worker that no longer runs the model: its unit is removed, the model it ran still named
+    rc, retired = run_task(tmp_path, launch(model="gpt-oss-20b", node_rank=1, nnodes=2, dest=str(dest)))
+    assert rc == 0 and not retired["active"] and retired["previous_model"] == "gpt-oss-20b"
+    dest.write_text("[Unit]\nDescription=someone else's vLLM\n")
+    rc, foreign = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)))
+    assert rc == 0 and foreign["previous_model"] is None
+
+
 def test_registry_dict_is_accepted_and_returned(tmp_path):
     registry = yaml.safe_load((ROOT / "config" / "model_registry.yml").read_text())
     rc, result = run_task(tmp_path, {"vllm_launch": {"registry": registry, "model": "gpt-oss-20b",

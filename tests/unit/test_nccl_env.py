@@ -29,8 +29,8 @@ def render_env(tmp_path: Path, **extra) -> dict[str, str]:
                  "cluster_rdma_netdev": "enP2p1s0f0np0", "cluster_data_address": "192.168.100.1",
                  **extra},
         "tasks": [{"ansible.builtin.copy": {
-            "content": "{{ lookup('ansible.builtin.template', '" + str(ROOT / "templates/cluster.env.j2")
-                       + "') }}",
+            "content": "{{ lookup('ansible.builtin.template', '"
+                       + str(ROOT / "roles/rdma/templates/cluster.env.j2") + "') }}",
             "dest": str(tmp_path / "cluster.env"), "mode": "0644"}}],
     }]
     proc = ansible_playbook(write_play(tmp_path / "play.yml", play), "-e", json.dumps(extra), timeout=120)

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, ansible_playbook
+from helpers import ansible_playbook
 
 HOSTS = """\
 all:
@@ -21,11 +21,11 @@ all:
     head:
       hosts:
         lab-head:
-          {ansible_connection: local, cluster_data_address: 10.0.0.10, __cluster_address: 10.0.0.10}
+          {ansible_connection: local, cluster_data_address: 10.0.0.10}
     workers:
       hosts:
         lab-worker-1:
-          {ansible_connection: local, cluster_data_address: 10.0.0.11, __cluster_address: 10.0.0.11}
+          {ansible_connection: local, cluster_data_address: 10.0.0.11}
 """
 PLAY = """\
 - name: Ray readiness decision
@@ -41,7 +41,7 @@ def _readiness(tmp_path: Path, alive: dict, executor: str = "ray") -> subprocess
     (tmp_path / "hosts.yml").write_text(HOSTS)
     (tmp_path / "play.yml").write_text(PLAY)
     extra = {"__ray_nodes": {"rc": 0, "stdout": json.dumps(alive), "stderr_lines": []},
-             "cluster_executor": executor, "cluster_templates_dir": str(ROOT / "templates")}
+             "cluster_executor": executor}
     return ansible_playbook("-i", tmp_path / "hosts.yml", tmp_path / "play.yml",
                             "--start-at-task", "Check every node joined the Ray cluster",
                             "-e", json.dumps(extra), timeout=120)

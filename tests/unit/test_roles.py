@@ -98,14 +98,65 @@ def _python_messages(path):
                         if isinstance(sub, ast.Constant) and isinstance(sub.value, str))
 
 
-def test_error_messages_name_variables_that_exist():
-    """Every role-prefixed variable a user-facing error names is an input of some role."""
-    texts = [(str(f.relative_to(ROOT)), msg) for f in sorted(ROOT.glob("roles/*/tasks/*.yml"))
+def _role_defaults() -> set[str]:
+    return {name for path in ROOT.glob("roles/*/defaults/main.yml")
+            for name in yaml.safe_load(path.read_text()) or {}}
+
+
+def _error_texts() -> list[tuple[str, str]]:
+    """(file, text) of every user-facing error: fail/assert messages of the roles' tasks and
+    handlers and of the playbooks, and the errors of modules, module_utils, action plugins and the CLI."""
+    yml = [*ROOT.glob("roles/*/tasks/*.yml"), *ROOT.glob("roles/*/handlers/*.yml"),
+           *ROOT.glob("playbooks/*.yml")]
+    texts = [(str(f.relative_to(ROOT)), msg) for f in sorted(yml)
              for msg in _task_messages(yaml.safe_load(f.read_text()))]
     for path in sorted([*ROOT.glob("library/*.py"), *ROOT.glob("module_utils/*.py"),
-                        *ROOT.glob("action_plugins/*.py")]):
+                        *ROOT.glob("action_plugins/*.py"), *ROOT.glob("servekit/*.py")]):
         texts += [(str(path.relative_to(ROOT)), msg) for msg in _python_messages(path)]
-    named = {(name, where) for where, text in texts for name in INPUT_NAME.findall(text)}
+    return texts
+
+
+def test_error_messages_name_variables_that_exist():
+    """Every role-prefixed variable a user-facing error names is an input (argument_specs) or a
+    default of some role (issue 13: an error named vllm_api_port, which no role defines)."""
+    named = {(name, where) for where, text in _error_texts() for name in INPUT_NAME.findall(text)}
     assert len({n for n, _ in named}) >= 15, "the scan found too few names to be looking at messages"
-    unknown = sorted((n, w) for n, w in named if n not in _role_inputs())
+    assert any(w.startswith("servekit/") for _, w in named), "the scan must reach the CLI's errors"
+    unknown = sorted((n, w) for n, w in named if n not in _role_inputs() | _role_defaults())
     assert not unknown, f"error messages name variables no role's argument_specs defines: {unknown}"
+
+
+def test_the_error_name_scan_catches_a_variable_no_role_defines():
+    text = JINJA.sub(" ", "Set vllm_api_port ({{ vllm_api_port }}) or cluster_api_port")
+    assert [n for n in INPUT_NAME.findall(text) if n not in _role_inputs() | _role_defaults()] == [
+        "vllm_api_port"]
+
+
+# `__<role>_name`: a role's private variable (register, set_fact, vars/main.yml).
+PRIVATE_NAME = re.compile(r"(?<!\w)__(" + "|".join(ROLE_NAMES) + r")_[a-z0-9_]*[a-z0-9]")
+
+
+def _private_reads(role_dir) -> list[tuple[str, str]]:
+    """(file, name) for each other role's __private variable a role's files mention."""
+    found = []
+    files = sorted(p for p in role_dir.rglob("*") if p.is_file() and p.suffix in (".yml", ".yaml", ".j2"))
+    for path in files:
+        for match in PRIVATE_NAME.finditer(path.read_text()):
+            if match.group(1) != role_dir.name:
+                found.append((path.relative_to(role_dir.parent).as_posix(), match.group(0)))
+    return found
+
+
+def test_no_role_reads_another_roles_private_variables():
+    """What several roles need is published by its owner (roles/cluster, or a fact without __)."""
+    reads = [read for role in sorted((ROOT / "roles").iterdir()) if role.is_dir()
+             for read in _private_reads(role)]
+    assert not reads, f"roles read other roles' __private variables: {reads}"
+
+
+def test_the_private_scan_catches_a_cross_role_read(tmp_path):
+    role = tmp_path / "vllm"
+    (role / "tasks").mkdir(parents=True)
+    (role / "tasks" / "main.yml").write_text(
+        "- ansible.builtin.debug:\n    msg: \"{{ hostvars[h].__cluster_address }} {{ __vllm_plan }}\"\n")
+    assert _private_reads(role) == [("vllm/tasks/main.yml", "__cluster_address")]

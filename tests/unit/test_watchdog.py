@@ -6,18 +6,25 @@ dead with 500, a model list without models); the lab CI run proves it
 against the real engine (.ci/recovery-check).
 """
 
+import importlib.util
 import json
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
-
-from servekit import watchdog
+from helpers import ROOT
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
+# The file the vllm role installs on the nodes, tested as it is deployed.
+WATCHDOG = ROOT / "roles" / "vllm" / "files" / "watchdog.py"
+_spec = importlib.util.spec_from_file_location("servekit_vllm_watchdog", WATCHDOG)
+watchdog = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = watchdog  # dataclasses resolve their module by name
+_spec.loader.exec_module(watchdog)
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,7 @@ def test_wheel_carries_the_project(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("site.yml", "ansible.cfg", "config/model_registry.yml", "playbooks/validate.yml",
                  "roles/cluster/defaults/main.yml", "library/vllm_launch.py",
+                 "roles/ray/templates/servekit-ray.service.j2", "roles/vllm/files/watchdog.py",
                  "module_utils/vllm_registry.py", "action_plugins/validate_inputs.py",
                  "inventory/example-2node-roce/hosts.yml",
                  "lab/vllm-lab-platform/pyproject.toml",

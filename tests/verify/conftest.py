@@ -90,7 +90,7 @@ def model(node) -> str:
 
 @pytest.fixture
 def venv(node) -> str:
-    return node["vars"]["runtime_venv"]
+    return node["vars"]["cluster_venv"]
 
 
 @pytest.fixture

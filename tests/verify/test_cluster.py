@@ -149,7 +149,7 @@ def test_ray_ranks_keep_this_nodes_settings(host, node):
             ranks.append(int(pid))
     if not ranks:
         pytest.skip(f"no vLLM rank ({', '.join(RAY_RANK_TITLES)}) under {RAY_UNIT} on this node")
-    cluster_env = host.file(node["vars"]["rdma_env_file"]).content_string
+    cluster_env = host.file(node["vars"]["cluster_env_file"]).content_string
     wanted = dict(line.split("=", 1) for line in cluster_env.splitlines()
                   if "=" in line and not line.startswith("#"))
     iface = _data_interface(host, node["address"])
