@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -123,12 +124,25 @@ def child_environment(base: dict[str, str], api_key: str | None, tokenizer: str,
 def first_request_error(log: str) -> str | None:
     """The first failed request's error in a `vllm bench serve` log.
 
-    serve.py prints each as ``Error <i>: <error>``.
+    serve.py prints each as ``Error <i>: <error>``; an error that is a
+    traceback spans lines until the next ``Error <i>:`` or the result
+    banner, and its last unindented line names the exception.
     """
+    block: list[str] | None = None
     for line in log.splitlines():
-        if line.startswith("Error ") and ": " in line and line.split(":", 1)[0][6:].isdigit():
-            return line.split(": ", 1)[1].strip()
-    return None
+        starts = re.match(r"Error \d+: (.*)", line)
+        if block is not None and (starts or line.startswith("=====")):
+            break
+        if starts:
+            block = [starts.group(1)]
+        elif block is not None:
+            block.append(line)
+    if not block:
+        return None
+    if block[0].startswith("Traceback"):
+        last = [line for line in block if line.strip() and not line.startswith(" ")]
+        return last[-1].strip()
+    return block[0].strip() or None
 
 
 def new_run_dir(results_dir: Path, label: str | None, now: datetime) -> Path:
