@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, ansible_playbook, write_play
 
 from servekit import bench
 from servekit import bench_report as report
@@ -286,3 +286,24 @@ def test_a_run_against_no_server_fails_and_names_its_log(tmp_path):
     everything = proc.stdout + proc.stderr + "".join(p.read_text(errors="replace") for p in run_dir.iterdir()
                                                      if p.suffix in {".log", ".json"})
     assert "sk-never-shown" not in everything
+
+
+def test_the_stage_passes_its_settings_and_keeps_the_key_out_of_its_output(tmp_path):
+    """roles/bench/tasks/serving.yml on localhost: every option reaches servekit.bench (argparse takes
+    them), a bad input fails the stage with its reason, and the key (no_log) shows nowhere."""
+    (tmp_path / "playbooks").mkdir()
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+             "vars_files": [str(ROOT / "roles/bench/defaults/main.yml")],
+             "vars": {"__bench_head": "localhost", "__bench_tokenizer": "", "cluster_api_port": 9,
+                      "cluster_model": "not-in-registry", "bench_serving_label": "ci",
+                      "cluster_registry_path": str(ROOT / "config/model_registry.yml"),
+                      "bench_results_dir": str(tmp_path / "results"), "bench_serving_gate": True,
+                      "vllm_api_key": "sk-stage-secret"},
+             "pre_tasks": [{"ansible.builtin.set_fact": {"__cluster_address": "127.0.0.1"}}],
+             "tasks": [{"ansible.builtin.import_tasks": str(ROOT / "roles/bench/tasks/serving.yml")}]}]
+    proc = ansible_playbook(write_play(tmp_path / "playbooks" / "play.yml", play), "-v", timeout=300,
+                            env={"PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert "serving benchmark exit 2: bad input;" in proc.stdout, proc.stdout[-3000:]
+    assert "servekit.bench: --model: 'not-in-registry' is not in" in proc.stdout
+    assert "sk-stage-secret" not in proc.stdout + proc.stderr
