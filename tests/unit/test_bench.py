@@ -165,21 +165,3 @@ def test_mpi_home_follows_the_node_architecture(tmp_path, multiarch, expected):
     proc = ansible_playbook(write_play(tmp_path / "play.yml", play), timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert (tmp_path / "mpi_home").read_text() == expected
-
-
-def test_serving_benchmark_rejects_bad_levels(capsys):
-    from servekit import bench
-
-    with pytest.raises(SystemExit) as exc:
-        bench.main(["--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--concurrency", "1,x"])
-    assert exc.value.code == 2
-    assert "--concurrency: '1,x' is not a list of integers" in capsys.readouterr().err
-
-
-def test_percentiles_pick_observed_values():
-    from servekit.bench import _percentile
-
-    values = [0.5, 0.1, 0.4, 0.2, 0.3]
-    assert _percentile(values, 0.5) == 0.3
-    assert _percentile(values, 0.95) == 0.5
-    assert _percentile([], 0.5) is None
