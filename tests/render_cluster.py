@@ -5,8 +5,8 @@ each host reading its RDMA sysfs from a recorded-format tree under
 ``<tmp>/sysfs/<host>`` (tests/rdma_sysfs.py), every file written under
 ``<tmp>/out/<host>/``. What runs for real: the rdma role's ``rdma_rails``
 module (rails.yml) and env.yml, the validate stage's ``vllm_launch`` plan,
-the RoCE script and unit, the Ray unit and compose project, the vLLM compose
-project and unit. Unit ExecStart binaries that do not exist here (the Ray
+the RoCE script and unit, the Ray unit and compose project, the vLLM unit
+(which runs vLLM inside the Ray container). Unit ExecStart binaries that do not exist here (the Ray
 venv, docker) point at stubs under ``<tmp>/bin`` so ``systemd-analyze
 verify`` can load the units; nothing runs them.
 """
@@ -22,11 +22,6 @@ from helpers import ROOT, ansible_playbook, write_play
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 COMPOSE = shutil.which("docker-compose")
-# What roles/ray/tasks/main.yml hands the compose template for Ray's project.
-RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(__ray_auth_env) }}"
-RAY_VOLUMES = ("{{ [cluster_ray_auth_token_file ~ ':' ~ cluster_ray_auth_token_file ~ ':ro']"
-               " if cluster_ray_auth else [] }}")
-
 
 def _template(src: str, dest: str, mode: str = "0644", **extra) -> dict:
     return {"name": f"Render {dest}", "ansible.builtin.template": {
@@ -69,30 +64,23 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
                 "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
                 "environment_files": ["{{ rdma_env_file }}"],
                 "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}",
-                "exec_start": "{{ __vllm_exec_start if cluster_runtime == 'container' else omit }}"},
-             "register": "plan"},
+                "exec_start": "{{ __vllm_exec_start if cluster_runtime == 'container' else omit }}",
+                "exec_stop": "{{ __vllm_exec_stop if cluster_runtime == 'container' else omit }}"},
+             "register": "__vllm_plan"},
             _template("servekit-ray.service.j2", "servekit-ray.service"),
             {"name": "Compose project dirs", "ansible.builtin.file": {
                 "path": "{{ item | dirname }}", "state": "directory", "mode": "0755"},
-             "loop": ["{{ __ray_compose_file }}", "{{ __vllm_compose_file }}"],
+             "loop": ["{{ __ray_compose_file }}"],
              "when": "cluster_runtime == 'container'"},
             {"name": "Ray compose project", "ansible.builtin.template": {
                 "src": str(ROOT / "templates/compose.yaml.j2"), "dest": "{{ __ray_compose_file }}",
                 "mode": "0644"},
-             "vars": {"__compose": {"project": "servekit-ray", "service": "ray",
-                                    "argv": "{{ ['ray'] + __ray_args }}",
-                                    "env_files": ["{{ rdma_env_file }}"],
-                                    "environment": RAY_ENV, "volumes": RAY_VOLUMES}},
+             "vars": {"__compose": "{{ __ray_compose }}"},
              "when": "cluster_runtime == 'container'"},
-            {"name": "vLLM compose project", "ansible.builtin.template": {
-                "src": str(ROOT / "templates/compose.yaml.j2"), "dest": "{{ __vllm_compose_file }}",
-                "mode": "0644"},
-             "vars": {"__compose": {"project": "servekit-vllm", "service": "vllm", "argv": "{{ plan.argv }}",
-                                    "environment": "{{ plan.env }}", "env_files": ["{{ rdma_env_file }}"]}},
-             "when": "cluster_runtime == 'container' and plan.active"},
             {"name": "vLLM unit", "ansible.builtin.copy": {
-                "content": "{{ plan.unit }}", "dest": "{{ out }}/servekit-vllm.service", "mode": "0644"},
-             "when": "plan.active"},
+                "content": "{{ __vllm_plan.unit }}", "dest": "{{ out }}/servekit-vllm.service",
+                "mode": "0644"},
+             "when": "__vllm_plan.active"},
         ]
     play = [{
         "name": "Render every file of the inventory on localhost",
@@ -122,6 +110,7 @@ def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subpro
         "-e", f"__rdma_script={tmp}/out/{{{{ inventory_hostname }}}}/servekit-rdma-defaults",
         "-e", f"ray_venv={tmp / 'venv'}",
         "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
+        "-e", f"runtime_container_engine_bin={bin_dir / 'docker'}",
         *extra, timeout=300)
 
 
