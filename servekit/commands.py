@@ -146,7 +146,7 @@ def _lab():
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     lab, paths = _lab()
-    lab.up(paths, workers=args.workers)
+    lab.up(paths, workers=args.workers, container_image=args.container_image)
     return 0
 
 

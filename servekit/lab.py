@@ -475,7 +475,16 @@ def wait_ready(paths: Paths, nodes: list[Node], timeout_s: float = BOOT_TIMEOUT_
             time.sleep(1)
 
 
-def write_inventory(paths: Paths, nodes: list[Node]) -> None:
+def _container_image(paths: Paths, build: bool) -> Path | None:
+    """The container runtime's image archive (servekit/lab_image.py): built when asked, else if cached."""
+    from servekit import lab_image
+
+    if build:
+        return lab_image.ensure_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS, log=log)
+    return lab_image.cached_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS)
+
+
+def write_inventory(paths: Paths, nodes: list[Node], container_image: Path | None = None) -> None:
     groups: dict = {"head": {"hosts": {}}, "workers": {"hosts": {}}}
     for node in nodes:
         groups[node.group]["hosts"][node.name] = {"ansible_host": node.address,
@@ -490,6 +499,8 @@ def write_inventory(paths: Paths, nodes: list[Node]) -> None:
         "lab_wheelhouse": NODE_WHEELHOUSE,
         "lab_model_source": str(paths.model),
     }
+    if container_image:
+        lab_vars["lab_container_image_archive"] = str(container_image)
     _write(paths.inventory / "group_vars/all/lab.yml",
            header + "---\n" + yaml.safe_dump(lab_vars, sort_keys=False))
 
@@ -552,7 +563,7 @@ def load_nodes(paths: Paths) -> list[Node]:
     return [Node(**n) for n in data["nodes"]]
 
 
-def up(paths: Paths, workers: int = 1) -> list[Node]:
+def up(paths: Paths, workers: int = 1, container_image: bool = False) -> list[Node]:
     require_host()
     existing = load_nodes(paths)
     nodes = plan_nodes(workers)
@@ -564,6 +575,7 @@ def up(paths: Paths, workers: int = 1) -> list[Node]:
     ensure_wheelhouse(paths)
     ensure_platform_wheel(paths)
     ensure_model(paths)
+    image = _container_image(paths, build=container_image)
     ensure_key(paths)
     save_state(paths, nodes)
     ensure_bridge()
@@ -573,7 +585,7 @@ def up(paths: Paths, workers: int = 1) -> list[Node]:
         start_node(paths, node)
     write_known_hosts(paths, nodes)
     wait_ready(paths, nodes)
-    write_inventory(paths, nodes)
+    write_inventory(paths, nodes, image)
     ensure_vault(paths)
     inventory = paths.inventory / "hosts.yml"
     log(f"{len(nodes)} nodes up in {time.monotonic() - started:.0f} s; inventory: {inventory}")
