@@ -60,7 +60,7 @@ def build_argv(rootfs: Path, wheelhouse: Path, requirements: list[str]) -> list[
         f"{pip} uninstall --yes " + " ".join(PIP_REMOVE),
         f"{IMAGE_VENV}/bin/python -c 'import ray, vllm'",
     ])
-    return ["systemd-nspawn", "--quiet", "--register=no", "--directory", str(rootfs),
+    return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--directory", str(rootfs),
             f"--bind-ro={wheelhouse}:{IMAGE_WHEELHOUSE}", "--setenv=PIP_NO_CACHE_DIR=1",
             "/bin/sh", "-c", script]
 
@@ -70,7 +70,7 @@ def apt_argv(rootfs: Path) -> list[str]:
     script = ("export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
               "apt-get install -y -q --no-install-recommends " + " ".join(LAB_IMAGE_APT) +
               " && apt-get clean && rm -rf /var/lib/apt/lists/*")
-    return ["systemd-nspawn", "--quiet", "--register=no", "--directory", str(rootfs),
+    return ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--directory", str(rootfs),
             "--resolv-conf=copy-host", "/bin/sh", "-c", script]
 
 
