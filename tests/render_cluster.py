@@ -63,10 +63,21 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
                 "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
                 "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
                 "environment_files": ["{{ rdma_env_file }}"],
+                "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}"},
+             "register": "__vllm_plan"},
+            {"name": "The vLLM unit (the container runtime's exec needs the plan)", "vllm_launch": {
+                "registry_path": str(ROOT / "config/model_registry.yml"), "model": "{{ cluster_model }}",
+                "node_rank": "{{ (groups['head'] + groups['workers']).index(inventory_hostname) }}",
+                "nnodes": "{{ (groups['head'] + groups['workers']) | length }}",
+                "devices_per_node": "{{ cluster_devices_per_node }}",
+                "head_address": "{{ hostvars[groups['head'][0]].__cluster_address }}",
+                "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
+                "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
+                "environment_files": ["{{ rdma_env_file }}"],
                 "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}",
                 "exec_start": "{{ __vllm_exec_start if cluster_runtime == 'container' else omit }}",
                 "exec_stop": "{{ __vllm_exec_stop if cluster_runtime == 'container' else omit }}"},
-             "register": "__vllm_plan"},
+             "register": "vllm_unit"},
             _template("servekit-ray.service.j2", "servekit-ray.service"),
             {"name": "Compose project dirs", "ansible.builtin.file": {
                 "path": "{{ item | dirname }}", "state": "directory", "mode": "0755"},
@@ -78,7 +89,7 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
              "vars": {"__compose": "{{ __ray_compose }}"},
              "when": "cluster_runtime == 'container'"},
             {"name": "vLLM unit", "ansible.builtin.copy": {
-                "content": "{{ __vllm_plan.unit }}", "dest": "{{ out }}/servekit-vllm.service",
+                "content": "{{ vllm_unit.unit }}", "dest": "{{ out }}/servekit-vllm.service",
                 "mode": "0644"},
              "when": "__vllm_plan.active"},
         ]
