@@ -92,6 +92,12 @@ options:
         worker ranks wait there for the head's rendezvous port, so ranks start head first.
     type: list
     elements: str
+  exec_stop:
+    description:
+      - A command that stops what O(exec_start) started (C(ExecStop=)); the container runtime
+        stops the vLLM it runs in the node's Ray container, which the engine's exec client does not.
+    type: list
+    elements: str
   timeout_start_sec:
     description: C(TimeoutStartSec=) of the unit (covers O(exec_start_pre)); systemd's default when unset.
     type: int
@@ -252,6 +258,7 @@ def run_module() -> None:
             "command": {"type": "list", "elements": "str", "default": ["vllm"]},
             "exec_start": {"type": "list", "elements": "str"},
             "exec_start_pre": {"type": "list", "elements": "str"},
+            "exec_stop": {"type": "list", "elements": "str"},
             "timeout_start_sec": {"type": "int"},
             "start_limit_interval_sec": {"type": "int", "default": 600},
             "environment": {"type": "dict", "default": {}},
@@ -295,6 +302,7 @@ def run_module() -> None:
             plan,
             exec_argv=params["exec_start"],
             exec_start_pre=params["exec_start_pre"],
+            exec_stop=params["exec_stop"],
             timeout_start_sec=params["timeout_start_sec"],
             start_limit_interval_sec=params["start_limit_interval_sec"],
             environment_files=params["environment_files"],

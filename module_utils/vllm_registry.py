@@ -449,6 +449,7 @@ def render_unit(
     environment_files: list[str] | None = None,
     after: list[str] | None = None,
     exec_start_pre: list[str] | None = None,
+    exec_stop: list[str] | None = None,
     timeout_start_sec: int | None = None,
     restart_sec: int = 10,
     start_limit_burst: int = 5,
@@ -487,6 +488,7 @@ def render_unit(
         lines.append(f"TimeoutStartSec={timeout_start_sec}")
     lines += [
         "ExecStart=" + " ".join(systemd_quote(word) for word in argv),
+        *(["ExecStop=" + " ".join(systemd_quote(word) for word in exec_stop)] if exec_stop else []),
         "Restart=always",
         f"RestartSec={restart_sec}",
         "KillMode=mixed",

@@ -110,6 +110,8 @@ def _add_lab_parser(sub) -> None:
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
     lab_up = lab_sub.add_parser("up", help="build and boot the nodes; write inventory/lab")
     lab_up.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
+    lab_up.add_argument("--container-image", action="store_true",
+                        help="also build the image archive that cluster_runtime=container imports")
     lab_up.set_defaults(func=cmd.cmd_lab_up)
     lab_down = lab_sub.add_parser("down", help="stop and remove every node, netns, bridge and rule")
     lab_down.add_argument("--purge", action="store_true", help="also remove the cached base, wheels, model")

@@ -153,7 +153,7 @@ def _lab() -> lab.Lab:
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
-    _lab().up(workers=args.workers)
+    _lab().up(workers=args.workers, container_image=args.container_image)
     return 0
 
 

@@ -5,11 +5,11 @@ each host reading its RDMA sysfs from a recorded-format tree under
 ``<tmp>/sysfs/<host>`` (tests/rdma_sysfs.py), every file written under
 ``<tmp>/out/<host>/``. What runs for real: the rdma role's ``rdma_rails``
 module (rails.yml) and env.yml, the validate stage's ``vllm_launch`` plan,
-the RoCE script and unit, the Ray unit and compose project, the vLLM compose
-project and unit, the vLLM watchdog, API proxy and firewall units. Unit
-ExecStart binaries that do not exist here (the Ray venv, docker) point at
-stubs under ``<tmp>/bin`` so ``systemd-analyze verify`` can load the units;
-nothing runs them.
+the RoCE script and unit, the Ray unit and compose project, the vLLM unit
+(which runs vLLM inside the Ray container), the vLLM watchdog, API proxy and
+firewall units. Unit ExecStart binaries that do not exist here (the Ray
+venv, docker) point at stubs under ``<tmp>/bin`` so ``systemd-analyze
+verify`` can load the units; nothing runs them.
 """
 
 from __future__ import annotations
@@ -25,11 +25,6 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 # The runtime role's template the ray and vllm roles render their compose projects from.
 COMPOSE_TEMPLATE = str(ROOT / "roles/runtime/templates/compose.yaml.j2")
 COMPOSE = shutil.which("docker-compose")
-# What roles/ray/tasks/main.yml hands the compose template for Ray's project.
-RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(cluster_ray_auth_env) }}"
-RAY_VOLUMES = ("{{ [cluster_ray_auth_token_file ~ ':' ~ cluster_ray_auth_token_file ~ ':ro']"
-               " if cluster_ray_auth else [] }}")
-
 
 def _template(role: str, src: str, dest: str, mode: str = "0644", **extra) -> dict:
     return {"name": f"Render {dest}", "ansible.builtin.template": {
@@ -73,34 +68,37 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
                 "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
                 "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
                 "environment_files": ["{{ cluster_env_file }}"],
+                "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}"},
+             "register": "__vllm_plan"},
+            {"name": "The vLLM unit (the container runtime's exec needs the plan)", "vllm_launch": {
+                "registry_path": str(ROOT / "config/model_registry.yml"), "model": "{{ cluster_model }}",
+                "node_rank": "{{ (groups['head'] + groups['workers']).index(inventory_hostname) }}",
+                "nnodes": "{{ (groups['head'] + groups['workers']) | length }}",
+                "devices_per_node": "{{ cluster_devices_per_node }}",
+                "head_address": "{{ cluster_head_address }}",
+                "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
+                "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
+                "environment_files": ["{{ cluster_env_file }}"],
                 "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}",
-                "exec_start": "{{ __vllm_exec_start if cluster_runtime == 'container' else omit }}"},
-             "register": "plan"},
+                "exec_start": "{{ __vllm_exec_start if cluster_runtime == 'container' else omit }}",
+                "exec_stop": "{{ __vllm_exec_stop if cluster_runtime == 'container' else omit }}"},
+             "register": "vllm_unit"},
             _template("ray", "servekit-ray.service.j2", "servekit-ray.service"),
             {"name": "Compose project dirs", "ansible.builtin.file": {
                 "path": "{{ item | dirname }}", "state": "directory", "mode": "0755"},
-             "loop": ["{{ __ray_compose_file }}", "{{ __vllm_compose_file }}"],
+             "loop": ["{{ __ray_compose_file }}"],
              "when": "cluster_runtime == 'container'"},
             {"name": "Ray compose project", "ansible.builtin.template": {
                 "src": COMPOSE_TEMPLATE, "dest": "{{ __ray_compose_file }}",
                 "mode": "0644"},
-             "vars": {"__compose": {"project": "servekit-ray", "service": "ray",
-                                    "argv": "{{ ['ray'] + __ray_args }}",
-                                    "env_files": ["{{ cluster_env_file }}"],
-                                    "environment": RAY_ENV, "volumes": RAY_VOLUMES}},
+             "vars": {"__compose": "{{ __ray_compose }}"},
              "when": "cluster_runtime == 'container'"},
-            {"name": "vLLM compose project", "ansible.builtin.template": {
-                "src": COMPOSE_TEMPLATE, "dest": "{{ __vllm_compose_file }}",
-                "mode": "0644"},
-             "vars": {"__compose": {"project": "servekit-vllm", "service": "vllm", "argv": "{{ plan.argv }}",
-                                    "environment": "{{ plan.env }}",
-                                    "env_files": ["{{ cluster_env_file }}"]}},
-             "when": "cluster_runtime == 'container' and plan.active"},
             {"name": "vLLM unit", "ansible.builtin.copy": {
-                "content": "{{ plan.unit }}", "dest": "{{ out }}/servekit-vllm.service", "mode": "0644"},
-             "when": "plan.active"},
+                "content": "{{ vllm_unit.unit }}", "dest": "{{ out }}/servekit-vllm.service",
+                "mode": "0644"},
+             "when": "__vllm_plan.active"},
             _template("vllm", "servekit-vllm-watchdog.service.j2", "servekit-vllm-watchdog.service",
-                      vars={"__vllm_plan": "{{ plan }}"}, when="plan.active"),
+                      when="__vllm_plan.active"),
             _template("vllm", "servekit-api-proxy.service.j2", "servekit-api-proxy.service",
                       when="inventory_hostname in groups['head']"),
             _template("firewall", "servekit-firewall.service.j2", "servekit-firewall.service"),
@@ -132,6 +130,7 @@ def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subpro
         "-e", f"__rdma_script={tmp}/out/{{{{ inventory_hostname }}}}/servekit-rdma-defaults",
         "-e", f"cluster_venv={tmp / 'venv'}",
         "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
+        "-e", f"runtime_container_engine_bin={bin_dir / 'docker'}",
         *extra, timeout=300)
 
 

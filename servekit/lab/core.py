@@ -15,6 +15,7 @@ from servekit.lab import nodes as machines
 from servekit.lab.base import (
     BOOT_TIMEOUT_S,
     BRIDGE,
+    LAB_REQUIREMENTS,
     STOP_GRACE_S,
     LabError,
     Node,
@@ -69,7 +70,16 @@ class Lab:
             raise LabError(f"no lab node {name!r}; nodes: {', '.join(nodes)}")
         return nodes[name]
 
-    def up(self, workers: int = 1) -> list[Node]:
+    def _container_image(self, build: bool) -> Path | None:
+        """The container runtime's image archive (servekit/lab_image.py): built when asked, else if cached."""
+        from servekit import lab_image
+
+        paths = self.paths
+        if build:
+            return lab_image.ensure_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS, log=log)
+        return lab_image.cached_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS)
+
+    def up(self, workers: int = 1, container_image: bool = False) -> list[Node]:
         require_host()
         paths = self.paths
         existing = self.nodes
@@ -82,6 +92,7 @@ class Lab:
         cache.ensure_wheelhouse(paths)
         cache.ensure_platform_wheel(paths)
         cache.ensure_model(paths)
+        image = self._container_image(build=container_image)
         machines.ensure_key(paths)
         files.save_state(paths, nodes)
         network.ensure_bridge()
@@ -91,7 +102,7 @@ class Lab:
             machines.start_node(paths, node)
         machines.write_known_hosts(paths, nodes)
         machines.wait_ready(paths, nodes, self.boot_timeout_s)
-        files.write_inventory(paths, nodes)
+        files.write_inventory(paths, nodes, image)
         files.ensure_vault(paths)
         inventory = paths.inventory / "hosts.yml"
         log(f"{len(nodes)} nodes up in {time.monotonic() - started:.0f} s; inventory: {inventory}")

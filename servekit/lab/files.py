@@ -17,7 +17,7 @@ from servekit.lab.base import NODE_WHEELHOUSE, Node, Paths, write_file
 HEADER = "# Written by `servekit lab up`; removed by `servekit lab down`. Do not edit.\n"
 
 
-def write_inventory(paths: Paths, nodes: list[Node]) -> None:
+def write_inventory(paths: Paths, nodes: list[Node], container_image: Path | None = None) -> None:
     groups: dict = {"head": {"hosts": {}}, "workers": {"hosts": {}}}
     for node in nodes:
         groups[node.group]["hosts"][node.name] = {"ansible_host": node.address,
@@ -31,6 +31,8 @@ def write_inventory(paths: Paths, nodes: list[Node]) -> None:
         "lab_wheelhouse": NODE_WHEELHOUSE,
         "lab_model_source": str(paths.model),
     }
+    if container_image:
+        lab_vars["lab_container_image_archive"] = str(container_image)
     write_file(paths.inventory / "group_vars/all/lab.yml",
                HEADER + "---\n" + yaml.safe_dump(lab_vars, sort_keys=False))
 

@@ -1,17 +1,23 @@
-"""The container runtime's compose projects for the example RoCE inventory.
+"""The container runtime for the example RoCE inventory, rendered by the roles' own variables.
 
-No Docker engine runs here, so the projects are rendered by Ansible from the
-shared template with the ray and vllm roles' own variables, then checked by a
-real Compose implementation (`docker-compose config`, Debian's package; the
-Compose-spec schema and its interpolation), and for the settings RDMA
-serving needs.
+No node runs here, so Ansible renders, with the ray and vllm roles' own
+variables and the shared compose template, what each node would run: the Ray
+container (a compose project for Docker, `podman run` of the same service for
+Podman), the vLLM unit that runs `vllm serve` inside it, and the readiness
+check. Real tools then check the result: `docker-compose config` (Debian's
+package: the Compose-spec schema and its interpolation) and `podman create`
+(Debian's Podman 4.3: its own validation of the flags, on a tiny image made
+here with `podman import`).
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,113 +26,199 @@ from helpers import ROOT, ansible_playbook, write_play
 
 INVENTORY = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
 COMPOSE = shutil.which("docker-compose")
-COMPOSE_TEMPLATE = str(ROOT / "roles/runtime/templates/compose.yaml.j2")
-# What roles/ray/tasks/main.yml hands the template for Ray's project.
-RAY_ENV = "{{ {'RAY_USAGE_STATS_ENABLED': '0'} | combine(cluster_ray_auth_env) }}"
-RAY_VOLUMES = ("{{ [cluster_ray_auth_token_file ~ ':' ~ cluster_ray_auth_token_file ~ ':ro']"
-               " if cluster_ray_auth else [] }}")
+PODMAN = shutil.which("podman")
+HOSTS = ("spark-01", "spark-02")
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("compose")
+def _render(tmp: Path, *extra: str) -> Path:
     out = tmp / "out"
+    dump = ("{{ {'ray_exec_start': __ray_exec_start, 'ray_exec_stop': __ray_exec_stop,"
+            " 'ray_python': __ray_python, 'vllm_exec_start': __vllm_exec_start,"
+            " 'vllm_exec_stop': __vllm_exec_stop} | to_json }}")
     play = [{
-        "name": "Render the container runtime's compose projects",
+        "name": "Render the container runtime",
         "hosts": "head:workers",
         "gather_facts": False,
-        "vars_files": [str(ROOT / "roles/ray/defaults/main.yml"), str(ROOT / "roles/vllm/defaults/main.yml"),
-                       str(ROOT / "roles/ray/vars/main.yml"), str(ROOT / "roles/vllm/vars/main.yml")],
-        "vars": {"runtime_compose_dir": str(out / "{{ inventory_hostname }}"), "preflight_gid_index": 3,
-                 "cluster_env_file": str(out / "{{ inventory_hostname }}/cluster.env")},
+        "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml")
+                       for role in ("ray", "vllm") for kind in ("defaults", "vars")],
+        "vars": {"out": str(out / "{{ inventory_hostname }}"), "preflight_gid_index": 3,
+                 "cluster_env_file": "{{ out }}/cluster.env"},
         "pre_tasks": [{"ansible.builtin.import_role": {"name": "runtime", "tasks_from": "settings.yml"}}],
         "roles": ["cluster"],
         "tasks": [
-            {"ansible.builtin.file": {"path": "{{ runtime_compose_dir }}", "state": "directory",
-                                      "mode": "0755"}},
-            {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "env.yml", "public": True}},
+            {"ansible.builtin.file": {"path": "{{ out }}", "state": "directory", "mode": "0755"}},
+            {"ansible.builtin.copy": {"content": "token\n", "dest": "{{ cluster_ray_auth_token_file }}",
+                                      "mode": "0600"}},
+            {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "env.yml", "public": True},
+             "when": "cluster_rdma_enabled | bool"},
+            {"ansible.builtin.copy": {"content": "", "dest": "{{ cluster_env_file }}", "mode": "0644"},
+             "when": "not cluster_rdma_enabled | bool"},
             {"name": "Plan the vLLM launch", "vllm_launch": {
                 "registry_path": str(ROOT / "config/model_registry.yml"), "model": "gpt-oss-20b",
                 "node_rank": "{{ cluster_nodes.index(inventory_hostname) }}",
                 "nnodes": 2, "head_address": "{{ cluster_head_address }}",
                 "host_address": "{{ cluster_data_address }}", "executor": "ray", "runtime": "container",
-                "command": ["vllm"], "exec_start": "{{ __vllm_exec_start }}"},
-             "register": "plan"},
-            {"name": "Project dirs", "ansible.builtin.file": {
-                "path": "{{ item | dirname }}", "state": "directory", "mode": "0755"},
-             "loop": ["{{ __ray_compose_file }}", "{{ __vllm_compose_file }}"]},
-            {"name": "Ray project", "ansible.builtin.template": {
-                "src": COMPOSE_TEMPLATE, "dest": "{{ __ray_compose_file }}",
+                "command": "{{ vllm_command }}", "environment": "{{ vllm_environment }}",
+                "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"]},
+             "register": "__vllm_plan"},
+            {"name": "Ray compose project", "ansible.builtin.template": {
+                "src": str(ROOT / "roles/runtime/templates/compose.yaml.j2"), "dest": "{{ out }}/ray-compose.yaml",
                 "mode": "0644"},
-             "vars": {"__compose": {"project": "servekit-ray", "service": "ray",
-                                    "argv": "{{ ['ray'] + __ray_args }}",
-                                    "env_files": ["{{ cluster_env_file }}"],
-                                    "environment": RAY_ENV, "volumes": RAY_VOLUMES}}},
-            {"name": "vLLM project", "ansible.builtin.template": {
-                "src": COMPOSE_TEMPLATE, "dest": "{{ __vllm_compose_file }}",
-                "mode": "0644"},
-             "vars": {"__compose": {"project": "servekit-vllm", "service": "vllm", "argv": "{{ plan.argv }}",
-                                    "environment": "{{ plan.env }}",
-                                    "env_files": ["{{ cluster_env_file }}"]}},
-             "when": "plan.active"},
-            {"name": "vLLM unit", "ansible.builtin.copy": {
-                "content": "{{ plan.unit }}", "dest": "{{ runtime_compose_dir }}/servekit-vllm.service",
-                "mode": "0644"},
-             "when": "plan.active"},
+             "vars": {"__compose": "{{ __ray_compose }}"}},
+            {"name": "What the units run", "ansible.builtin.copy": {
+                "content": dump, "dest": "{{ out }}/argv.json",
+                "mode": "0644"}},
+            {"name": "vLLM unit", "vllm_launch": {
+                "registry_path": str(ROOT / "config/model_registry.yml"), "model": "gpt-oss-20b",
+                "node_rank": "{{ (groups['head'] + groups['workers']).index(inventory_hostname) }}",
+                "nnodes": 2, "head_address": "{{ cluster_head_address }}",
+                "host_address": "{{ cluster_data_address }}", "executor": "ray", "runtime": "container",
+                "command": "{{ vllm_command }}", "environment": "{{ vllm_environment }}",
+                "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"],
+                "exec_start": "{{ __vllm_exec_start }}", "exec_stop": "{{ __vllm_exec_stop }}",
+                "dest": "{{ out }}/servekit-vllm.service"},
+             "when": "__vllm_plan.active"},
         ],
     }]
     proc = ansible_playbook(
         "-i", INVENTORY, write_play(tmp / "render.yml", play),
         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
-        "-e", "cluster_runtime=container")
+        "-e", "cluster_runtime=container",
+        "-e", "cluster_ray_auth_token_file=" + str(tmp / "ray-auth-token"), "-e", f"runtime_hf_cache={tmp}",
+        "-e", "vllm_api_key=sk-not-in-argv", "-e", "runtime_compose_dir=" + str(out / "compose"), *extra)
     assert proc.returncode == 0, proc.stdout[-3000:]
     return out
 
 
-def _files(out: Path) -> list[Path]:
-    files = sorted(out.glob("*/*/compose.yaml"))
-    assert [f.relative_to(out).as_posix() for f in files] == [
-        "spark-01/servekit-ray/compose.yaml", "spark-01/servekit-vllm/compose.yaml",
-        "spark-02/servekit-ray/compose.yaml",
-    ], "the ray executor runs vLLM on the head only; Ray everywhere"
-    return files
+@pytest.fixture(scope="module")
+def docker(tmp_path_factory) -> Path:
+    return _render(tmp_path_factory.mktemp("docker"))
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory) -> Path:
+    # a TCP cluster (no /dev/infiniband here for `podman create` to find), with
+    # the lab's Podman settings
+    return _render(tmp_path_factory.mktemp("podman"), "-e", "runtime_container_engine=podman",
+                   "-e", "cluster_rdma_enabled=false", "-e", "runtime_podman_cgroups=disabled",
+                   "-e", "runtime_container_bin_dir=/opt/servekit/venv/bin")
+
+
+def _service(out: Path, host: str) -> dict:
+    return yaml.safe_load((out / host / "ray-compose.yaml").read_text())["services"]["ray"]
+
+
+def _argv(out: Path, host: str) -> dict:
+    return json.loads((out / host / "argv.json").read_text())
 
 
 @pytest.mark.skipif(COMPOSE is None, reason="docker-compose not installed (apt-get install docker-compose)")
-def test_compose_projects_pass_a_real_compose_checker(rendered):
-    for path in _files(rendered):
+def test_compose_projects_pass_a_real_compose_checker(docker):
+    for host in HOSTS:
+        path = docker / host / "ray-compose.yaml"
         proc = subprocess.run([COMPOSE, "-f", str(path), "config", "--quiet"],
                               capture_output=True, text=True, check=False, timeout=60)
         assert proc.returncode == 0, f"{path}: {proc.stderr}"
 
 
-def test_compose_projects_carry_what_rdma_serving_needs(rendered):
-    for path in _files(rendered):
-        service = next(iter(yaml.safe_load(path.read_text())["services"].values()))
-        assert service["network_mode"] == "host" and service["ipc"] == "host", path
-        assert "IPC_LOCK" in service["cap_add"], path
-        assert service["ulimits"]["memlock"] == {"soft": -1, "hard": -1}, path
-        assert service["devices"] == ["/dev/infiniband:/dev/infiniband"], path
+def test_compose_projects_carry_what_rdma_serving_needs(docker):
+    for host in HOSTS:
+        service = _service(docker, host)
+        assert service["network_mode"] == "host" and service["ipc"] == "host", host
+        assert "IPC_LOCK" in service["cap_add"], host
+        assert service["ulimits"]["memlock"] == {"soft": -1, "hard": -1}, host
+        assert service["devices"] == ["/dev/infiniband:/dev/infiniband"], host
         gpus = service["deploy"]["resources"]["reservations"]["devices"][0]
-        assert gpus["driver"] == "nvidia" and gpus["capabilities"] == ["gpu"], path
-        assert service["env_file"] == [str(path.parents[1] / "cluster.env")], path
+        assert gpus["driver"] == "nvidia" and gpus["capabilities"] == ["gpu"], host
+        assert service["env_file"] == [str(docker / host / "cluster.env")], host
         assert service["image"] == "vllm/vllm-openai:v0.32.0"
-        assert service["shm_size"] == "16g"
+        assert service["container_name"] == "servekit-ray"
 
 
-def test_vllm_container_runs_the_registry_argv_and_ray_joins_the_head(rendered):
-    vllm = yaml.safe_load((rendered / "spark-01/servekit-vllm/compose.yaml").read_text())["services"]["vllm"]
-    assert vllm["entrypoint"] == ["vllm"]
-    assert vllm["command"][:2] == ["serve", "openai/gpt-oss-20b"]
-    assert "--distributed-executor-backend" in vllm["command"]
-    assert vllm["environment"]["VLLM_HOST_IP"] == "192.168.100.1"
-    worker = yaml.safe_load((rendered / "spark-02/servekit-ray/compose.yaml").read_text())["services"]["ray"]
+def test_host_ipc_carries_no_shm_size(docker, podman):
+    """Podman refuses shm_size with host IPC; Docker ignores it (the host's /dev/shm is used)."""
+    for out in (docker, podman):
+        for host in HOSTS:
+            assert "shm_size" not in _service(out, host), host
+            assert "--shm-size" not in " ".join(_argv(out, host)["ray_exec_start"]), host
+
+
+def test_podman_gets_the_gpus_by_cdi_name(podman):
+    service = _service(podman, "spark-01")
+    assert "deploy" not in service
+    assert service["devices"] == ["nvidia.com/gpu=all"]
+    assert "--device=nvidia.com/gpu=all" in _argv(podman, "spark-01")["ray_exec_start"]
+
+
+def test_vllm_runs_inside_the_ray_container(docker):
+    """vLLM's ray.init() must find the node's raylet: it runs in the Ray container (run_cluster.sh)."""
+    argv = _argv(docker, "spark-01")["vllm_exec_start"]
+    name = argv.index("servekit-ray")
+    assert argv[:2] == ["/usr/bin/docker", "exec"]
+    assert "--env=VLLM_API_KEY" in argv[:name] and "--env=VLLM_HOST_IP" in argv[:name]
+    assert not any("sk-not-in-argv" in word for word in argv), "secrets reach the exec by name only"
+    assert argv[name + 1:name + 3] == ["/bin/sh", "-c"]
+    assert argv[name + 4:name + 8] == ["vllm", "vllm", "serve", "openai/gpt-oss-20b"]
+    assert "--distributed-executor-backend" in argv
+    unit = (docker / "spark-01/servekit-vllm.service").read_text()
+    assert "ExecStart=/usr/bin/docker exec " in unit
+    assert "ExecStop=/usr/bin/docker exec servekit-ray /bin/sh -c " in unit
+    assert "$$p" in unit, "systemd would expand a bare $ in the stop script"
+    assert not (docker / "spark-01/compose/servekit-vllm").exists()
+
+
+def test_ray_joins_the_head_from_its_container(docker):
+    worker = _service(docker, "spark-02")
     assert worker["entrypoint"] == ["ray"]
     assert "--address=192.168.100.1:6379" in worker["command"]
     assert "--node-ip-address=192.168.100.2" in worker["command"]
-    assert "--node-manager-port=6380" in worker["command"] and "--min-worker-port=20000" in worker["command"]
     assert worker["environment"]["RAY_AUTH_MODE"] == "token"
-    assert worker["volumes"][-1] == "/etc/servekit/ray-auth-token:/etc/servekit/ray-auth-token:ro"
-    unit = (rendered / "spark-01/servekit-vllm.service").read_text()
-    assert "ExecStart=/usr/bin/docker compose -p servekit-vllm -f " in unit
-    assert "servekit-vllm/compose.yaml up --abort-on-container-exit" in unit
+    assert worker["volumes"][-1].endswith("ray-auth-token:ro")
+    argv = _argv(docker, "spark-02")
+    assert argv["ray_exec_start"][:2] == ["/usr/bin/docker", "compose"]
+    assert argv["ray_exec_stop"][-1] == "down"
+
+
+def test_readiness_check_runs_python_in_the_ray_container(docker, podman):
+    """Only the native runtime builds the venv: the container's Python asks the head's GCS."""
+    assert _argv(docker, "spark-01")["ray_python"] == ["/usr/bin/docker", "exec", "servekit-ray", "python3"]
+    assert _argv(podman, "spark-01")["ray_python"] == [
+        "/usr/bin/podman", "exec", "servekit-ray", "/opt/servekit/venv/bin/python3"]
+
+
+def test_an_imported_image_runs_the_venv_binaries(podman):
+    argv = _argv(podman, "spark-01")
+    assert "--entrypoint=[\"/opt/servekit/venv/bin/ray\"]" in argv["ray_exec_start"]
+    assert "/opt/servekit/venv/bin/vllm" in argv["vllm_exec_start"]
+
+
+@pytest.fixture(scope="module")
+def tiny_image(tmp_path_factory) -> str:
+    """A local image of a few files (`podman import`), for `podman create` to check flags against."""
+    if PODMAN is None:
+        pytest.skip("podman not installed (apt-get install podman; make host-deps)")
+    archive = tmp_path_factory.mktemp("image") / "tiny.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(sys.executable, arcname="bin/python3")
+    name = "localhost/servekit-test-tiny:1"
+    proc = subprocess.run([PODMAN, "import", str(archive), name], capture_output=True, text=True,
+                          check=False, timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"podman cannot import an image here: {proc.stderr.strip()}")
+    yield name
+    subprocess.run([PODMAN, "rmi", "-f", name], capture_output=True, check=False, timeout=60)
+
+
+def test_podman_accepts_the_ray_container(podman, tiny_image):
+    """Debian's Podman 4.3 validates the flags at create time (host IPC with shm_size,
+    multiple networks with host networking, ...)."""
+    for host in HOSTS:
+        argv = _argv(podman, host)["ray_exec_start"]
+        assert argv[:2] == ["/usr/bin/podman", "run"] and "--cgroups=disabled" in argv
+        image = argv.index("vllm/vllm-openai:v0.32.0")
+        create = [PODMAN, "create", *argv[2:image], tiny_image, *argv[image + 1:]]
+        create = [word for word in create if word not in ("--rm", "--cgroups=disabled")]
+        proc = subprocess.run(create, capture_output=True, text=True, check=False, timeout=120)
+        assert proc.returncode == 0, f"{shlex.join(create)}: {proc.stderr}"
+        subprocess.run([PODMAN, "rm", "-f", proc.stdout.strip()], capture_output=True, check=False,
+                       timeout=60)
