@@ -76,7 +76,8 @@ class Lab:
 
         paths = self.paths
         if build:
-            return lab_image.ensure_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS, log=log)
+            return lab_image.ensure_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS,
+                                          log=log)
         return lab_image.cached_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS)
 
     def up(self, workers: int = 1, container_image: bool = False) -> list[Node]:

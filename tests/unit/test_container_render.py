@@ -62,7 +62,8 @@ def _render(tmp: Path, *extra: str) -> Path:
                 "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"]},
              "register": "__vllm_plan"},
             {"name": "Ray compose project", "ansible.builtin.template": {
-                "src": str(ROOT / "roles/runtime/templates/compose.yaml.j2"), "dest": "{{ out }}/ray-compose.yaml",
+                "src": str(ROOT / "roles/runtime/templates/compose.yaml.j2"),
+                "dest": "{{ out }}/ray-compose.yaml",
                 "mode": "0644"},
              "vars": {"__compose": "{{ __ray_compose }}"}},
             {"name": "What the units run", "ansible.builtin.copy": {

@@ -37,7 +37,8 @@ def test_image_is_rebuilt_only_when_its_inputs_change(tmp_path):
     assert lab_image.cached_image(cache, base, wheelhouse, lab.LAB_REQUIREMENTS) == archive
     assert archive.name == f"servekit-lab-{first}.tar"
     (wheelhouse / "servekit_lab_platform-0.1.0-py3-none-any.whl").write_bytes(b"y")
-    assert lab_image.cached_image(cache, base, wheelhouse, lab.LAB_REQUIREMENTS) is None, "a new wheel rebuilds"
+    rebuilt = lab_image.cached_image(cache, base, wheelhouse, lab.LAB_REQUIREMENTS)
+    assert rebuilt is None, "a new wheel rebuilds"
 
 
 def test_venv_is_installed_offline_without_booting_the_copy(tmp_path):
