@@ -41,7 +41,9 @@ def _render(tmp: Path, *extra: str) -> Path:
         "gather_facts": False,
         "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml")
                        for role in ("ray", "vllm") for kind in ("defaults", "vars")],
+        # role_path: what the ray role's vars see in the role (its compose lookup)
         "vars": {"out": str(out / "{{ inventory_hostname }}"), "preflight_gid_index": 3,
+                 "role_path": str(ROOT / "roles/ray"),
                  "cluster_env_file": "{{ out }}/cluster.env"},
         "pre_tasks": [{"ansible.builtin.import_role": {"name": "runtime", "tasks_from": "settings.yml"}}],
         "roles": ["cluster"],
