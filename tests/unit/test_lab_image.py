@@ -53,7 +53,7 @@ def test_venv_is_installed_offline_without_booting_the_copy(tmp_path):
 
 def test_lab_inventory_imports_the_archive_under_the_container_runtime(tmp_path):
     for item in ("site.yml", "ansible.cfg", "playbooks", "roles", "library", "module_utils",
-                 "action_plugins", "templates", "config"):
+                 "action_plugins", "config"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
     shutil.copytree(ROOT / "inventory/lab/group_vars/all", tmp_path / "inventory/lab/group_vars/all",
@@ -61,12 +61,15 @@ def test_lab_inventory_imports_the_archive_under_the_container_runtime(tmp_path)
     paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
     archive = tmp_path / "cache/images/servekit-lab-0123456789abcdef.tar"
     lab.write_inventory(paths, lab.plan_nodes(1), archive)
+    lab.ensure_vault(paths)  # as `servekit lab up` does: the API key validate asks for
     lab_vars = yaml.safe_load((paths.inventory / "group_vars/all/lab.yml").read_text())
     assert lab_vars["lab_container_image_archive"] == str(archive)
-    proc = ansible("ansible-playbook", "-i", paths.inventory, "site.yml", "--tags", "validate",
-                   "-e", "cluster_runtime=container", project=tmp_path, timeout=120)
+    proc = ansible("ansible-playbook", "-i", paths.inventory, "--vault-password-file", paths.vault_password,
+                   "site.yml", "--tags", "validate", "-e", "cluster_runtime=container",
+                   project=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
-    proc = ansible("ansible", "-i", paths.inventory, "lab-head", "-m", "ansible.builtin.debug",
+    proc = ansible("ansible", "-i", paths.inventory, "--vault-password-file", paths.vault_password,
+                   "lab-head", "-m", "ansible.builtin.debug",
                    "-a", "msg={{ [runtime_container_engine, runtime_container_image_archive,"
                    " runtime_podman_cgroups, runtime_container_bin_dir] | to_json }}",
                    project=tmp_path, timeout=120)

@@ -97,7 +97,7 @@ def test_module_through_ansible(tmp_path, fixture, rc):
 
 
 def test_vllm_imports_the_check_after_readiness_only_on_rdma_clusters():
-    tasks = yaml.safe_load((ROOT / "roles" / "vllm" / "tasks" / "main.yml").read_text())
+    tasks = yaml.safe_load((ROOT / "roles" / "vllm" / "tasks" / "start.yml").read_text())
     block = next(t for t in tasks if "block" in t and "rescue" in t)["block"]
     names = [t["name"] for t in block]
     check = block[names.index("Check the engine's own NCCL transport (RDMA clusters)")]
