@@ -92,7 +92,8 @@ def render(tmp: Path, **overrides) -> Path:
         {"ansible.builtin.import_tasks": str(ROOT / "roles/vllm/tasks/tls.yml"),
          "when": "vllm_api_tls"},
         {"name": "Render the proxy config", "ansible.builtin.template": {
-            "src": str(ROOT / "roles/vllm/templates/api-proxy.conf.j2"), "dest": "{{ vllm_api_proxy_config }}",
+            "src": str(ROOT / "roles/vllm/templates/api-proxy.conf.j2"),
+            "dest": "{{ vllm_api_proxy_config }}",
             "mode": "0644"}},
     ]
     play = [{"hosts": "head", "gather_facts": False, "vars": {"vllm_watchdog": True},

@@ -294,12 +294,12 @@ def test_the_stage_passes_its_settings_and_keeps_the_key_out_of_its_output(tmp_p
     (tmp_path / "playbooks").mkdir()
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
              "vars_files": [str(ROOT / "roles/bench/defaults/main.yml")],
-             "vars": {"__bench_head": "localhost", "__bench_tokenizer": "", "cluster_api_port": 9,
+             "vars": {"cluster_head_address": "127.0.0.1", "__bench_tokenizer": "", "cluster_api_port": 9,
+                      "__bench_api_scheme": "http", "__bench_api_ca": "",
                       "cluster_model": "not-in-registry", "bench_serving_label": "ci",
                       "cluster_registry_path": str(ROOT / "config/model_registry.yml"),
                       "bench_results_dir": str(tmp_path / "results"), "bench_serving_gate": True,
                       "vllm_api_key": "sk-stage-secret"},
-             "pre_tasks": [{"ansible.builtin.set_fact": {"__cluster_address": "127.0.0.1"}}],
              "tasks": [{"ansible.builtin.import_tasks": str(ROOT / "roles/bench/tasks/serving.yml")}]}]
     proc = ansible_playbook(write_play(tmp_path / "playbooks" / "play.yml", play), "-v", timeout=300,
                             env={"PYTHONPATH": str(ROOT)})
