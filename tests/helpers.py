@@ -61,3 +61,16 @@ def run_task(tmp_path: Path, task: dict, *flags: str) -> tuple[int, dict]:
                             env={"ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
                                  "ANSIBLE_LOCALHOST_WARNING": "false"})
     return proc.returncode, json.loads((tmp_path / "result.json").read_text())
+
+
+def copy_lab_project(dest: Path) -> None:
+    """The project's playbooks, roles and modules and the lab inventory's own group_vars
+    (not the files `servekit lab up` writes) under ``dest``, for a lab inventory written there."""
+    import shutil
+
+    for item in ("site.yml", "ansible.cfg", "playbooks", "roles", "library", "module_utils",
+                 "action_plugins", "config"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    shutil.copytree(ROOT / "inventory/lab/group_vars/all", dest / "inventory/lab/group_vars/all",
+                    ignore=shutil.ignore_patterns("lab.yml", "vault.yml"))

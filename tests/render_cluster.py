@@ -58,28 +58,21 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
     if full:
         vars_files = [str(ROOT / f"roles/{role}/{kind}/main.yml")
                       for kind in ("defaults", "vars") for role in ("ray", "vllm", "firewall")]
+        # the plan, then the unit from the same arguments (as roles/vllm/tasks/plan.yml does)
+        launch = {
+            "registry_path": str(ROOT / "config/model_registry.yml"), "model": "{{ cluster_model }}",
+            "node_rank": "{{ cluster_nodes.index(inventory_hostname) }}",
+            "nnodes": "{{ cluster_nodes | length }}",
+            "devices_per_node": "{{ cluster_devices_per_node }}",
+            "head_address": "{{ cluster_head_address }}",
+            "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
+            "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
+            "environment_files": ["{{ cluster_env_file }}"],
+            "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}"}
         tasks += [
-            {"name": "Plan the vLLM launch", "vllm_launch": {
-                "registry_path": str(ROOT / "config/model_registry.yml"), "model": "{{ cluster_model }}",
-                "node_rank": "{{ cluster_nodes.index(inventory_hostname) }}",
-                "nnodes": "{{ cluster_nodes | length }}",
-                "devices_per_node": "{{ cluster_devices_per_node }}",
-                "head_address": "{{ cluster_head_address }}",
-                "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
-                "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
-                "environment_files": ["{{ cluster_env_file }}"],
-                "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}"},
-             "register": "__vllm_plan"},
+            {"name": "Plan the vLLM launch", "vllm_launch": launch, "register": "__vllm_plan"},
             {"name": "The vLLM unit (the container runtime's exec needs the plan)", "vllm_launch": {
-                "registry_path": str(ROOT / "config/model_registry.yml"), "model": "{{ cluster_model }}",
-                "node_rank": "{{ (groups['head'] + groups['workers']).index(inventory_hostname) }}",
-                "nnodes": "{{ (groups['head'] + groups['workers']) | length }}",
-                "devices_per_node": "{{ cluster_devices_per_node }}",
-                "head_address": "{{ cluster_head_address }}",
-                "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
-                "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
-                "environment_files": ["{{ cluster_env_file }}"],
-                "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}",
+                **launch,
                 "exec_start": "{{ __vllm_exec_start if cluster_runtime == 'container' else omit }}",
                 "exec_stop": "{{ __vllm_exec_stop if cluster_runtime == 'container' else omit }}"},
              "register": "vllm_unit"},

@@ -28,6 +28,14 @@ INVENTORY = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
 COMPOSE = shutil.which("docker-compose")
 PODMAN = shutil.which("podman")
 HOSTS = ("spark-01", "spark-02")
+# vllm_launch's arguments for the plan and the unit (as roles/vllm/tasks/plan.yml shares them)
+LAUNCH = {
+    "registry_path": str(ROOT / "config/model_registry.yml"), "model": "gpt-oss-20b",
+    "node_rank": "{{ cluster_nodes.index(inventory_hostname) }}",
+    "nnodes": 2, "head_address": "{{ cluster_head_address }}",
+    "host_address": "{{ cluster_data_address }}", "executor": "ray", "runtime": "container",
+    "command": "{{ vllm_command }}", "environment": "{{ vllm_environment }}",
+    "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"]}
 
 
 def _render(tmp: Path, *extra: str) -> Path:
@@ -55,14 +63,7 @@ def _render(tmp: Path, *extra: str) -> Path:
              "when": "cluster_rdma_enabled | bool"},
             {"ansible.builtin.copy": {"content": "", "dest": "{{ cluster_env_file }}", "mode": "0644"},
              "when": "not cluster_rdma_enabled | bool"},
-            {"name": "Plan the vLLM launch", "vllm_launch": {
-                "registry_path": str(ROOT / "config/model_registry.yml"), "model": "gpt-oss-20b",
-                "node_rank": "{{ cluster_nodes.index(inventory_hostname) }}",
-                "nnodes": 2, "head_address": "{{ cluster_head_address }}",
-                "host_address": "{{ cluster_data_address }}", "executor": "ray", "runtime": "container",
-                "command": "{{ vllm_command }}", "environment": "{{ vllm_environment }}",
-                "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"]},
-             "register": "__vllm_plan"},
+            {"name": "Plan the vLLM launch", "vllm_launch": LAUNCH, "register": "__vllm_plan"},
             {"name": "Ray compose project", "ansible.builtin.template": {
                 "src": str(ROOT / "roles/runtime/templates/compose.yaml.j2"),
                 "dest": "{{ out }}/ray-compose.yaml",
@@ -72,13 +73,7 @@ def _render(tmp: Path, *extra: str) -> Path:
                 "content": dump, "dest": "{{ out }}/argv.json",
                 "mode": "0644"}},
             {"name": "vLLM unit", "vllm_launch": {
-                "registry_path": str(ROOT / "config/model_registry.yml"), "model": "gpt-oss-20b",
-                "node_rank": "{{ (groups['head'] + groups['workers']).index(inventory_hostname) }}",
-                "nnodes": 2, "head_address": "{{ cluster_head_address }}",
-                "host_address": "{{ cluster_data_address }}", "executor": "ray", "runtime": "container",
-                "command": "{{ vllm_command }}", "environment": "{{ vllm_environment }}",
-                "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"],
-                "exec_start": "{{ __vllm_exec_start }}", "exec_stop": "{{ __vllm_exec_stop }}",
+                **LAUNCH, "exec_start": "{{ __vllm_exec_start }}", "exec_stop": "{{ __vllm_exec_stop }}",
                 "dest": "{{ out }}/servekit-vllm.service"},
              "when": "__vllm_plan.active"},
         ],

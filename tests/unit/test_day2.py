@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import ROOT, ansible_playbook
+from servekit.module_utils.vllm_registry import NodeSpec, build_launch_plan, load_registry_file, render_unit
 
 from servekit import commands, status
 from servekit.cli import build_parser
-from servekit.module_utils.vllm_registry import NodeSpec, build_launch_plan, load_registry_file, render_unit
 
 SERVEKIT = str(Path(sys.executable).with_name("servekit"))
 UNITS = {"ray": "servekit-ray.service", "vllm": "servekit-vllm.service",

@@ -7,13 +7,12 @@ Booting nodes needs root, debootstrap and nspawn; CI does that for real
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, ansible
+from helpers import ROOT, ansible, copy_lab_project
 
 from servekit import lab
 
@@ -77,12 +76,7 @@ def test_no_mirror_leaves_debootstrap_default(tmp_path, monkeypatch):
 @pytest.fixture
 def lab_checkout(tmp_path) -> lab.Paths:
     """A copy of the checkout's playbooks and lab inventory with a written hosts.yml."""
-    for item in ("site.yml", "ansible.cfg", "playbooks", "roles", "library", "module_utils",
-                 "action_plugins", "config"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
-    shutil.copytree(ROOT / "inventory/lab/group_vars/all", tmp_path / "inventory/lab/group_vars/all",
-                    ignore=shutil.ignore_patterns("lab.yml", "vault.yml"))
+    copy_lab_project(tmp_path)
     paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
     lab.write_inventory(paths, lab.plan_nodes(1))
     # as `servekit lab up` does: the API key (validate refuses an API beyond

@@ -9,11 +9,10 @@ the archive to the runtime role, which the validate play accepts under
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import yaml
-from helpers import ROOT, ansible
+from helpers import ansible, copy_lab_project
 
 from servekit import lab, lab_image
 
@@ -52,12 +51,7 @@ def test_venv_is_installed_offline_without_booting_the_copy(tmp_path):
 
 
 def test_lab_inventory_imports_the_archive_under_the_container_runtime(tmp_path):
-    for item in ("site.yml", "ansible.cfg", "playbooks", "roles", "library", "module_utils",
-                 "action_plugins", "config"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / item)
-    shutil.copytree(ROOT / "inventory/lab/group_vars/all", tmp_path / "inventory/lab/group_vars/all",
-                    ignore=shutil.ignore_patterns("lab.yml", "vault.yml"))
+    copy_lab_project(tmp_path)
     paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
     archive = tmp_path / "cache/images/servekit-lab-0123456789abcdef.tar"
     lab.write_inventory(paths, lab.plan_nodes(1), archive)
