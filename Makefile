@@ -27,9 +27,6 @@ lint: venv
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
 
-unit: venv $(NGINX)
-	PATH="$(abspath $(BIN)):$$PATH" SERVEKIT_NGINX="$(abspath $(NGINX))" $(BIN)/pytest
-
 # nginx for tests/unit/test_api_proxy.py (the API proxy's real config, rate
 # limit, body cap and TLS on loopback), unpacked from Debian's package into
 # .cache: installing the package would start a web server on this machine.
@@ -40,6 +37,10 @@ $(NGINX):
 	  || { apt-get update -q && apt-get download -q nginx nginx-common; }; }
 	for f in .cache/tools/deb/*.deb; do dpkg -x "$$f" .cache/tools/nginx; done
 	test -x $@
+
+unit: venv $(NGINX)
+	PATH="$(abspath $(BIN)):$$PATH" SERVEKIT_NGINX="$(abspath $(NGINX))" $(BIN)/pytest
+
 
 # --- the local lab: two systemd-nspawn nodes serving lab-tiny (TP 2) -------------
 LAB_INV  := inventory/lab

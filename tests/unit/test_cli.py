@@ -141,9 +141,16 @@ def test_ctrl_c_cancels_a_running_playbook(tmp_path):
     inventory = project / "hosts.yml"
     inventory.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
                          f"      ansible_python_interpreter: {sys.executable}\n")
-    proc = subprocess.Popen([SERVEKIT, "up", "-i", str(inventory)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, SERVEKIT_HOME=str(project)))
+    # As from a terminal: SIGINT not ignored. Earlier tests in the same pytest
+    # process can leave SIGINT and SIGQUIT ignored (seen in CI: SigIgn 0x6),
+    # and an ignored signal stays ignored across exec; a handler does not.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([SERVEKIT, "up", "-i", str(inventory)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, SERVEKIT_HOME=str(project)))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if subprocess.run(["pgrep", "-f", marker], capture_output=True,
