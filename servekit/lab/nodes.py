@@ -87,6 +87,8 @@ def node_pid(paths: Paths, node: Node) -> int | None:
 def start_node(paths: Paths, node: Node) -> None:
     if node_pid(paths, node):
         return
+    images = paths.cache / "images"
+    images.mkdir(parents=True, exist_ok=True)
     # nspawn starts inside the node's namespace (not --network-namespace-path),
     # so the sysfs it mounts shows the node's interfaces, not the host's.
     argv = [
@@ -96,6 +98,10 @@ def start_node(paths: Paths, node: Node) -> None:
         # The node configures its own data interface (networkd, the network role).
         "--capability=CAP_NET_ADMIN",
         f"--bind-ro={paths.wheelhouse}:{NODE_WHEELHOUSE}",
+        # The container image archives (servekit/lab_image.py), read where they
+        # lie: the runtime role imports them with runtime_container_image_archive_remote_src
+        # instead of copying 4.4 GB over SSH to every node.
+        f"--bind-ro={images}:{images}",
     ]
     console = (paths.node_dir(node) / "console.log").open("ab")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
