@@ -1,4 +1,4 @@
-"""Medians of several runs and their spread (issue 14 item 5): `servekit.bench run --repeat`, `ratio` over rounds.
+"""Medians of several runs and their spread (issue 14 item 5): `bench run --repeat`, `ratio` over rounds.
 
 The rows come from the real `vllm bench serve` results in tests/fixtures/vllm-bench,
 scaled where a test needs rounds that disagree.
