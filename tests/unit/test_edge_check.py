@@ -1,4 +1,4 @@
-""".ci/edge-check (issue 15 item 4) runs on the lab; here: valid bash, and bad settings refused before anything runs."""
+""".ci/edge-check (issue 15 item 4) runs on the lab; here: valid bash, bad settings refused before anything."""
 
 from __future__ import annotations
 
