@@ -1,4 +1,4 @@
-""".ci/edge-check (issue 15 item 4) runs on the lab; here: valid bash, bad settings refused before anything."""
+""".ci/edge-check (issue 15 item 4) runs on the lab; here: valid bash, bad settings refused first."""
 
 from __future__ import annotations
 
