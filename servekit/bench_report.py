@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,50 @@ def level_from_result(result: Mapping[str, Any], source: str = "result") -> dict
     for key in METRIC_KEYS:
         level[key] = _number(result[key]) if level["completed"] else None
     return level
+
+
+def spread_of(values: Iterable[float | None]) -> dict[str, Any] | None:
+    """Median, range and relative spread ((max - min) / median) of repeated figures; None if none.
+
+    The median, not the mean: on a shared machine one run slowed by another
+    job is an outlier, and the median of three or more runs ignores it. The
+    spread says how far to trust a difference between two medians.
+    """
+    numbers = sorted(float(v) for v in values if v is not None)
+    if not numbers:
+        return None
+    median = statistics.median(numbers)
+    return {"n": len(numbers), "median": median, "min": numbers[0], "max": numbers[-1],
+            "spread": (numbers[-1] - numbers[0]) / median if median else None}
+
+
+def merge_rounds(rounds: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One level from the same concurrency level run several times (``--repeat``).
+
+    Each metric is the median over the rounds that completed requests, so the
+    table, the comparison and the ratios read it like a single run's; the
+    requests add up; ``rounds`` and ``spread`` (per metric: n, median, min,
+    max, spread) say how much the rounds disagreed.
+    """
+    if not rounds:
+        raise ValueError("merge_rounds: no rounds")
+    levels = {level["concurrency"] for level in rounds}
+    if len(levels) != 1:
+        raise ValueError(f"merge_rounds: rounds of different concurrency levels {sorted(levels)}")
+    merged: dict[str, Any] = {
+        "concurrency": rounds[0]["concurrency"],
+        "completed": sum(int(level["completed"]) for level in rounds),
+        "failed": sum(int(level["failed"]) for level in rounds),
+        "rounds": len(rounds),
+        "result_files": [level.get("result_file") for level in rounds],
+        "spread": {},
+    }
+    for key in ("duration_s", "total_token_throughput", *METRIC_KEYS):
+        stats = spread_of(level.get(key) for level in rounds)
+        merged[key] = stats["median"] if stats else None
+        if stats and key in METRIC_KEYS:
+            merged["spread"][key] = stats
+    return merged
 
 
 def load_result(path: Path) -> dict[str, Any]:
@@ -174,6 +219,26 @@ def ratios(numerator: Mapping[str, Any], denominator: Mapping[str, Any],
     return out
 
 
+def ratios_over_rounds(pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]],
+                       keys: Iterable[str] = ("request_throughput", "output_throughput"),
+                       ) -> list[dict[str, Any]]:
+    """numerator / denominator per round and level, then per level and key the median ratio and spread.
+
+    Each pair is one round of two runs made back to back (the overhead
+    script's interleaved rounds): the ratio of each round is taken first, so
+    a slow spell of the machine that hits both runs of a round cancels out.
+    """
+    keys = tuple(keys)
+    per_level: dict[Any, dict[str, list[float | None]]] = {}
+    for numerator, denominator in pairs:
+        for row in ratios(numerator, denominator, keys):
+            bucket = per_level.setdefault(row["concurrency"], {key: [] for key in keys})
+            for key in keys:
+                bucket[key].append(row[key])
+    return [{"concurrency": level, **{key: spread_of(values[key]) for key in keys}}
+            for level, values in sorted(per_level.items())]
+
+
 def _fmt(value: float | None, key: str) -> str:
     if value is None:
         return "-"
@@ -185,10 +250,18 @@ def _fmt(value: float | None, key: str) -> str:
 def format_table(summary: Mapping[str, Any], comparison: list[dict[str, Any]] | None = None) -> str:
     """One line per concurrency level; with a comparison, each value carries its change (+4.2%)."""
     changes = {(row["concurrency"], row["metric"]): row for row in comparison or []}
+    repeated = any(level.get("rounds", 1) > 1 for level in summary.get("levels", []))
     header = ["conc", "ok", "fail"] + [HEADINGS[key] for key in METRIC_KEYS]
+    if repeated:
+        # medians of the rounds; the spread of output tok/s ((max - min) / median) beside them
+        header[1:1] = ["runs", "tok/s spread"]
     lines = [header]
     for level in summary.get("levels", []):
         cells = [str(level["concurrency"]), str(level["completed"]), str(level["failed"])]
+        if repeated:
+            spread = (level.get("spread") or {}).get("output_throughput") or {}
+            cells[1:1] = [str(level.get("rounds", 1)),
+                          "-" if spread.get("spread") is None else f"{spread['spread']:.1%}"]
         for key in METRIC_KEYS:
             cell = _fmt(level.get(key), key)
             row = changes.get((level["concurrency"], key))

@@ -15,7 +15,8 @@ a root shell. ``--listen`` moves the API from the proxy's backend address to
 the public one (the proxy is stopped meanwhile); ``--vllm-defaults`` drops
 the CPU tuning the inventory set (VLLM_CPU_*, OMP_*, KMP_*), leaving vLLM's
 own defaults (vllm/envs.py: VLLM_CPU_KVCACHE_SPACE unset, VLLM_CPU_OMP_THREADS_BIND
-auto). ``stop`` ends the process group it started (SIGTERM, then SIGKILL).
+auto), except the variables named by ``--keep``. ``stop`` ends the process
+group it started (SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -110,11 +111,12 @@ def listen_on(argv: list[str], address: str) -> list[str]:
     return [*out, "--host", host, "--port", port]
 
 
-def drop_tuning(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if not k.startswith(TUNING_PREFIXES)}
+def drop_tuning(env: dict[str, str], keep: tuple[str, ...] = ()) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k in keep or not k.startswith(TUNING_PREFIXES)}
 
 
-def launch_environment(unit: dict, base: dict[str, str], vllm_defaults: bool = False) -> dict:
+def launch_environment(unit: dict, base: dict[str, str], vllm_defaults: bool = False,
+                       keep: tuple[str, ...] = ()) -> dict:
     """A root shell's basics, then each EnvironmentFile= in order, then Environment= (systemd's order)."""
     env = {k: base[k] for k in BASE_ENV_KEYS if k in base}
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -125,7 +127,7 @@ def launch_environment(unit: dict, base: dict[str, str], vllm_defaults: bool = F
             if not optional:
                 raise
     env.update(unit["environment"])
-    return drop_tuning(env) if vllm_defaults else env
+    return drop_tuning(env, keep) if vllm_defaults else env
 
 
 def start(args: argparse.Namespace) -> int:
@@ -135,7 +137,8 @@ def start(args: argparse.Namespace) -> int:
         return 1
     unit = parse_unit(Path(args.unit).read_text())
     argv = listen_on(unit["exec_start"], args.listen) if args.listen else unit["exec_start"]
-    env = launch_environment(unit, dict(os.environ), vllm_defaults=args.vllm_defaults)
+    env = launch_environment(unit, dict(os.environ), vllm_defaults=args.vllm_defaults,
+                             keep=tuple(args.keep or ()))
     with open(args.log, "w", encoding="utf-8") as log:
         log.write("# by hand: " + shlex.join(argv) + "\n")
         log.write("# environment keys: " + " ".join(sorted(env)) + "\n")
@@ -187,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pidfile", required=True)
     p.add_argument("--listen", help="HOST:PORT for the API (head only)")
     p.add_argument("--vllm-defaults", action="store_true", help="drop the inventory's CPU tuning")
+    p.add_argument("--keep", action="append", metavar="NAME",
+                   help="with --vllm-defaults: keep this variable (repeatable), e.g. VLLM_CPU_KVCACHE_SPACE "
+                        "where vLLM's default KV cache size cannot fit")
     p.set_defaults(func=start)
     p = sub.add_parser("stop")
     p.add_argument("--pidfile", required=True)

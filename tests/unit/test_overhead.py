@@ -76,6 +76,8 @@ def test_environment_in_systemd_order_and_the_defaults_variant(tmp_path):
     defaults = byhand.launch_environment(parsed, {}, vllm_defaults=True)
     assert "VLLM_CPU_KVCACHE_SPACE" not in defaults and "OMP_NUM_THREADS" not in defaults
     assert defaults["VLLM_API_KEY"] == "sk-1" and defaults["TORCHINDUCTOR_CACHE_DIR"]
+    kept = byhand.launch_environment(parsed, {}, vllm_defaults=True, keep=("VLLM_CPU_KVCACHE_SPACE",))
+    assert kept["VLLM_CPU_KVCACHE_SPACE"] == "1" and "OMP_NUM_THREADS" not in kept
 
 
 def test_a_missing_required_environment_file_is_an_error(tmp_path):
@@ -127,3 +129,14 @@ def test_overhead_script_refuses_bad_settings():
     proc = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, cwd=ROOT,
                           timeout=60, check=False)
     assert proc.returncode == 2 and "unknown option --bogus" in proc.stderr
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"ROUNDS": "0"}, "ROUNDS=0; allowed: a whole number >= 1"),
+    ({"ROUNDS": "two"}, "ROUNDS=two; allowed: a whole number >= 1"),
+    ({"DEFAULTS_KEEP": "VLLM_API_KEY"}, "DEFAULTS_KEEP has 'VLLM_API_KEY'; allowed: names of the tuning"),
+])
+def test_overhead_script_refuses_bad_rounds_and_keeps(env, message):
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "overhead.sh")], env={**os.environ, **env},
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
