@@ -43,7 +43,8 @@ def _promtool() -> str:
          if p.is_file()), None)
     if not found or not os.access(found, os.X_OK):
         pytest.fail(f"promtool not found ({'$SERVEKIT_PROMTOOL=' + named if named else 'not on PATH'}): "
-                    "run `make unit`, which unpacks Debian's prometheus package into .cache/tools/prometheus, "
+                    "run `make unit`, which unpacks Debian's prometheus package into "
+                    ".cache/tools/prometheus, "
                     "or set SERVEKIT_PROMTOOL")
     return found
 
@@ -68,8 +69,9 @@ def _inventory(tmp: Path, name: str) -> Path:
     return inv / "hosts.yml"
 
 
-def render(tmp: Path, inventory: str, tasks_from: str = "files.yml", **extra_vars) -> subprocess.CompletedProcess:
-    """Run the monitoring role's ``tasks_from`` on localhost for every inventory host, files under tmp/out/HOST."""
+def render(tmp: Path, inventory: str, tasks_from: str = "files.yml",
+           **extra_vars) -> subprocess.CompletedProcess:
+    """Run the monitoring role's ``tasks_from`` on localhost for each inventory host (files: tmp/out/HOST)."""
     out = str(tmp / "out" / "{{ inventory_hostname }}")
     play = [{
         "name": "Render the monitoring files with the role's own tasks",
@@ -89,7 +91,8 @@ def render(tmp: Path, inventory: str, tasks_from: str = "files.yml", **extra_var
                       "grafana.yml": "inventory_hostname == monitoring_grafana_host"}[tasks_from]},
         ]),
     }]
-    values = {"__monitoring_config_dir": out, "__monitoring_promtool": _promtool(), "__monitoring_reload": False,
+    values = {"__monitoring_config_dir": out, "__monitoring_promtool": _promtool(),
+              "__monitoring_reload": False,
               "monitoring_grafana_provisioning_dir": out + "/grafana",
               "monitoring_grafana_dashboards_dir": out + "/dashboards", **extra_vars}
     args = ["-i", _inventory(tmp, inventory), write_play(tmp / "render.yml", play),
@@ -220,11 +223,13 @@ def _rules_test(out: Path) -> dict:
         {"series": 'up{job="node",node="worker"}', "values": f"1 0x{steps}"},
         {"series": 'up{job="node",node="head"}', "values": f"1x{steps}"},
         {"series": 'up{job="ray",node="worker"}', "values": f"1 0x{steps}"},
-        {"series": 'vllm:kv_cache_usage_perc{engine="0",model_name="m",node="head"}', "values": f"{kv}x{steps}"},
+        {"series": 'vllm:kv_cache_usage_perc{engine="0",model_name="m",node="head"}',
+         "values": f"{kv}x{steps}"},
         # the vLLM unit on the head restarted once, 60 s in
         {"series": f'servekit_watchdog_unit_start_time_seconds{{node="head",{unit}}}',
          "values": f"100x3 160x{steps}"},
-        {"series": f'servekit_watchdog_unit_start_time_seconds{{node="worker",{unit}}}', "values": f"100x{steps}"},
+        {"series": f'servekit_watchdog_unit_start_time_seconds{{node="worker",{unit}}}',
+         "values": f"100x{steps}"},
         {"series": 'DCGM_FI_DEV_XID_ERRORS{gpu="0",node="head"}', "values": f"0x3 79x{steps}"},
     ]
     fired = [
@@ -352,7 +357,7 @@ def test_watchdog_metrics_file_is_replaced_whole(tmp_path):
 
 
 def test_the_watch_loop_counts_probes_and_failures_in_its_metrics_file(tmp_path):
-    """The real loop against a stand-in API that fails every completion; systemctl answers for an active unit."""
+    """The real loop against a stand-in API that fails every completion; systemctl says the unit is active."""
     from test_watchdog import _FakeVllm
 
     _FakeVllm.mode = "dead"

@@ -153,7 +153,7 @@ def started_at(props: dict[str, str]) -> float:
 
 @dataclass
 class Counters:
-    """What the watchdog has seen since it started (counters reset with the process, as Prometheus expects)."""
+    """What the watchdog saw since it started (counters reset with the process, as Prometheus expects)."""
 
     probes: int = 0
     failed_probes: int = 0
