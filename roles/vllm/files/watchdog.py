@@ -24,6 +24,11 @@ The watchdog has its own bound: after ``--max-restarts`` restarts within
 ``--restart-window`` seconds it stops acting and says so (an engine that
 hangs again after every restart needs a person, not a loop).
 
+With ``--metrics-file``, every loop writes the watchdog's counters (probes,
+failed probes, restarts) and the vLLM unit's start time in Prometheus text
+format to that file, replaced atomically: node_exporter's textfile collector
+(the monitoring stage) serves it, and the alert rules read it.
+
 ``wait-head``: the workers' ``ExecStartPre=``. Waits until the head's
 rendezvous port accepts connections, so a worker rank starts after the head
 rank (head-first ordering across nodes) instead of timing out on its own.
@@ -115,17 +120,103 @@ def read_progress(url: str | None, timeout: float) -> float | None:
         return None
 
 
-def unit_uptime(unit: str) -> float | None:
-    """Seconds the unit has been active, None when it is not active."""
+def unit_properties(unit: str) -> dict[str, str]:
     out = subprocess.run(
-        [SYSTEMCTL, "show", unit, "-p", "ActiveState", "-p", "ActiveEnterTimestampMonotonic"],
+        [SYSTEMCTL, "show", unit, "-p", "ActiveState", "-p", "ActiveEnterTimestampMonotonic",
+         "-p", "ActiveEnterTimestamp", "-p", "NRestarts", "--timestamp=unix"],
         capture_output=True, text=True, check=False,
     ).stdout
-    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def uptime_of(props: dict[str, str]) -> float | None:
+    """Seconds the unit has been active, None when it is not active."""
     if props.get("ActiveState") != "active":
         return None
     entered_us = int(props.get("ActiveEnterTimestampMonotonic") or 0)
     return time.clock_gettime(time.CLOCK_MONOTONIC) - entered_us / 1e6
+
+
+def unit_uptime(unit: str) -> float | None:
+    """Seconds the unit has been active, None when it is not active."""
+    return uptime_of(unit_properties(unit))
+
+
+def started_at(props: dict[str, str]) -> float:
+    """Unix time the unit last became active (``--timestamp=unix`` gives ``@1718000000``), 0 if never."""
+    value = props.get("ActiveEnterTimestamp", "").lstrip("@")
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0
+
+
+@dataclass
+class Counters:
+    """What the watchdog saw since it started (counters reset with the process, as Prometheus expects)."""
+
+    probes: int = 0
+    failed_probes: int = 0
+    restarts: int = 0
+    last_probe_ok: bool | None = None
+    unit_active: bool = False
+    unit_started_at: float = 0.0
+    unit_systemd_restarts: int = 0
+    gave_up: bool = False
+
+
+# name, type, help, value of Counters
+_METRICS = (
+    ("servekit_watchdog_probes_total", "counter", "Readiness probes (real completions) sent.",
+     lambda c: c.probes),
+    ("servekit_watchdog_failed_probes_total", "counter", "Readiness probes that got no completion.",
+     lambda c: c.failed_probes),
+    ("servekit_watchdog_restarts_total", "counter", "Restarts of the vLLM unit by the watchdog.",
+     lambda c: c.restarts),
+    ("servekit_watchdog_last_probe_success", "gauge",
+     "1 when the last probe got a completion, 0 when not, -1 before the first probe.",
+     lambda c: -1 if c.last_probe_ok is None else int(c.last_probe_ok)),
+    ("servekit_watchdog_unit_active", "gauge", "1 while the vLLM unit is active.",
+     lambda c: int(c.unit_active)),
+    ("servekit_watchdog_unit_start_time_seconds", "gauge",
+     "Unix time the vLLM unit last became active (systemd ActiveEnterTimestamp).",
+     lambda c: c.unit_started_at),
+    ("servekit_watchdog_unit_systemd_restarts", "gauge",
+     "Automatic restarts of the vLLM unit by systemd (NRestarts) since it was last started by hand.",
+     lambda c: c.unit_systemd_restarts),
+    ("servekit_watchdog_gave_up", "gauge",
+     "1 while the watchdog stopped restarting (--max-restarts reached within --restart-window).",
+     lambda c: int(c.gave_up)),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render_metrics(counters: Counters, unit: str) -> str:
+    """The counters in Prometheus text exposition format 0.0.4, labelled with the vLLM unit."""
+    lines = []
+    for name, kind, text, value in _METRICS:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}",
+                  f'{name}{{unit="{_label(unit)}"}} {value(counters)!r}']
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: str | None, counters: Counters, unit: str) -> None:
+    """Replace ``path`` atomically (a reader never sees half a file); errors are logged, not fatal."""
+    if not path:
+        return
+    try:
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(render_metrics(counters, unit))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log(f"cannot write metrics to {path}: {exc}")
 
 
 @dataclass
@@ -164,6 +255,12 @@ def watch(args: argparse.Namespace) -> int:
     restarts: list[float] = []
     gave_up = False
     tokens = read_progress(args.metrics, args.timeout)
+    # the unit's state before the first write: a start time that jumps from
+    # 0 would read as a restart to the alert rules
+    props = unit_properties(args.unit)
+    counters = Counters(unit_active=uptime_of(props) is not None, unit_started_at=started_at(props),
+                        unit_systemd_restarts=int(props.get("NRestarts") or 0))
+    write_metrics(args.metrics_file, counters, args.unit)
     log(
         f"watching {args.unit} through {args.url}: restart after {args.failures} failed "
         f"completions {args.interval:g} s apart, once active for {args.grace:g} s"
@@ -171,11 +268,19 @@ def watch(args: argparse.Namespace) -> int:
     )
     while True:
         time.sleep(args.interval)
-        uptime = unit_uptime(args.unit)
+        props = unit_properties(args.unit)
+        uptime = uptime_of(props)
+        counters.unit_active = uptime is not None
+        counters.unit_started_at = started_at(props)
+        counters.unit_systemd_restarts = int(props.get("NRestarts") or 0)
         if uptime is None:
             failures = 0
+            write_metrics(args.metrics_file, counters, args.unit)
             continue
         served, why = probe(args.url, api_key, args.timeout)
+        counters.probes += 1
+        counters.failed_probes += 0 if served else 1
+        counters.last_probe_ok = served
         before, tokens = tokens, read_progress(args.metrics, args.timeout)
         progressed = None not in (before, tokens) and tokens > before
         if served and failures:
@@ -186,6 +291,8 @@ def watch(args: argparse.Namespace) -> int:
         decision = decide(served, failures, uptime, grace=args.grace, limit=args.failures,
                           progressed=progressed)
         failures = decision.failures
+        counters.gave_up = gave_up
+        write_metrics(args.metrics_file, counters, args.unit)
         if decision.restart:
             now = time.monotonic()
             if not allowed_restart(restarts, now, args.max_restarts, args.restart_window):
@@ -193,10 +300,13 @@ def watch(args: argparse.Namespace) -> int:
                     log(f"{args.failures} failed completions in a row, but {args.unit} was restarted "
                         f"{args.max_restarts} times in {args.restart_window:g} s: not restarting again; "
                         f"read its journal, fix, then rerun the vllm stage")
-                gave_up = True
+                gave_up = counters.gave_up = True
+                write_metrics(args.metrics_file, counters, args.unit)
                 continue
-            gave_up = False
+            gave_up = counters.gave_up = False
             restarts.append(now)
+            counters.restarts += 1
+            write_metrics(args.metrics_file, counters, args.unit)
             log(f"{args.failures} failed completions in a row: restarting {args.unit}")
             subprocess.run([SYSTEMCTL, "restart", "--no-block", args.unit], check=False)
 
@@ -230,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--max-restarts", type=int, default=5, help="restarts per --restart-window at most")
     w.add_argument("--restart-window", type=float, default=3600)
     w.add_argument("--cafile", default="", help="CA file for an https --url ('': the system's store)")
+    w.add_argument("--metrics-file", default="",
+                   help="write the watchdog's counters here in Prometheus text format ('': do not)")
     w.set_defaults(func=watch)
     h = sub.add_parser("wait-head", help="wait until the head's rendezvous port accepts connections")
     h.add_argument("--host", required=True)

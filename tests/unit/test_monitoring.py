@@ -1,0 +1,426 @@
+"""The monitoring stage: its files rendered by the role's own tasks, checked by promtool.
+
+roles/monitoring/tasks/files.yml (the alert rules and the scrape
+configuration, each written through ``validate: promtool check ...``) and
+grafana.yml run on localhost for every shipped inventory; then promtool
+checks the configuration and unit-tests every alert (``promtool test
+rules``), and the tests read the scrape targets. The vLLM watchdog's
+counters are parsed by prometheus_client's parser and ``promtool check
+metrics``, and its loop is run against a stand-in API. The lab runs the
+same files for real (.ci/monitoring-check).
+
+promtool comes from Debian's prometheus package, unpacked by ``make unit``
+($SERVEKIT_PROMTOOL); without it these tests fail and say how to get it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT, ansible_playbook, write_play
+from prometheus_client.parser import text_string_to_metric_families
+
+INVENTORIES = ["lab", "example-2node-roce", "example-2x8-h100"]
+LAB_HOSTS = {"lab-head": "10.77.0.2", "lab-worker-1": "10.77.0.3"}
+
+
+def _promtool() -> str:
+    named = os.environ.get("SERVEKIT_PROMTOOL")
+    found = named or shutil.which("promtool") or next(
+        (str(p) for p in (ROOT / ".cache/tools/prometheus/usr/bin/promtool", Path("/usr/bin/promtool"))
+         if p.is_file()), None)
+    if not found or not os.access(found, os.X_OK):
+        pytest.fail(f"promtool not found ({'$SERVEKIT_PROMTOOL=' + named if named else 'not on PATH'}): "
+                    "run `make unit`, which unpacks Debian's prometheus package into "
+                    ".cache/tools/prometheus, "
+                    "or set SERVEKIT_PROMTOOL")
+    return found
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([_promtool(), *args], capture_output=True, text=True, check=False, timeout=60)
+
+
+def _inventory(tmp: Path, name: str) -> Path:
+    """A shipped inventory; the lab's with the hosts.yml `servekit lab up` would write."""
+    if name != "lab":
+        return ROOT / "inventory" / name / "hosts.yml"
+    inv = tmp / "lab"
+    shutil.copytree(ROOT / "inventory" / "lab" / "group_vars", inv / "group_vars",
+                    ignore=shutil.ignore_patterns("lab.yml", "vault.yml"))
+    hosts = {"all": {"children": {"cluster": {"children": {
+        "head": {"hosts": {"lab-head": {"ansible_host": LAB_HOSTS["lab-head"]}}},
+        "workers": {"hosts": {"lab-worker-1": {"ansible_host": LAB_HOSTS["lab-worker-1"]}}}}}}}}
+    (inv / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    (inv / "group_vars" / "all" / "lab.yml").write_text(yaml.safe_dump({
+        "lab_wheelhouse": "/opt/servekit/wheelhouse", "lab_model_source": str(tmp / "model")}))
+    return inv / "hosts.yml"
+
+
+def render(tmp: Path, inventory: str, tasks_from: str = "files.yml",
+           **extra_vars) -> subprocess.CompletedProcess:
+    """Run the monitoring role's ``tasks_from`` on localhost for each inventory host (files: tmp/out/HOST)."""
+    out = str(tmp / "out" / "{{ inventory_hostname }}")
+    play = [{
+        "name": "Render the monitoring files with the role's own tasks",
+        "hosts": "head:workers",
+        "gather_facts": False,
+        "pre_tasks": [{"ansible.builtin.import_role": {"name": role, "tasks_from": "settings.yml"}}
+                      for role in ("runtime", "ray", "vllm")],
+        "roles": ["cluster"],
+        "tasks": [
+            {"ansible.builtin.file": {"path": out, "state": "directory", "mode": "0755"}},
+            # the role's own checks first, as tasks/main.yml runs them (and its defaults, for the conditions)
+            {"ansible.builtin.import_role": {"name": "monitoring", "tasks_from": "check.yml"}},
+        ] + ([] if tasks_from == "check.yml" else [
+            {"ansible.builtin.include_role": {"name": "monitoring", "tasks_from": tasks_from},
+             # Prometheus's files on its host, Grafana's on its host
+             "when": {"files.yml": "inventory_hostname == monitoring_host",
+                      "grafana.yml": "inventory_hostname == monitoring_grafana_host"}[tasks_from]},
+        ]),
+    }]
+    values = {"__monitoring_config_dir": out, "__monitoring_promtool": _promtool(),
+              "__monitoring_reload": False,
+              "monitoring_grafana_provisioning_dir": out + "/grafana",
+              "monitoring_grafana_dashboards_dir": out + "/dashboards", **extra_vars}
+    args = ["-i", _inventory(tmp, inventory), write_play(tmp / "render.yml", play),
+            "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}"]
+    for key, value in values.items():
+        args += ["-e", json.dumps({key: value})]
+    return ansible_playbook(*args, env={"ANSIBLE_NOCOLOR": "1"})
+
+
+def _head(inventory: str) -> str:
+    if inventory == "lab":
+        return "lab-head"
+    hosts = yaml.safe_load((ROOT / "inventory" / inventory / "hosts.yml").read_text())
+
+    def find(node):
+        if isinstance(node, dict):
+            if "head" in node:
+                return next(iter(node["head"]["hosts"]))
+            for value in node.values():
+                if (found := find(value)) is not None:
+                    return found
+        return None
+    return find(hosts)
+
+
+@pytest.fixture(scope="module", params=INVENTORIES)
+def rendered(request, tmp_path_factory) -> tuple[str, Path]:
+    """(inventory, the Prometheus host's output dir); GPU exporters on for the GPU examples."""
+    inventory = request.param
+    tmp = tmp_path_factory.mktemp(inventory)
+    extra = {} if inventory == "lab" else {"monitoring_gpu_exporter": "enabled"}
+    proc = render(tmp, inventory, **extra)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return inventory, tmp / "out" / _head(inventory)
+
+
+def _config(out: Path) -> dict:
+    return yaml.safe_load((out / "prometheus.yml").read_text())
+
+
+def _targets(config: dict, job: str) -> dict[str, str]:
+    for scrape in config["scrape_configs"]:
+        if scrape["job_name"] == job:
+            return {t: sc["labels"]["node"] for sc in scrape["static_configs"] for t in sc["targets"]}
+    return {}
+
+
+def test_promtool_checks_the_rendered_config_and_rules(rendered):
+    _inventory_name, out = rendered
+    proc = promtool("check", "config", str(out / "prometheus.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout + proc.stderr
+    assert _config(out)["rule_files"] == [str(out / "servekit-rules.yml")]
+
+
+def test_lab_targets_come_from_the_inventory(tmp_path):
+    proc = render(tmp_path, "lab")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    config = _config(tmp_path / "out" / "lab-head")
+    head, worker = LAB_HOSTS["lab-head"], LAB_HOSTS["lab-worker-1"]
+    assert _targets(config, "node") == {f"{head}:9100": "lab-head", f"{worker}:9100": "lab-worker-1"}
+    assert _targets(config, "ray") == {f"{head}:6384": "lab-head", f"{worker}:6384": "lab-worker-1"}
+    assert _targets(config, "vllm") == {f"{head}:8000": "lab-head"}
+    assert _targets(config, "prometheus") == {f"{head}:9090": "lab-head"}, "Prometheus on the data address"
+    assert _targets(config, "dcgm") == {}, "no GPU on the lab: no DCGM exporter"
+    vllm = next(s for s in config["scrape_configs"] if s["job_name"] == "vllm")
+    assert vllm["scheme"] == "http"  # the lab's API has no TLS (inventory/lab vllm_api_tls: false)
+    assert config["global"]["scrape_interval"] == "5s", "the lab inventory's short interval"
+    assert not (tmp_path / "out" / "lab-worker-1" / "prometheus.yml").exists(), "Prometheus only on the head"
+
+
+def test_gpu_clusters_scrape_dcgm_and_vllm_over_https(rendered):
+    name, out = rendered
+    config = _config(out)
+    vllm = next(s for s in config["scrape_configs"] if s["job_name"] == "vllm")
+    if name == "lab":
+        assert _targets(config, "dcgm") == {} and vllm["scheme"] == "http"
+        return
+    nodes = set(_targets(config, "node").values())
+    assert len(nodes) >= 2
+    assert set(_targets(config, "dcgm").values()) == nodes
+    assert all(t.endswith(":9400") for t in _targets(config, "dcgm"))
+    assert vllm["scheme"] == "https", "the example inventories keep the proxy's TLS (vllm_api_tls default)"
+
+
+def test_a_wildcard_listen_address_is_refused(tmp_path):
+    proc = render(tmp_path, "lab", tasks_from="check.yml", monitoring_prometheus_address="0.0.0.0")
+    assert proc.returncode != 0
+    assert "monitoring_prometheus_address = \"0.0.0.0\": Prometheus has no authentication" in proc.stdout
+
+
+def test_a_monitoring_host_outside_the_cluster_is_refused(tmp_path):
+    proc = render(tmp_path, "lab", tasks_from="check.yml", monitoring_host="elsewhere")
+    assert proc.returncode != 0
+    assert "monitoring_host = \"elsewhere\"" in proc.stdout and "lab-head, lab-worker-1" in proc.stdout
+
+
+# --------------------------------------------------------------------------
+# every alert, unit-tested with promtool test rules
+# --------------------------------------------------------------------------
+
+
+def _alerts(out: Path) -> dict[str, dict]:
+    groups = yaml.safe_load((out / "servekit-rules.yml").read_text())["groups"]
+    return {r["alert"]: r for g in groups for r in g["rules"]}
+
+
+def _seconds(duration: str | None) -> int:
+    return int(duration.rstrip("s")) if duration else 0
+
+
+def _rules_test(out: Path) -> dict:
+    """A promtool test file for the rendered rules: each alert fires on its condition after its `for`,
+    and not before; the values come from the rendered rules (the inventory's thresholds)."""
+    alerts = _alerts(out)
+    wait = max(_seconds(a.get("for")) for a in alerts.values())
+    threshold = float(re.search(r"> ([0-9.]+)$", alerts["VllmKvCacheHigh"]["expr"]).group(1))
+    window = int(re.search(r"\[([0-9]+)s\]", alerts["VllmRankRestarted"]["expr"]).group(1))
+    kv = round(threshold + (1 - threshold) / 2, 4)
+    steps = (wait + 300) // 15
+    unit = 'unit="servekit-vllm.service"'
+    late = f"{wait + 120}s"
+    series = [
+        # the head's probes fail from the start; its /metrics answers
+        {"series": f'servekit_watchdog_last_probe_success{{node="head",{unit}}}', "values": f"0x{steps}"},
+        {"series": 'up{job="vllm",node="head"}', "values": f"1x{steps}"},
+        # the worker node stops answering after the first scrape
+        {"series": 'up{job="node",node="worker"}', "values": f"1 0x{steps}"},
+        {"series": 'up{job="node",node="head"}', "values": f"1x{steps}"},
+        {"series": 'up{job="ray",node="worker"}', "values": f"1 0x{steps}"},
+        {"series": 'vllm:kv_cache_usage_perc{engine="0",model_name="m",node="head"}',
+         "values": f"{kv}x{steps}"},
+        # the vLLM unit on the head restarted once, 60 s in
+        {"series": f'servekit_watchdog_unit_start_time_seconds{{node="head",{unit}}}',
+         "values": f"100x3 160x{steps}"},
+        {"series": f'servekit_watchdog_unit_start_time_seconds{{node="worker",{unit}}}',
+         "values": f"100x{steps}"},
+        {"series": 'DCGM_FI_DEV_XID_ERRORS{gpu="0",node="head"}', "values": f"0x3 79x{steps}"},
+    ]
+    fired = [
+        {"alertname": "VllmNotReady", "exp_alerts": [{
+            "exp_labels": {"severity": "critical", "node": "head", "unit": "servekit-vllm.service"},
+            "exp_annotations": {"summary": "vLLM on head does not serve completions"}}]},
+        {"alertname": "VllmRankRestarted", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "node": "head", "unit": "servekit-vllm.service"},
+            "exp_annotations": {"summary": f"vLLM on head restarted in the last {window} s"}}]},
+        {"alertname": "VllmKvCacheHigh", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "node": "head", "model_name": "m"},
+            "exp_annotations": {"summary": f"KV cache of m on head at {kv * 100:g}%"}}]},
+        {"alertname": "NodeDown", "exp_alerts": [{
+            "exp_labels": {"severity": "critical", "node": "worker", "job": "node"},
+            "exp_annotations": {"summary": "node worker does not answer scrapes"}}]},
+        {"alertname": "ScrapeTargetDown", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "node": "worker", "job": "ray"},
+            "exp_annotations": {"summary": "ray on worker does not answer scrapes"}}]},
+        {"alertname": "GpuXidError", "exp_alerts": [{
+            "exp_labels": {"severity": "critical", "node": "head", "gpu": "0"},
+            "exp_annotations": {"summary": "GPU 0 on head reported Xid 79"}}]},
+    ]
+    tests = [{"interval": "15s", "input_series": series,
+              "alert_rule_test": [dict(case, eval_time=late) for case in fired]}]
+    # before the conditions held for `for`, the waiting alerts are silent, and no restart yet
+    early = [{"alertname": name, "eval_time": "30s", "exp_alerts": []}
+             for name, rule in alerts.items() if _seconds(rule.get("for")) > 30] + [
+        {"alertname": "VllmRankRestarted", "eval_time": "30s", "exp_alerts": []}]
+    tests.append({"interval": "15s", "input_series": series, "alert_rule_test": early})
+    # a restart older than the window no longer fires
+    tests.append({"interval": "15s", "input_series": series, "alert_rule_test": [
+        {"alertname": "VllmRankRestarted", "eval_time": f"{window + 180}s", "exp_alerts": []}]})
+    assert set(alerts) == {case["alertname"] for case in fired}, "every alert needs a case here"
+    return {"rule_files": [str(out / "servekit-rules.yml")], "evaluation_interval": "15s", "tests": tests}
+
+
+def test_every_alert_passes_promtool_test_rules(rendered, tmp_path):
+    _name, out = rendered
+    assert promtool("check", "rules", str(out / "servekit-rules.yml")).returncode == 0
+    test_file = tmp_path / "alerts-test.yml"
+    test_file.write_text(yaml.safe_dump(_rules_test(out), sort_keys=False))
+    proc = promtool("test", "rules", str(test_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_test_rules_catches_a_wrong_expectation(rendered, tmp_path):
+    """The harness can fail: an alert expected on the wrong node is refused."""
+    _name, out = rendered
+    broken = _rules_test(out)
+    broken["tests"][0]["alert_rule_test"][3]["exp_alerts"][0]["exp_labels"]["node"] = "head"
+    test_file = tmp_path / "broken-test.yml"
+    test_file.write_text(yaml.safe_dump(broken, sort_keys=False))
+    assert promtool("test", "rules", str(test_file)).returncode != 0
+
+
+# --------------------------------------------------------------------------
+# Grafana provisioning
+# --------------------------------------------------------------------------
+
+
+def test_grafana_provisioning_and_dashboards(tmp_path):
+    proc = render(tmp_path, "example-2node-roce", tasks_from="grafana.yml",
+                  monitoring_grafana_host=_head("example-2node-roce"))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    out = tmp_path / "out" / _head("example-2node-roce")
+    source = yaml.safe_load((out / "grafana/datasources/servekit.yml").read_text())["datasources"][0]
+    assert source["type"] == "prometheus" and source["url"] == "http://192.168.100.1:9090"
+    provider = yaml.safe_load((out / "grafana/dashboards/servekit.yml").read_text())["providers"][0]
+    assert provider["options"]["path"] == str(out / "dashboards")
+    ray = json.loads((out / "dashboards/ray-default.json").read_text())
+    assert ray["uid"] == "rayDefaultDashboard" and len(ray["panels"]) > 10
+    vllm = json.loads((out / "dashboards/vllm-servekit.json").read_text())
+    exprs = [t["expr"] for p in vllm["panels"] for t in p["targets"]]
+    assert any("vllm:generation_tokens_total" in e for e in exprs)
+    # every query of servekit's dashboard is valid PromQL: promtool parses it as a recording rule
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"servekit:dashboard_query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    (tmp_path / "queries.yml").write_text(yaml.safe_dump(rules))
+    check = promtool("check", "rules", str(tmp_path / "queries.yml"))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert not (tmp_path / "out" / "spark-02" / "grafana").exists()
+
+
+# --------------------------------------------------------------------------
+# the vLLM watchdog's counters (roles/vllm/files/watchdog.py)
+# --------------------------------------------------------------------------
+
+WATCHDOG = ROOT / "roles" / "vllm" / "files" / "watchdog.py"
+_spec = importlib.util.spec_from_file_location("servekit_vllm_watchdog_metrics", WATCHDOG)
+watchdog = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = watchdog
+_spec.loader.exec_module(watchdog)
+
+
+def _samples(text: str) -> dict[str, float]:
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_watchdog_metrics_parse_with_prometheus_client_and_promtool(tmp_path):
+    counters = watchdog.Counters(probes=7, failed_probes=3, restarts=1, last_probe_ok=False, unit_active=True,
+                                 unit_started_at=1795732315.28, unit_systemd_restarts=2)
+    text = watchdog.render_metrics(counters, 'servekit-vllm.service')
+    samples = _samples(text)
+    assert samples["servekit_watchdog_probes_total"] == 7
+    assert samples["servekit_watchdog_failed_probes_total"] == 3
+    assert samples["servekit_watchdog_restarts_total"] == 1
+    assert samples["servekit_watchdog_last_probe_success"] == 0
+    assert samples["servekit_watchdog_unit_start_time_seconds"] == 1795732315.28, "no precision lost"
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["servekit_watchdog_restarts"] == "counter"
+    proc = subprocess.run([_promtool(), "check", "metrics"], input=text, capture_output=True, text=True,
+                          check=False, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert watchdog.started_at({"ActiveEnterTimestamp": "@1795732315"}) == 1795732315.0
+    assert watchdog.started_at({"ActiveEnterTimestamp": ""}) == 0.0
+
+
+def test_watchdog_metrics_file_is_replaced_whole(tmp_path):
+    path = tmp_path / "textfile" / "servekit-watchdog.prom"
+    watchdog.write_metrics(str(path), watchdog.Counters(probes=1), "u")
+    watchdog.write_metrics(str(path), watchdog.Counters(probes=2), "u")
+    assert _samples(path.read_text())["servekit_watchdog_probes_total"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["servekit-watchdog.prom"], "no temp file left"
+    assert oct(path.stat().st_mode & 0o777) == "0o644", "node_exporter runs as user prometheus"
+
+
+def test_the_watch_loop_counts_probes_and_failures_in_its_metrics_file(tmp_path):
+    """The real loop against a stand-in API that fails every completion; systemctl says the unit is active."""
+    from test_watchdog import _FakeVllm
+
+    _FakeVllm.mode = "dead"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeVllm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    # what `systemctl show ... --timestamp=unix` prints for an active unit
+    (fake_bin / "systemctl").write_text(
+        "#!/bin/sh\necho ActiveState=active\necho ActiveEnterTimestampMonotonic=1\n"
+        "echo ActiveEnterTimestamp=@1795732315\necho NRestarts=4\n")
+    (fake_bin / "systemctl").chmod(0o755)
+    metrics = tmp_path / "servekit-watchdog.prom"
+    proc = subprocess.Popen(
+        [sys.executable, str(WATCHDOG), "watch", "--url", f"http://127.0.0.1:{server.server_address[1]}",
+         "--interval", "0.2", "--timeout", "2", "--failures", "1000", "--grace", "0",
+         "--metrics-file", str(metrics)],
+        env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        samples: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            if metrics.exists():
+                samples = _samples(metrics.read_text())
+                if samples.get("servekit_watchdog_failed_probes_total", 0) >= 2:
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0]
+        server.shutdown()
+        server.server_close()
+    assert samples.get("servekit_watchdog_failed_probes_total", 0) >= 2, output
+    assert samples["servekit_watchdog_probes_total"] >= samples["servekit_watchdog_failed_probes_total"]
+    assert samples["servekit_watchdog_last_probe_success"] == 0
+    assert samples["servekit_watchdog_unit_active"] == 1
+    assert samples["servekit_watchdog_unit_start_time_seconds"] == 1795732315
+    assert samples["servekit_watchdog_unit_systemd_restarts"] == 4
+    assert samples["servekit_watchdog_restarts_total"] == 0
+
+
+# --------------------------------------------------------------------------
+# the firewall: scrape ports only for the cluster's own addresses
+# --------------------------------------------------------------------------
+
+
+def test_the_firewall_opens_scrape_ports_only_to_cluster_nodes(tmp_path):
+    from test_firewall_render import input_rules
+    from test_firewall_render import render as render_firewall
+
+    rulesets = render_firewall(tmp_path, "198.51.100.7 50022 192.168.100.1 22")
+    defaults = yaml.safe_load((ROOT / "roles/monitoring/defaults/main.yml").read_text())
+    ray = yaml.safe_load((ROOT / "roles/ray/defaults/main.yml").read_text())
+    scrape_ports = {defaults["monitoring_prometheus_port"], defaults["monitoring_node_exporter_port"],
+                    defaults["monitoring_gpu_exporter_port"], ray["ray_metrics_export_port"]}
+    allowed_generic = {'iif "lo" accept', "ct state established,related accept", "ct state invalid drop",
+                       "meta l4proto icmp accept", "meta l4proto ipv6-icmp accept",
+                       "ip saddr @cluster4 accept", "ip6 saddr @cluster6 accept"}
+    for host, text in rulesets.items():
+        for rule in input_rules(text):
+            if rule in allowed_generic:
+                continue
+            port = int(re.search(r"tcp dport (\d+) accept$", rule).group(1))
+            assert port not in scrape_ports, f"{host}: {rule} opens a scrape port beyond the cluster"
+        assert "elements = { 192.168.100.1, 192.168.100.2 }" in text
