@@ -138,15 +138,47 @@ def _environ(host, pid: int) -> dict[str, str] | None:
     return dict(item.decode().split("=", 1) for item in environ.content.split(b"\0") if b"=" in item)
 
 
-def test_ray_ranks_keep_this_nodes_settings(host, node):
-    if node["vars"]["cluster_executor"] != "ray":
-        pytest.skip("mp executor: every rank is a vLLM unit (test_cluster_env_in_serving_processes)")
-    ray_pids = set(_pids(host, RAY_UNIT))
+def _in_container(node) -> bool:
+    return node["vars"]["cluster_runtime"] == "container"
+
+
+def _container_exec(node, *argv: str, env: dict[str, str] | None = None) -> str:
+    """A command line run inside the node's Ray container (the container runtime)."""
+    v = node["vars"]
+    flags = [f"--env={name}={value}" for name, value in (env or {}).items()]
+    return shlex.join([v["runtime_container_engine_bin"], "exec", *flags, v["runtime_container_name"], *argv])
+
+
+def _ray_rank_pids(host, node) -> list[int]:
+    """vLLM's Ray actors on this node: under servekit-ray (native), or anywhere
+    on the node under the container runtime (the engine's conmon parents them,
+    outside the unit's process tree)."""
+    ray_pids = None if _in_container(node) else set(_pids(host, RAY_UNIT))
     ranks = []
     for line in host.check_output("ps -e -o pid=,args=").splitlines():
         pid, _, args = line.strip().partition(" ")
-        if int(pid) in ray_pids and args.startswith(RAY_RANK_TITLES):
+        if args.startswith(RAY_RANK_TITLES) and (ray_pids is None or int(pid) in ray_pids):
             ranks.append(int(pid))
+    return ranks
+
+
+def _ray_worker_logs(host, node, pid: int) -> str:
+    """The rank's Ray worker logs (worker-*-PID.out/.err under /tmp/ray), read in
+    the container when there is one: there the file names carry the PID the
+    container sees (the last NSpid of /proc/PID/status)."""
+    inner = pid
+    if _in_container(node):
+        status = host.file(f"/proc/{pid}/status").content_string
+        inner = int(next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[-1])
+    script = (f"cat /tmp/ray/session_latest/logs/worker-*-{inner}.out "
+              f"/tmp/ray/session_latest/logs/worker-*-{inner}.err 2>/dev/null")
+    return host.run(_container_exec(node, "sh", "-c", script) if _in_container(node) else script).stdout
+
+
+def test_ray_ranks_keep_this_nodes_settings(host, node):
+    if node["vars"]["cluster_executor"] != "ray":
+        pytest.skip("mp executor: every rank is a vLLM unit (test_cluster_env_in_serving_processes)")
+    ranks = _ray_rank_pids(host, node)
     if not ranks:
         pytest.skip(f"no vLLM rank ({', '.join(RAY_RANK_TITLES)}) under {RAY_UNIT} on this node")
     cluster_env = host.file(node["vars"]["cluster_env_file"]).content_string
@@ -163,8 +195,7 @@ def test_ray_ranks_keep_this_nodes_settings(host, node):
             f"{node['name']}: vLLM rank PID {pid} has {wrong}, this node's own are "
             f"{ {name: expected[name] for name in wrong} } (set them in the Ray unit's environment: "
             "the head's values fill what a node lacks)")
-        logs = host.run(f"cat /tmp/ray/session_latest/logs/worker-*-{pid}.out "
-                        f"/tmp/ray/session_latest/logs/worker-*-{pid}.err 2>/dev/null").stdout
+        logs = _ray_worker_logs(host, node, pid)
         overwritten = sorted({name for name in PER_NODE_VARS
                               if f"Overwriting environment variable {name} " in logs})
         assert not overwritten, (
@@ -179,11 +210,16 @@ def test_ray_sees_every_node(host, node, cluster, venv):
         "import json, ray; ray.init(address='auto', logging_level='ERROR', log_to_driver=False); "
         "print(json.dumps(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))"
     )
-    env = ""
+    env = {}
     if node["vars"]["cluster_ray_auth"]:
-        token_file = node["vars"]["cluster_ray_auth_token_file"]
-        env = f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={shlex.quote(token_file)} "
-    out = host.check_output(f"{env}{venv}/bin/python -c {shlex.quote(script)}")
+        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": node["vars"]["cluster_ray_auth_token_file"]}
+    if _in_container(node):
+        bin_dir = node["vars"]["runtime_container_bin_dir"]
+        python = f"{bin_dir}/python3" if bin_dir else "python3"
+        out = host.check_output(_container_exec(node, python, "-c", script, env=env))
+    else:
+        prefix = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+        out = host.check_output(f"{prefix} {venv}/bin/python -c {shlex.quote(script)}")
     alive = json.loads(out.splitlines()[-1])
     missing = {name: info["address"] for name, info in cluster.items() if info["address"] not in alive}
     assert not missing, f"Ray does not see {missing}; alive: {alive}"
