@@ -99,15 +99,9 @@ from ansible.module_utils.node_rdma import (  # noqa: E402
     parse_pcie_link_gbps,
     parse_rdma_link,
     parse_sysfs_port,
+    read_sysfs,
+    sysfs_port_files,
 )
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return ""
 
 
 def _run(module: AnsibleModule, argv: list[str]) -> str | None:
@@ -147,20 +141,11 @@ def gather_rdma(sysfs: str) -> dict:
     for hca_dir in sorted(glob.glob(os.path.join(sysfs, "class/infiniband/*"))):
         ports = {}
         for port_dir in sorted(glob.glob(os.path.join(hca_dir, "ports/*"))):
-            files = {}
-            for rel in ("state", "phys_state", "rate", "link_layer"):
-                files[rel] = _read(os.path.join(port_dir, rel))
-            for path in glob.glob(os.path.join(port_dir, "gids/*")):
-                index = os.path.basename(path)
-                files[f"gids/{index}"] = _read(path)
-                for attr in ("types", "ndevs"):
-                    files[f"gid_attrs/{attr}/{index}"] = _read(
-                        os.path.join(port_dir, "gid_attrs", attr, index))
-            ports[os.path.basename(port_dir)] = parse_sysfs_port(files)
+            ports[os.path.basename(port_dir)] = parse_sysfs_port(sysfs_port_files(port_dir))
         hcas[os.path.basename(hca_dir)] = {
             "ports": ports,
-            "pcie_gbps": parse_pcie_link_gbps(_read(os.path.join(hca_dir, "device/current_link_speed")),
-                                              _read(os.path.join(hca_dir, "device/current_link_width"))),
+            "pcie_gbps": parse_pcie_link_gbps(read_sysfs(os.path.join(hca_dir, "device/current_link_speed")),
+                                              read_sysfs(os.path.join(hca_dir, "device/current_link_width"))),
         }
     return hcas
 
@@ -168,10 +153,10 @@ def gather_rdma(sysfs: str) -> dict:
 def gather_netdevs(sysfs: str) -> dict:
     netdevs = {}
     for dev_dir in sorted(glob.glob(os.path.join(sysfs, "class/net/*"))):
-        mtu = _read(os.path.join(dev_dir, "mtu")).strip()
+        mtu = read_sysfs(os.path.join(dev_dir, "mtu")).strip()
         netdevs[os.path.basename(dev_dir)] = {
             "mtu": int(mtu) if mtu.isdigit() else None,
-            "operstate": _read(os.path.join(dev_dir, "operstate")).strip() or None,
+            "operstate": read_sysfs(os.path.join(dev_dir, "operstate")).strip() or None,
         }
     return netdevs
 
@@ -206,7 +191,7 @@ def main() -> None:
         modinfo and module.run_command([modinfo, "-n", "nvidia_peermem"])[0] == 0)
     facts["peer_memory_exporter"] = peer_memory_exporter(proc)
     facts["nvidia_kernel_module"] = parse_nvidia_driver_file(
-        _read(os.path.join(proc, "driver/nvidia/version")))["kernel_module"]
+        read_sysfs(os.path.join(proc, "driver/nvidia/version")))["kernel_module"]
     facts["kernel"] = platform.release()
     facts["machine"] = platform.machine()
     try:
@@ -215,11 +200,11 @@ def main() -> None:
         facts["multiarch"] = None
     # NCCL prints gethostname() up to the first '.' in its log prefix
     facts["hostname"] = socket.gethostname().split(".")[0]
-    facts["mem_available_kib"] = parse_meminfo_kib(_read(os.path.join(proc, "meminfo")))
+    facts["mem_available_kib"] = parse_meminfo_kib(read_sysfs(os.path.join(proc, "meminfo")))
     facts["unified_memory"] = unified_memory(facts)
     facts["memlock"] = {
-        "pid1": parse_proc_limits(_read(os.path.join(proc, "1/limits"))).get("Max locked memory"),
-        "self": parse_proc_limits(_read(os.path.join(proc, "self/limits"))).get("Max locked memory"),
+        "pid1": parse_proc_limits(read_sysfs(os.path.join(proc, "1/limits"))).get("Max locked memory"),
+        "self": parse_proc_limits(read_sysfs(os.path.join(proc, "self/limits"))).get("Max locked memory"),
     }
     facts["gpudirect"] = gpudirect_decision(facts)
     module.exit_json(changed=False, ansible_facts={"servekit_node": facts})

@@ -1,6 +1,7 @@
 """RDMA facts of one host: devices, ports, GIDs, PCIe links and link speed.
 
-Pure functions over sysfs contents and command output, shared by the
+Pure functions over sysfs contents and command output, and the two readers
+that fetch those contents (``read_sysfs``, ``sysfs_port_files``), shared by the
 ``node_facts``, ``preflight_check`` and ``nccl_gate`` modules
 (``ansible.module_utils.node_rdma``), ``rdma_rails`` and the tests
 (``servekit.module_utils.node_rdma``). Standard library only.
@@ -15,10 +16,33 @@ Formats parsed:
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 
 ZERO_GID = "0000:0000:0000:0000:0000:0000:0000:0000"
 _PCIE_SPEED = re.compile(r"^([\d.]+) GT/s")
+
+
+def read_sysfs(path: str) -> str:
+    """A sysfs or procfs file's text; "" when it cannot be read (unused GID slots answer EINVAL)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def sysfs_port_files(port_dir: str) -> dict[str, str]:
+    """The files of one ``/sys/class/infiniband/<hca>/ports/<n>`` that ``parse_sysfs_port`` reads."""
+    files = {rel: read_sysfs(os.path.join(port_dir, rel))
+             for rel in ("state", "phys_state", "rate", "link_layer")}
+    for path in glob.glob(os.path.join(port_dir, "gids", "*")):
+        index = os.path.basename(path)
+        files[f"gids/{index}"] = read_sysfs(path)
+        for attr in ("types", "ndevs"):
+            files[f"gid_attrs/{attr}/{index}"] = read_sysfs(os.path.join(port_dir, "gid_attrs", attr, index))
+    return files
 
 
 def parse_rdma_link(text: str) -> list[dict]:

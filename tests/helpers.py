@@ -33,6 +33,12 @@ def ansible(tool: str, *args: object, project: Path = ROOT, env: Mapping[str, st
                           capture_output=True, text=True, check=False, timeout=timeout)
 
 
+def run(argv: Iterable[object], *, timeout: int = 120, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``argv`` (paths allowed) without a shell, output captured as text, never raising on rc."""
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False,
+                          timeout=timeout, **kwargs)
+
+
 def ansible_playbook(*args: object, **kwargs) -> subprocess.CompletedProcess:
     """``ansible-playbook *args`` (see ``ansible`` for the keywords)."""
     return ansible("ansible-playbook", *args, **kwargs)

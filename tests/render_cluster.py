@@ -3,11 +3,13 @@
 No node is contacted: ``ansible_connection=local`` for every inventory host,
 each host reading its RDMA sysfs from a recorded-format tree under
 ``<tmp>/sysfs/<host>`` (tests/rdma_sysfs.py), every file written under
-``<tmp>/out/<host>/``. What runs for real: the rdma role's ``rdma_rails``
-module (rails.yml) and env.yml, the validate stage's ``vllm_launch`` plan,
-the RoCE script and unit, the Ray unit and compose project, the vLLM unit
-(which runs vLLM inside the Ray container), the vLLM watchdog, API proxy and
-firewall units. Unit ExecStart binaries that do not exist here (the Ray
+``<tmp>/out/<host>/``. What runs for real: the validate play (on
+localhost; it publishes the checked registry), the rdma role's
+``rdma_rails`` module (rails.yml) and env.yml, the ray role's compose.yml
+(the Ray container), the vllm role's plan.yml (the plan and the vLLM unit,
+which runs vLLM inside the Ray container under the container runtime); the
+RoCE script and unit, the Ray unit, the vLLM watchdog, API proxy and
+firewall units from the roles' templates. Unit ExecStart binaries that do not exist here (the Ray
 venv, docker) point at stubs under ``<tmp>/bin`` so ``systemd-analyze
 verify`` can load the units; nothing runs them.
 """
@@ -22,8 +24,6 @@ from pathlib import Path
 from helpers import ROOT, ansible_playbook, write_play
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-# The runtime role's template the ray and vllm roles render their compose projects from.
-COMPOSE_TEMPLATE = str(ROOT / "roles/runtime/templates/compose.yaml.j2")
 COMPOSE = shutil.which("docker-compose")
 
 def _template(role: str, src: str, dest: str, mode: str = "0644", **extra) -> dict:
@@ -56,47 +56,20 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
     ]
     vars_files: list[str] = []
     if full:
-        vars_files = [str(ROOT / f"roles/{role}/{kind}/main.yml")
-                      for kind in ("defaults", "vars") for role in ("ray", "vllm", "firewall")]
-        # the plan, then the unit from the same arguments (as roles/vllm/tasks/plan.yml does)
-        launch = {
-            "registry_path": str(ROOT / "config/model_registry.yml"), "model": "{{ cluster_model }}",
-            "node_rank": "{{ cluster_nodes.index(inventory_hostname) }}",
-            "nnodes": "{{ cluster_nodes | length }}",
-            "devices_per_node": "{{ cluster_devices_per_node }}",
-            "head_address": "{{ cluster_head_address }}",
-            "host_address": "{{ cluster_data_address }}", "executor": "{{ cluster_executor }}",
-            "runtime": "{{ cluster_runtime }}", "command": "{{ vllm_command }}",
-            "environment_files": ["{{ cluster_env_file }}"],
-            "after": "{{ ['servekit-ray.service'] if cluster_executor == 'ray' else [] }}"}
+        vars_files = [str(ROOT / f"roles/firewall/{kind}/main.yml") for kind in ("defaults", "vars")]
         tasks += [
-            {"name": "Plan the vLLM launch", "vllm_launch": launch, "register": "__vllm_plan"},
-            {"name": "The vLLM unit (the container runtime's exec needs the plan)", "vllm_launch": {
-                **launch,
-                "exec_start": "{{ __vllm_exec_start if cluster_runtime == 'container' else omit }}",
-                "exec_stop": "{{ __vllm_exec_stop if cluster_runtime == 'container' else omit }}"},
-             "register": "vllm_unit"},
+            # the roles' own tasks: the Ray container, then the vLLM plan and unit from the
+            # registry the validate play (first) checked
+            {"ansible.builtin.include_role": {"name": "ray", "tasks_from": "compose.yml", "public": True}},
+            {"ansible.builtin.include_role": {"name": "vllm", "tasks_from": "plan.yml", "public": True}},
             _template("ray", "servekit-ray.service.j2", "servekit-ray.service"),
-            {"name": "Compose project dirs", "ansible.builtin.file": {
-                "path": "{{ item | dirname }}", "state": "directory", "mode": "0755"},
-             "loop": ["{{ __ray_compose_file }}"],
-             "when": "cluster_runtime == 'container'"},
-            {"name": "Ray compose project", "ansible.builtin.template": {
-                "src": COMPOSE_TEMPLATE, "dest": "{{ __ray_compose_file }}",
-                "mode": "0644"},
-             "vars": {"__compose": "{{ __ray_compose }}"},
-             "when": "cluster_runtime == 'container'"},
-            {"name": "vLLM unit", "ansible.builtin.copy": {
-                "content": "{{ vllm_unit.unit }}", "dest": "{{ out }}/servekit-vllm.service",
-                "mode": "0644"},
-             "when": "__vllm_plan.active"},
             _template("vllm", "servekit-vllm-watchdog.service.j2", "servekit-vllm-watchdog.service",
                       when="__vllm_plan.active"),
             _template("vllm", "servekit-api-proxy.service.j2", "servekit-api-proxy.service",
                       when="inventory_hostname in groups['head']"),
             _template("firewall", "servekit-firewall.service.j2", "servekit-firewall.service"),
         ]
-    play = [{
+    plays = [{
         "name": "Render every file of the inventory on localhost",
         "hosts": "head:workers",
         "gather_facts": False,
@@ -109,7 +82,9 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
         "roles": ["cluster"],
         "tasks": tasks,
     }]
-    return write_play(tmp / ("render-full.yml" if full else "render-rdma.yml"), play)
+    if full:
+        plays = [{"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "validate.yml")}, *plays]
+    return write_play(tmp / ("render-full.yml" if full else "render-rdma.yml"), plays)
 
 
 def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subprocess.CompletedProcess:
@@ -122,6 +97,8 @@ def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subpro
         "-e", f"__rdma_sysfs_root={tmp}/sysfs/{{{{ inventory_hostname }}}}",
         "-e", f"__rdma_script={tmp}/out/{{{{ inventory_hostname }}}}/servekit-rdma-defaults",
         "-e", f"cluster_venv={tmp / 'venv'}",
+        # the vllm role's plan.yml reads the unit running here (none) and writes the new one
+        "-e", f"vllm_unit_dir={tmp}/out/{{{{ inventory_hostname }}}}",
         "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
         "-e", f"runtime_container_engine_bin={bin_dir / 'docker'}",
         *extra, timeout=300)

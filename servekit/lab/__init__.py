@@ -18,11 +18,13 @@ What lives where (all root-owned):
 The lab needs root, ``debootstrap``, ``systemd-nspawn`` (package
 systemd-container), ``iproute2``, ``iptables`` and ``openssh-client``.
 
-Modules, one concern each: ``base`` (settings, nodes, file layout),
-``cache`` (base root filesystem, wheelhouse, model), ``network`` (bridge,
-namespaces, veth, NAT), ``nodes`` (root filesystems, nspawn boot, wait,
-power off), ``files`` (inventory, vault, lab.json) and ``core`` (the
-``Lab`` that drives them: ``servekit lab up/down/status/...``).
+Modules, one concern each: ``base`` (settings, nodes, file layout:
+``Paths``), ``cache`` (``Cache``: base root filesystem, wheelhouse, model,
+container image), ``network`` (bridge, namespaces, veth, NAT), ``nodes``
+(``Machines``: root filesystems, nspawn boot, wait, power off), ``files``
+(``LabFiles``: inventory, vault, lab.json) and ``core`` (the ``Lab`` that
+owns one of each over its ``Paths`` and drives them: ``servekit lab
+up/down/status/...``).
 """
 
 from servekit.lab.base import (
@@ -37,26 +39,15 @@ from servekit.lab.base import (
     Paths,
     plan_nodes,
 )
-from servekit.lab.cache import ensure_platform_wheel, host_debian_mirror
+from servekit.lab.cache import Cache, host_debian_mirror
 from servekit.lab.core import Lab
-from servekit.lab.files import (
-    ensure_vault,
-    load_nodes,
-    read_vault,
-    save_state,
-    vault_env,
-    vault_file,
-    write_inventory,
-    write_vault,
-)
+from servekit.lab.files import LabFiles
 from servekit.lab.network import OUTSIDER_ADDRESS
-from servekit.lab.nodes import NodeExited, console_tail, wait_ready
+from servekit.lab.nodes import Machines, NodeExited, console_tail
 
-# .ci/secrets-check reads and rotates the vault through Paths.default,
-# read_vault, write_vault and vault_file.
+# .ci/secrets-check reads and rotates the vault through Lab.default(...).files.
 __all__ = [
     "BRIDGE", "LAB_REQUIREMENTS", "MTU", "NODE_WHEELHOUSE", "OUTSIDER_ADDRESS", "PLATFORM_PLUGIN_DIR",
-    "SUBNET", "Lab", "LabError", "Node", "NodeExited", "Paths", "console_tail", "ensure_platform_wheel",
-    "ensure_vault", "host_debian_mirror", "load_nodes", "plan_nodes", "read_vault", "save_state",
-    "vault_env", "vault_file", "wait_ready", "write_inventory", "write_vault",
+    "SUBNET", "Cache", "Lab", "LabError", "LabFiles", "Machines", "Node", "NodeExited", "Paths",
+    "console_tail", "host_debian_mirror", "plan_nodes",
 ]

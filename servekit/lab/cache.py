@@ -1,4 +1,5 @@
-"""What ``lab down`` keeps: the base root filesystem, the wheelhouse nodes install from, the lab model."""
+"""What ``lab down`` keeps: the base root filesystem, the wheelhouse nodes install from, the lab model,
+the container image."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from servekit.lab.base import (
@@ -37,83 +39,100 @@ def host_debian_mirror() -> str | None:
     return None
 
 
-def ensure_base(paths: Paths) -> None:
-    marker = paths.base / ".servekit-base"
-    wanted = stamp((SUITE, *BASE_PACKAGES))
-    if marker.is_file() and marker.read_text().strip() == wanted:
-        log(f"base root filesystem cached at {paths.base}")
-        return
-    tmp = paths.base.with_name(paths.base.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(tmp)]
-    mirror = host_debian_mirror()
-    if mirror:
-        argv.append(mirror)
-    log(f"debootstrap {SUITE} into {tmp} (about a minute)")
-    started = time.monotonic()
-    run(argv)
-    # Per-node identity is made per node: host keys and machine-id.
-    for key in (tmp / "etc" / "ssh").glob("ssh_host_*"):
-        key.unlink()
-    (tmp / "etc" / "machine-id").write_text("")
-    # Nodes are reached over the data network with systemd-networkd.
-    networkd = tmp / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
-    networkd.parent.mkdir(parents=True, exist_ok=True)
-    if not networkd.exists():
-        networkd.symlink_to("/lib/systemd/system/systemd-networkd.service")
-    (tmp / ".servekit-base").write_text(wanted + "\n")
-    shutil.rmtree(paths.base, ignore_errors=True)
-    tmp.rename(paths.base)
-    log(f"base ready in {time.monotonic() - started:.0f} s")
+@dataclass
+class Cache:
+    """What the lab keeps under ``paths.cache``, made when missing or stale."""
 
+    paths: Paths
 
-def ensure_wheelhouse(paths: Paths) -> None:
-    """Download every wheel the lab nodes install, once, with the control node's pip."""
-    marker = paths.wheelhouse / ".servekit-requirements"
-    wanted = stamp(LAB_REQUIREMENTS)
-    if marker.is_file() and marker.read_text().strip() == wanted:
-        log(f"wheelhouse cached at {paths.wheelhouse}")
-        return
-    paths.wheelhouse.mkdir(parents=True, exist_ok=True)
-    log(f"downloading {' '.join(LAB_REQUIREMENTS)} and their dependencies into {paths.wheelhouse}")
-    started = time.monotonic()
-    run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-         "--dest", str(paths.wheelhouse), *LAB_REQUIREMENTS])
-    marker.write_text(wanted + "\n")
-    log(f"wheelhouse ready in {time.monotonic() - started:.0f} s")
+    def ensure_base(self) -> None:
+        paths = self.paths
+        marker = paths.base / ".servekit-base"
+        wanted = stamp((SUITE, *BASE_PACKAGES))
+        if marker.is_file() and marker.read_text().strip() == wanted:
+            log(f"base root filesystem cached at {paths.base}")
+            return
+        tmp = paths.base.with_name(paths.base.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(tmp)]
+        mirror = host_debian_mirror()
+        if mirror:
+            argv.append(mirror)
+        log(f"debootstrap {SUITE} into {tmp} (about a minute)")
+        started = time.monotonic()
+        run(argv)
+        # Per-node identity is made per node: host keys and machine-id.
+        for key in (tmp / "etc" / "ssh").glob("ssh_host_*"):
+            key.unlink()
+        (tmp / "etc" / "machine-id").write_text("")
+        # Nodes are reached over the data network with systemd-networkd.
+        networkd = tmp / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+        networkd.parent.mkdir(parents=True, exist_ok=True)
+        if not networkd.exists():
+            networkd.symlink_to("/lib/systemd/system/systemd-networkd.service")
+        (tmp / ".servekit-base").write_text(wanted + "\n")
+        shutil.rmtree(paths.base, ignore_errors=True)
+        tmp.rename(paths.base)
+        log(f"base ready in {time.monotonic() - started:.0f} s")
 
+    def ensure_wheelhouse(self) -> None:
+        """Download every wheel the lab nodes install, once, with the control node's pip."""
+        paths = self.paths
+        marker = paths.wheelhouse / ".servekit-requirements"
+        wanted = stamp(LAB_REQUIREMENTS)
+        if marker.is_file() and marker.read_text().strip() == wanted:
+            log(f"wheelhouse cached at {paths.wheelhouse}")
+            return
+        paths.wheelhouse.mkdir(parents=True, exist_ok=True)
+        log(f"downloading {' '.join(LAB_REQUIREMENTS)} and their dependencies into {paths.wheelhouse}")
+        started = time.monotonic()
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+             "--dest", str(paths.wheelhouse), *LAB_REQUIREMENTS])
+        marker.write_text(wanted + "\n")
+        log(f"wheelhouse ready in {time.monotonic() - started:.0f} s")
 
-def ensure_platform_wheel(paths: Paths) -> None:
-    """Build the lab-only vLLM platform plugin (lab/vllm-lab-platform) into the wheelhouse.
+    def ensure_platform_wheel(self) -> None:
+        """Build the lab-only vLLM platform plugin (lab/vllm-lab-platform) into the wheelhouse.
 
-    Only the lab inventory asks for it (runtime_extra_requirements), so only
-    lab nodes install it. Rebuilt when its sources change.
-    """
-    source = paths.root / PLATFORM_PLUGIN_DIR
-    files = sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                   and ".egg-info" not in str(p) and "build" not in p.relative_to(source).parts)
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
-    marker = paths.wheelhouse / ".servekit-lab-platform"
-    if marker.is_file() and marker.read_text().strip() == digest and any(
-            paths.wheelhouse.glob("servekit_lab_platform-*.whl")):
-        return
-    for old in paths.wheelhouse.glob("servekit_lab_platform-*.whl"):
-        old.unlink()
-    with tempfile.TemporaryDirectory() as tmp:
-        # a copy: pip's build leaves build/ and *.egg-info next to the sources
-        shutil.copytree(source, Path(tmp) / "src", ignore=shutil.ignore_patterns("build", "*.egg-info"))
-        run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-             "--wheel-dir", str(paths.wheelhouse), str(Path(tmp) / "src")])
-    marker.write_text(digest + "\n")
-    log(f"lab platform plugin built into {paths.wheelhouse}")
+        Only the lab inventory asks for it (runtime_extra_requirements), so only
+        lab nodes install it. Rebuilt when its sources change.
+        """
+        paths = self.paths
+        source = paths.root / PLATFORM_PLUGIN_DIR
+        files = sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                       and ".egg-info" not in str(p) and "build" not in p.relative_to(source).parts)
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+        marker = paths.wheelhouse / ".servekit-lab-platform"
+        if marker.is_file() and marker.read_text().strip() == digest and any(
+                paths.wheelhouse.glob("servekit_lab_platform-*.whl")):
+            return
+        for old in paths.wheelhouse.glob("servekit_lab_platform-*.whl"):
+            old.unlink()
+        with tempfile.TemporaryDirectory() as tmp:
+            # a copy: pip's build leaves build/ and *.egg-info next to the sources
+            shutil.copytree(source, Path(tmp) / "src", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+            run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                 "--wheel-dir", str(paths.wheelhouse), str(Path(tmp) / "src")])
+        marker.write_text(digest + "\n")
+        log(f"lab platform plugin built into {paths.wheelhouse}")
 
+    def ensure_model(self) -> None:
+        paths = self.paths
+        if (paths.model / "model.safetensors").is_file():
+            log(f"lab model cached at {paths.model}")
+            return
+        from servekit.tinymodel import generate
 
-def ensure_model(paths: Paths) -> None:
-    if (paths.model / "model.safetensors").is_file():
-        log(f"lab model cached at {paths.model}")
-        return
-    from servekit.tinymodel import generate
+        log(f"generating the lab model into {paths.model}")
+        generate(paths.model)
 
-    log(f"generating the lab model into {paths.model}")
-    generate(paths.model)
+    def container_image(self, build: bool) -> Path | None:
+        """The container runtime's image archive (servekit/lab_image.py): built when asked, else if cached."""
+        from servekit import lab_image
+
+        paths = self.paths
+        if build:
+            return lab_image.ensure_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS,
+                                          log=log)
+        return lab_image.cached_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS)

@@ -7,15 +7,13 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from servekit.lab import cache, files, network
-from servekit.lab import nodes as machines
+from servekit.lab import network
 from servekit.lab.base import (
     BOOT_TIMEOUT_S,
     BRIDGE,
-    LAB_REQUIREMENTS,
     STOP_GRACE_S,
     LabError,
     Node,
@@ -24,6 +22,9 @@ from servekit.lab.base import (
     plan_nodes,
     run,
 )
+from servekit.lab.cache import Cache
+from servekit.lab.files import LabFiles
+from servekit.lab.nodes import Machines, NodeExited
 
 HOST_TOOLS = (  # command, Debian package
     ("debootstrap", "debootstrap"),
@@ -46,11 +47,25 @@ def require_host() -> None:
 
 @dataclass
 class Lab:
-    """One lab on this host: where its files are, how long it waits, and its nodes (from lab.json)."""
+    """One lab on this host: where its files are, how long it waits, and its nodes (from lab.json).
+
+    What it drives, each over the same ``paths``: ``cache`` (base root
+    filesystem, wheelhouse, model, container image), ``machines`` (root
+    filesystems, nspawn, SSH) and ``files`` (inventory, vault, lab.json);
+    ``network`` (bridge, namespaces, NAT) needs no paths.
+    """
 
     paths: Paths
     boot_timeout_s: float = BOOT_TIMEOUT_S
     stop_grace_s: float = STOP_GRACE_S
+    cache: Cache = field(init=False, repr=False)
+    machines: Machines = field(init=False, repr=False)
+    files: LabFiles = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cache = Cache(self.paths)
+        self.machines = Machines(self.paths)
+        self.files = LabFiles(self.paths)
 
     @classmethod
     def default(cls, root: Path) -> Lab:
@@ -60,7 +75,7 @@ class Lab:
     @property
     def nodes(self) -> list[Node]:
         """The nodes of the lab that is up ([] when none is)."""
-        return files.load_nodes(self.paths)
+        return self.files.load_nodes()
 
     def node(self, name: str) -> Node:
         nodes = {n.name: n for n in self.nodes}
@@ -70,41 +85,31 @@ class Lab:
             raise LabError(f"no lab node {name!r}; nodes: {', '.join(nodes)}")
         return nodes[name]
 
-    def _container_image(self, build: bool) -> Path | None:
-        """The container runtime's image archive (servekit/lab_image.py): built when asked, else if cached."""
-        from servekit import lab_image
-
-        paths = self.paths
-        if build:
-            return lab_image.ensure_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS,
-                                          log=log)
-        return lab_image.cached_image(paths.cache, paths.base, paths.wheelhouse, LAB_REQUIREMENTS)
-
     def up(self, workers: int = 1, container_image: bool = False) -> list[Node]:
         require_host()
-        paths = self.paths
+        paths, machines = self.paths, self.machines
         existing = self.nodes
         nodes = plan_nodes(workers)
         if existing and [n.name for n in existing] != [n.name for n in nodes]:
             raise LabError(f"a lab with {len(existing) - 1} worker(s) exists; run `servekit lab down` first")
         started = time.monotonic()
         paths.state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cache.ensure_base(paths)
-        cache.ensure_wheelhouse(paths)
-        cache.ensure_platform_wheel(paths)
-        cache.ensure_model(paths)
-        image = self._container_image(build=container_image)
-        machines.ensure_key(paths)
-        files.save_state(paths, nodes)
+        self.cache.ensure_base()
+        self.cache.ensure_wheelhouse()
+        self.cache.ensure_platform_wheel()
+        self.cache.ensure_model()
+        image = self.cache.container_image(build=container_image)
+        machines.ensure_key()
+        self.files.save_state(nodes)
         network.ensure_bridge()
         for node in nodes:
-            machines.prepare_rootfs(paths, node, nodes)
+            machines.prepare_rootfs(node, nodes)
             network.ensure_netns(node)
-            machines.start_node(paths, node)
-        machines.write_known_hosts(paths, nodes)
-        machines.wait_ready(paths, nodes, self.boot_timeout_s)
-        files.write_inventory(paths, nodes, image)
-        files.ensure_vault(paths)
+            machines.start(node)
+        machines.write_known_hosts(nodes)
+        machines.wait_ready(nodes, self.boot_timeout_s)
+        self.files.write_inventory(nodes, image)
+        self.files.ensure_vault()
         inventory = paths.inventory / "hosts.yml"
         log(f"{len(nodes)} nodes up in {time.monotonic() - started:.0f} s; inventory: {inventory}")
         return nodes
@@ -112,12 +117,12 @@ class Lab:
     def down(self, purge: bool = False) -> None:
         require_host()
         nodes = self.nodes
-        machines.stop_nodes(self.paths, nodes, self.stop_grace_s)
+        self.machines.stop(nodes, self.stop_grace_s)
         for node in nodes:
             network.remove_netns(node)
         network.remove_bridge()
         shutil.rmtree(self.paths.state, ignore_errors=True)
-        for generated in files.generated_files(self.paths):
+        for generated in self.files.generated():
             generated.unlink(missing_ok=True)
         if purge:
             shutil.rmtree(self.paths.cache, ignore_errors=True)
@@ -127,10 +132,10 @@ class Lab:
     def status(self) -> list[dict]:
         rows = []
         for node in self.nodes:
-            pid = machines.node_pid(self.paths, node)
+            pid = self.machines.pid(node)
             state = "stopped"
             if pid:
-                argv = machines.ssh_argv(self.paths, node, "systemctl", "is-system-running")
+                argv = self.machines.ssh_argv(node, "systemctl", "is-system-running")
                 probe = run(argv, check=False)
                 state = probe.stdout.strip() or "unreachable"
             rows.append({"name": node.name, "group": node.group, "address": node.address,
@@ -140,18 +145,18 @@ class Lab:
     def stop(self, name: str) -> None:
         """Power one node off (a node failure, for the recovery tests); its files stay."""
         require_host()
-        machines.stop_nodes(self.paths, [self.node(name)], self.stop_grace_s)
+        self.machines.stop([self.node(name)], self.stop_grace_s)
 
     def start(self, name: str) -> None:
         """Boot a stopped node again and wait for its systemd; its enabled units start as on a reboot."""
         require_host()
         node = self.node(name)
         for attempt in (1, 2):
-            machines.start_node(self.paths, node)
+            self.machines.start(node)
             try:
-                machines.wait_ready(self.paths, [node], self.boot_timeout_s)
+                self.machines.wait_ready([node], self.boot_timeout_s)
                 break
-            except machines.NodeExited as exc:
+            except NodeExited as exc:
                 # Seen once in CI right after a power-off under load; the console
                 # tail says why, and one more boot shows whether it persists.
                 if attempt == 2:
@@ -161,7 +166,7 @@ class Lab:
         log(f"{node.name}: up")
 
     def ssh(self, name: str, command: list[str]) -> int:
-        argv = machines.ssh_argv(self.paths, self.node(name), *command)
+        argv = self.machines.ssh_argv(self.node(name), *command)
         if not command:
             argv.insert(1, "-t")
         os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh, argv built above
@@ -180,5 +185,5 @@ class Lab:
         return {node.name: found[node.address] for node in nodes}
 
     def vault_env(self, inventory: Path) -> dict[str, str]:
-        """ANSIBLE_VAULT_PASSWORD_FILE for an ansible run on ``inventory`` (see ``files.vault_env``)."""
-        return files.vault_env(self.paths, inventory)
+        """ANSIBLE_VAULT_PASSWORD_FILE for an ansible run on ``inventory`` (see ``LabFiles.vault_env``)."""
+        return self.files.vault_env(inventory)

@@ -47,12 +47,9 @@ def _render(tmp: Path, *extra: str) -> Path:
         "name": "Render the container runtime",
         "hosts": "head:workers",
         "gather_facts": False,
-        "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml")
-                       for role in ("ray", "vllm") for kind in ("defaults", "vars")],
-        # role_path: what the ray role's vars see in the role (its compose lookup)
+        "vars_files": [str(ROOT / f"roles/vllm/{kind}/main.yml") for kind in ("defaults", "vars")],
         "vars": {"out": str(out / "{{ inventory_hostname }}"), "preflight_gid_index": 3,
-                 "role_path": str(ROOT / "roles/ray"),
-                 "cluster_env_file": "{{ out }}/cluster.env"},
+                 "cluster_env_file": "{{ out }}/cluster.env", "runtime_compose_dir": "{{ out }}/compose"},
         "pre_tasks": [{"ansible.builtin.import_role": {"name": "runtime", "tasks_from": "settings.yml"}}],
         "roles": ["cluster"],
         "tasks": [
@@ -64,11 +61,8 @@ def _render(tmp: Path, *extra: str) -> Path:
             {"ansible.builtin.copy": {"content": "", "dest": "{{ cluster_env_file }}", "mode": "0644"},
              "when": "not cluster_rdma_enabled | bool"},
             {"name": "Plan the vLLM launch", "vllm_launch": LAUNCH, "register": "__vllm_plan"},
-            {"name": "Ray compose project", "ansible.builtin.template": {
-                "src": str(ROOT / "roles/runtime/templates/compose.yaml.j2"),
-                "dest": "{{ out }}/ray-compose.yaml",
-                "mode": "0644"},
-             "vars": {"__compose": "{{ __ray_compose }}"}},
+            # the ray role's own task: the compose project and the service `podman run` runs
+            {"ansible.builtin.include_role": {"name": "ray", "tasks_from": "compose.yml", "public": True}},
             {"name": "What the units run", "ansible.builtin.copy": {
                 "content": dump, "dest": "{{ out }}/argv.json",
                 "mode": "0644"}},
@@ -83,7 +77,7 @@ def _render(tmp: Path, *extra: str) -> Path:
         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
         "-e", "cluster_runtime=container",
         "-e", "cluster_ray_auth_token_file=" + str(tmp / "ray-auth-token"), "-e", f"runtime_hf_cache={tmp}",
-        "-e", "vllm_api_key=sk-not-in-argv", "-e", "runtime_compose_dir=" + str(out / "compose"), *extra)
+        "-e", "vllm_api_key=sk-not-in-argv", *extra)
     assert proc.returncode == 0, proc.stdout[-3000:]
     return out
 
@@ -103,7 +97,7 @@ def podman(tmp_path_factory) -> Path:
 
 
 def _service(out: Path, host: str) -> dict:
-    return yaml.safe_load((out / host / "ray-compose.yaml").read_text())["services"]["ray"]
+    return yaml.safe_load((out / host / "compose/servekit-ray/compose.yaml").read_text())["services"]["ray"]
 
 
 def _argv(out: Path, host: str) -> dict:
@@ -113,7 +107,7 @@ def _argv(out: Path, host: str) -> dict:
 @pytest.mark.skipif(COMPOSE is None, reason="docker-compose not installed (apt-get install docker-compose)")
 def test_compose_projects_pass_a_real_compose_checker(docker):
     for host in HOSTS:
-        path = docker / host / "ray-compose.yaml"
+        path = docker / host / "compose/servekit-ray/compose.yaml"
         proc = subprocess.run([COMPOSE, "-f", str(path), "config", "--quiet"],
                               capture_output=True, text=True, check=False, timeout=60)
         assert proc.returncode == 0, f"{path}: {proc.stderr}"

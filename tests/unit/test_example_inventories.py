@@ -118,3 +118,14 @@ def test_compose_projects_pass_a_real_compose_checker(example):
         proc = subprocess.run([COMPOSE, "-f", str(path), "config", "--quiet"], capture_output=True, text=True,
                               check=False, timeout=60)
         assert proc.returncode == 0, f"{path}: {proc.stderr}"
+
+
+def test_vllm_unit_is_the_vllm_roles_own(example):
+    """plan.yml's unit, not a copy of its arguments: vLLM behind the API proxy, the secrets file loaded."""
+    _, spec, out = example
+    head = next(iter(spec["hosts"]))
+    unit = (out / head / "servekit-vllm.service").read_text()
+    argv = shlex.split(next(line for line in unit.splitlines() if line.startswith("ExecStart="))[10:])
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--port") + 1] == "8001"
+    assert "EnvironmentFile=-/etc/servekit/vllm-secrets.env" in unit.splitlines()

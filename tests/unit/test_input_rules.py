@@ -380,3 +380,16 @@ def test_shipped_inventories_pass_the_input_checks(tmp_path, inventory):
     proc = _validate(path)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "looks like an input" not in proc.stdout + proc.stderr
+
+
+def test_a_ray_port_clash_is_reported_once():
+    """One `distinct` relation owns the head's ports (the API's, vLLM's and Ray's): a clash is one line."""
+    defaults = _defaults()
+    ports = [name for relation in RULES.relations if relation["check"] == "distinct"
+             for name in relation["vars"]]
+    values = {name: defaults[name] for name in ports}
+    values["ray_dashboard_port"] = values["ray_port"]
+    problems = check_values(RULES, values)
+    clash = [p for p in problems if "ray_dashboard_port = " in p]
+    assert len(clash) == 1, problems
+    assert f"ray_dashboard_port = {values['ray_port']} must differ from ray_port" in clash[0]

@@ -73,16 +73,21 @@ def test_no_mirror_leaves_debootstrap_default(tmp_path, monkeypatch):
     assert lab.host_debian_mirror() is None
 
 
+def _lab(root: Path, tmp_path: Path) -> lab.Lab:
+    """A lab of the checkout at ``root`` with its state and cache under ``tmp_path``."""
+    return lab.Lab(lab.Paths(root=root, state=tmp_path / "state", cache=tmp_path / "cache"))
+
+
 @pytest.fixture
 def lab_checkout(tmp_path) -> lab.Paths:
     """A copy of the checkout's playbooks and lab inventory with a written hosts.yml."""
     copy_lab_project(tmp_path)
-    paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
-    lab.write_inventory(paths, lab.plan_nodes(1))
+    the_lab = _lab(tmp_path, tmp_path)
+    the_lab.files.write_inventory(lab.plan_nodes(1))
     # as `servekit lab up` does: the API key (validate refuses an API beyond
     # loopback without one)
-    lab.ensure_vault(paths)
-    return paths
+    the_lab.files.ensure_vault()
+    return the_lab.paths
 
 
 def _ansible(tool: str, paths: lab.Paths, *args: str) -> subprocess.CompletedProcess:
@@ -150,13 +155,12 @@ def test_portscan_finds_a_listening_loopback_port():
 
 
 def test_one_node_commands_name_the_nodes_that_exist(tmp_path):
-    paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
-    the_lab = lab.Lab(paths)
+    the_lab = _lab(tmp_path, tmp_path)
     with pytest.raises(lab.LabError, match="no lab is up"):
         the_lab.node("lab-worker-1")
     assert the_lab.nodes == []
-    paths.state.mkdir()
-    lab.save_state(paths, lab.plan_nodes(1))
+    the_lab.paths.state.mkdir()
+    the_lab.files.save_state(lab.plan_nodes(1))
     with pytest.raises(lab.LabError, match="no lab node 'lab-worker-9'; nodes: lab-head, lab-worker-1"):
         the_lab.node("lab-worker-9")
     assert the_lab.node("lab-worker-1").address.endswith(".11")
@@ -164,21 +168,22 @@ def test_one_node_commands_name_the_nodes_that_exist(tmp_path):
 
 
 def test_lab_vault_holds_both_secrets_and_adds_a_missing_one(tmp_path):
-    paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
+    the_lab = _lab(tmp_path, tmp_path)
+    paths, files = the_lab.paths, the_lab.files
     (paths.inventory / "group_vars/all").mkdir(parents=True)
     paths.state.mkdir()
-    lab.ensure_vault(paths)
-    first = lab.read_vault(paths)
+    files.ensure_vault()
+    first = files.read_vault()
     assert set(first) == {"vault_vllm_api_key", "vault_hf_token"}
     assert (paths.inventory / "group_vars/all/vault.yml").stat().st_mode & 0o777 == 0o600
     assert b"hf_lab" not in (paths.inventory / "group_vars/all/vault.yml").read_bytes()
-    lab.ensure_vault(paths)
-    assert lab.read_vault(paths) == first  # kept while the lab is up
+    files.ensure_vault()
+    assert files.read_vault() == first  # kept while the lab is up
 
     # a vault from before the HF token existed gets one, and keeps its key
-    lab.write_vault(paths, {"vault_vllm_api_key": first["vault_vllm_api_key"]})
-    lab.ensure_vault(paths)
-    upgraded = lab.read_vault(paths)
+    files.write_vault({"vault_vllm_api_key": first["vault_vllm_api_key"]})
+    files.ensure_vault()
+    upgraded = files.read_vault()
     assert upgraded["vault_vllm_api_key"] == first["vault_vllm_api_key"]
     assert upgraded["vault_hf_token"].startswith("hf_lab")
 
@@ -202,13 +207,14 @@ def test_portscan_that_misses_a_port_known_open_fails_instead_of_reporting():
 
 
 def test_platform_plugin_wheel_built_into_the_wheelhouse_once(tmp_path):
-    paths = lab.Paths(root=ROOT, state=tmp_path / "state", cache=tmp_path / "cache")
+    the_lab = _lab(ROOT, tmp_path)
+    paths = the_lab.paths
     paths.wheelhouse.mkdir(parents=True)
-    lab.ensure_platform_wheel(paths)
+    the_lab.cache.ensure_platform_wheel()
     wheels = list(paths.wheelhouse.glob("servekit_lab_platform-0.1.0-*.whl"))
     assert len(wheels) == 1
     built = wheels[0].stat().st_mtime_ns
-    lab.ensure_platform_wheel(paths)  # sources unchanged: kept
+    the_lab.cache.ensure_platform_wheel()  # sources unchanged: kept
     assert wheels[0].stat().st_mtime_ns == built
     # the build leaves nothing in the checkout
     assert not list((ROOT / lab.PLATFORM_PLUGIN_DIR).glob("*.egg-info"))
@@ -218,7 +224,8 @@ def test_platform_plugin_wheel_built_into_the_wheelhouse_once(tmp_path):
 def test_a_node_whose_nspawn_ended_is_reported_with_its_console_tail(tmp_path):
     """Seen in CI: a node booted after a power-off exited at once, and the error only
     pointed at a console log that `lab down` then removed."""
-    paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
+    the_lab = _lab(tmp_path, tmp_path)
+    paths = the_lab.paths
     node = lab.plan_nodes(1)[1]
     paths.node_dir(node).mkdir(parents=True)
     (paths.node_dir(node) / "console.log").write_bytes(
@@ -227,19 +234,19 @@ def test_a_node_whose_nspawn_ended_is_reported_with_its_console_tail(tmp_path):
     expected = (r"lab-worker-1: systemd-nspawn exited; last console lines: "
                 r"\[  OK  \] Reached target basic.target \| Directory tree /x/rootfs is currently busy")
     with pytest.raises(lab.NodeExited, match=expected):
-        lab.wait_ready(paths, [node], timeout_s=1)
+        the_lab.machines.wait_ready([node], timeout_s=1)
 
 
 def test_servekit_runs_on_the_lab_inventory_find_the_vault_password_themselves(tmp_path):
-    paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
-    the_lab = lab.Lab(paths)
+    the_lab = _lab(tmp_path, tmp_path)
+    paths, files = the_lab.paths, the_lab.files
     assert the_lab.vault_env(paths.inventory) == {}, "no password file yet: nothing to name"
-    lab.write_vault(paths, {"vault_vllm_api_key": "sk-1"})
+    files.write_vault({"vault_vllm_api_key": "sk-1"})
     wanted = {"ANSIBLE_VAULT_PASSWORD_FILE": str(paths.vault_password)}
-    assert lab.vault_env(paths, paths.inventory, environ={}) == wanted
-    assert lab.vault_env(paths, paths.inventory / "hosts.yml", environ={}) == wanted
-    assert lab.vault_env(paths, tmp_path / "inventory" / "other", environ={}) == {}
-    assert lab.vault_env(paths, paths.inventory, environ={"ANSIBLE_VAULT_PASSWORD_FILE": "/x"}) == {}
+    assert files.vault_env(paths.inventory, environ={}) == wanted
+    assert files.vault_env(paths.inventory / "hosts.yml", environ={}) == wanted
+    assert files.vault_env(tmp_path / "inventory" / "other", environ={}) == {}
+    assert files.vault_env(paths.inventory, environ={"ANSIBLE_VAULT_PASSWORD_FILE": "/x"}) == {}
 
 
 def test_ansible_env_of_a_lab_run_names_the_lab_vault(tmp_path, monkeypatch):
@@ -247,8 +254,9 @@ def test_ansible_env_of_a_lab_run_names_the_lab_vault(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SERVEKIT_LAB_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("ANSIBLE_VAULT_PASSWORD_FILE", raising=False)
-    paths = lab.Paths.default(tmp_path)
-    lab.write_vault(paths, {"vault_vllm_api_key": "sk-1"})
+    the_lab = lab.Lab.default(tmp_path)
+    paths = the_lab.paths
+    the_lab.files.write_vault({"vault_vllm_api_key": "sk-1"})
     assert ansible_env(tmp_path, paths.inventory)["ANSIBLE_VAULT_PASSWORD_FILE"] == str(paths.vault_password)
     assert "ANSIBLE_VAULT_PASSWORD_FILE" not in ansible_env(tmp_path, tmp_path / "inventory/example")
     assert "ANSIBLE_VAULT_PASSWORD_FILE" not in ansible_env(tmp_path)
@@ -260,3 +268,17 @@ def test_the_lab_vault_path_is_written_in_servekit_only():
     copies = [path.relative_to(ROOT).as_posix() for path in [ROOT / "Makefile", *(ROOT / ".ci").iterdir()]
               if path.is_file() and "vault-pass" in path.read_text()]
     assert copies == [], f"write `servekit lab vault-path` instead of the path in {copies}"
+
+
+def test_no_lab_function_takes_the_paths_as_a_parameter():
+    """The Lab and the objects it owns (Cache, Machines, LabFiles) hold the Paths; nothing threads it."""
+    import ast
+
+    threaded = []
+    for path in sorted((ROOT / "servekit" / "lab").glob("*.py")):
+        for func in ast.walk(ast.parse(path.read_text())):
+            if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = func.args.posonlyargs + func.args.args + func.args.kwonlyargs
+                threaded += [f"{path.name}:{func.lineno} {func.name}({arg.arg})" for arg in args
+                             if arg.annotation is not None and "Paths" in ast.unparse(arg.annotation)]
+    assert threaded == []

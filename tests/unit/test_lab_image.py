@@ -52,10 +52,11 @@ def test_venv_is_installed_offline_without_booting_the_copy(tmp_path):
 
 def test_lab_inventory_imports_the_archive_under_the_container_runtime(tmp_path):
     copy_lab_project(tmp_path)
-    paths = lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
+    the_lab = lab.Lab(lab.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache"))
+    paths = the_lab.paths
     archive = tmp_path / "cache/images/servekit-lab-0123456789abcdef.tar"
-    lab.write_inventory(paths, lab.plan_nodes(1), archive)
-    lab.ensure_vault(paths)  # as `servekit lab up` does: the API key validate asks for
+    the_lab.files.write_inventory(lab.plan_nodes(1), archive)
+    the_lab.files.ensure_vault()  # as `servekit lab up` does: the API key validate asks for
     lab_vars = yaml.safe_load((paths.inventory / "group_vars/all/lab.yml").read_text())
     assert lab_vars["lab_container_image_archive"] == str(archive)
     proc = ansible("ansible-playbook", "-i", paths.inventory, "--vault-password-file", paths.vault_password,

@@ -16,14 +16,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, run
 
-ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "lab" / "vllm-lab-platform"
-
-
-def _run(argv: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False,
-                          timeout=300, **kwargs)
+# building the plugin wheel and importing vLLM in a subprocess (seconds to minutes on a busy host)
+BUILD_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +28,8 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     src = tmp_path_factory.mktemp("src") / "plugin"
     shutil.copytree(PLUGIN, src)  # the build writes *.egg-info next to the sources
-    proc = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                 "-w", out, src])
+    proc = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                "-w", out, src], timeout=BUILD_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return next(out.glob("servekit_lab_platform-*.whl"))
 
@@ -40,8 +37,8 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def site_dir(wheel, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
-    proc = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
-                 "--target", target, wheel])
+    proc = run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+                "--target", target, wheel], timeout=BUILD_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return target
 
@@ -51,7 +48,7 @@ def _python(site_dir: Path | None, code: str, **env) -> subprocess.CompletedProc
     environ.update(env)
     if site_dir is not None:
         environ["PYTHONPATH"] = str(site_dir)
-    return _run([sys.executable, "-c", textwrap.dedent(code)], env=environ)
+    return run([sys.executable, "-c", textwrap.dedent(code)], env=environ, timeout=BUILD_TIMEOUT_S)
 
 
 PLATFORM_REPORT = """

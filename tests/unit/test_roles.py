@@ -210,3 +210,17 @@ def test_no_registered_result_shadows_a_role_variable():
             if name in defined:
                 clashes.append(f"{path.relative_to(ROOT)} registers {name}, defined in {defined[name]}")
     assert not clashes, "\n".join(clashes)
+
+
+def test_roles_declare_the_ansible_core_floor_the_package_requires():
+    """Galaxy's min_ansible_version says what ansible-core a role runs on; pyproject.toml pins the same."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (floor,) = (d.removeprefix("ansible-core>=") for d in deps if d.startswith("ansible-core>="))
+    declared = {}
+    for role in sorted(p for p in ROOT.glob("roles/*") if p.is_dir()):
+        meta = yaml.safe_load((role / "meta" / "main.yml").read_text())
+        declared[role.name] = str(meta["galaxy_info"]["min_ansible_version"])
+    wrong = {name: version for name, version in declared.items() if version != floor}
+    assert not wrong, f"roles/*/meta/main.yml min_ansible_version {wrong} != pyproject ansible-core>={floor}"

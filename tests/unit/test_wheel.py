@@ -12,7 +12,6 @@ import ast
 import os
 import re
 import site
-import subprocess
 import sys
 import sysconfig
 import tomllib
@@ -20,20 +19,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, run
 
-ROOT = Path(__file__).resolve().parents[2]
 PIP = [sys.executable, "-m", "pip"]
-
-
-def _run(argv: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False,
-                          timeout=120, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    proc = _run([*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, ROOT], cwd=ROOT)
+    proc = run([*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, ROOT], cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return next(out.glob("servekit-*.whl"))
 
@@ -42,14 +36,14 @@ def wheel(tmp_path_factory) -> Path:
 def installed(tmp_path_factory, wheel) -> Path:
     """A fresh venv with the wheel in it; returns its bin directory."""
     venv = tmp_path_factory.mktemp("venv")
-    proc = _run([sys.executable, "-m", "venv", "--without-pip", "--clear", venv])
+    proc = run([sys.executable, "-m", "venv", "--without-pip", "--clear", venv])
     assert proc.returncode == 0, proc.stderr
     python = venv / "bin" / "python"
-    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
+    purelib = run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
     deps = sysconfig.get_path("purelib")
     assert deps in site.getsitepackages(), "the dependencies come from this venv's site-packages"
     (Path(purelib) / "servekit-test-deps.pth").write_text(deps + "\n")
-    proc = _run([*PIP, "--python", python, "install", "--no-deps", "--no-index", "-q", wheel])
+    proc = run([*PIP, "--python", python, "install", "--no-deps", "--no-index", "-q", wheel])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return venv / "bin"
 
@@ -77,24 +71,24 @@ def test_wheel_carries_the_project(wheel):
 
 def test_installed_cli_runs_from_another_directory(installed, tmp_path):
     env = _outside(tmp_path)
-    where = _run([installed / "python", "-c",
+    where = run([installed / "python", "-c",
                   "import servekit.project as p; print(p.project_root())"], cwd=tmp_path, env=env)
     assert where.returncode == 0, where.stderr
     root = Path(where.stdout.strip())
     assert root.is_relative_to(installed.parent) and root.name == "_project", root
-    models = _run([installed / "servekit", "models"], cwd=tmp_path, env=env)
+    models = run([installed / "servekit", "models"], cwd=tmp_path, env=env)
     assert models.returncode == 0, models.stderr
     assert any(line.startswith("lab-tiny ") for line in models.stdout.splitlines()), models.stdout
-    checkout = _run([Path(sys.executable).with_name("servekit"), "models"], cwd=ROOT)
+    checkout = run([Path(sys.executable).with_name("servekit"), "models"], cwd=ROOT)
     assert models.stdout == checkout.stdout, "the packaged registry is the checkout's"
-    up = _run([installed / "servekit", "up", "--help"], cwd=tmp_path, env=env)
+    up = run([installed / "servekit", "up", "--help"], cwd=tmp_path, env=env)
     assert up.returncode == 0, up.stderr
     assert up.stdout.startswith("usage: servekit up") and "--inventory" in up.stdout
 
 
 def test_servekit_home_still_overrides(installed, tmp_path):
     env = dict(_outside(tmp_path), SERVEKIT_HOME=str(tmp_path / "elsewhere"))
-    proc = _run([installed / "servekit", "models"], cwd=tmp_path, env=env)
+    proc = run([installed / "servekit", "models"], cwd=tmp_path, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"servekit: error: no site.yml under {tmp_path / 'elsewhere'}; "
                                    "set SERVEKIT_HOME to the servekit checkout")

@@ -73,6 +73,7 @@ import glob  # noqa: E402 - Ansible modules put documentation first
 import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.node_rdma import read_sysfs, sysfs_port_files  # noqa: E402
 from ansible.module_utils.rdma_rails import (  # noqa: E402
     mtu_problem,
     parse_dcb_app_dscp,
@@ -85,31 +86,13 @@ from ansible.module_utils.rdma_rails import (  # noqa: E402
 )
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:  # unused GID slots answer EINVAL for their type
-        return ""
-
-
-def _port_files(port_dir: str) -> dict[str, str]:
-    files = {rel: _read(os.path.join(port_dir, rel)) for rel in ("state", "phys_state", "rate", "link_layer")}
-    for path in glob.glob(os.path.join(port_dir, "gids", "*")):
-        index = os.path.basename(path)
-        files[f"gids/{index}"] = _read(path)
-        for attr in ("types", "ndevs"):
-            files[f"gid_attrs/{attr}/{index}"] = _read(os.path.join(port_dir, "gid_attrs", attr, index))
-    return files
-
-
 def gather_rail(sysfs: str, hca: str, port: int | None, override: str | None) -> dict:
     hca_dir = os.path.join(sysfs, "class", "infiniband", hca)
     if not os.path.isdir(hca_dir):
         return rail_from_sysfs(hca, port, {}, [], override, present=False)
     net_dir = os.path.join(hca_dir, "device", "net")
     discovered = sorted(os.listdir(net_dir)) if os.path.isdir(net_dir) else []
-    ports = {os.path.basename(p): _port_files(p) for p in glob.glob(os.path.join(hca_dir, "ports", "*"))}
+    ports = {os.path.basename(p): sysfs_port_files(p) for p in glob.glob(os.path.join(hca_dir, "ports", "*"))}
     return rail_from_sysfs(hca, port, ports, discovered, override)
 
 
@@ -121,7 +104,7 @@ def _run(module: AnsibleModule, argv: list[str]) -> str:
 def verify_rail(module: AnsibleModule, sysfs: str, rail: dict, want: dict) -> list[str]:
     netdev = rail["netdev"]
     problems = []
-    mtu_text = _read(os.path.join(sysfs, "class", "net", netdev, "mtu")).strip()
+    mtu_text = read_sysfs(os.path.join(sysfs, "class", "net", netdev, "mtu")).strip()
     rail["mtu"] = int(mtu_text) if mtu_text.isdigit() else None
     if want.get("mtu") is not None:
         problem = mtu_problem(netdev, rail["mtu"], int(want["mtu"]))
