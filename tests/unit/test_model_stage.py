@@ -5,7 +5,9 @@ copy, and a pull from an rsync daemon configured by the role's own template) and
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import ROOT, ansible_playbook, run_task, write_play
 
 from servekit.module_utils.model_stage import (
@@ -33,20 +36,23 @@ FIXTURES = ROOT / "tests" / "fixtures" / "rsync"
 RSYNC = shutil.which("rsync")
 needs_rsync = pytest.mark.skipif(RSYNC is None, reason="rsync is not installed here (apt-get install rsync)")
 HF = Path(sys.executable).parent / "hf"
+TOKEN = "hf_secret_value"  # noqa: S105 - a test value that must never show up in argv or results
 
 
 # --- rsync --stats, recorded (tests/fixtures/rsync/README.md) ----------------------------------
 
 @pytest.mark.parametrize(("fixture", "expected", "changed"), [
     ("pull-first.txt", {"bytes": 3_000_010, "literal_bytes": 3_000_010, "files_transferred": 3,
-                        "created": 4, "deleted": 0, "total_size": 3_000_010, "bytes_received": 3_001_033}, True),
+                        "created": 4, "deleted": 0, "total_size": 3_000_010,
+                        "bytes_received": 3_001_033}, True),
     ("pull-second.txt", {"bytes": 0, "literal_bytes": 0, "files_transferred": 0, "created": 0,
                          "deleted": 0, "total_size": 3_000_010, "bytes_sent": 50}, False),
     # one 4 KiB block rewritten, one file removed at the source: the whole 3 MB file counts as
     # transferred, 6,912 bytes of it crossed the wire
     ("pull-delta.txt", {"bytes": 3_000_000, "literal_bytes": 6_912, "matched_bytes": 2_993_088,
                         "files_transferred": 1, "deleted": 1}, True),
-    ("pull-dry-run.txt", {"bytes": 3_000_008, "literal_bytes": 0, "files_transferred": 2, "created": 4}, True),
+    ("pull-dry-run.txt", {"bytes": 3_000_008, "literal_bytes": 0, "files_transferred": 2,
+                          "created": 4}, True),
 ])
 def test_rsync_stats_of_real_runs(fixture, expected, changed):
     stats = parse_rsync_stats((FIXTURES / fixture).read_text())
@@ -123,8 +129,9 @@ def test_default_hub_cache_is_huggingface_hubs_own(monkeypatch):
     """Same answer as huggingface_hub's constants in a fresh interpreter with that environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "XDG_"))}
     env["HF_HOME"] = "/srv/hf"
-    out = subprocess.run([sys.executable, "-c", "from huggingface_hub import constants as c; print(c.HF_HUB_CACHE)"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    code = "from huggingface_hub import constants as c; print(c.HF_HUB_CACHE)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
     assert default_hub_cache({"HF_HOME": "/srv/hf"}, "/root") == out
 
 
@@ -145,7 +152,8 @@ def test_a_second_copy_moves_no_bytes_and_changes_nothing(tmp_path):
     task = {"model_stage": {"mode": "rsync", "src": f"{tmp_path}/src/", "dest": f"{tmp_path}/node/m/"}}
     rc, first = run_task(tmp_path, task)
     assert rc == 0 and first["changed"] is True and first["bytes"] == size
-    assert (tmp_path / "node/m/model.safetensors").read_bytes() == (tmp_path / "src/model.safetensors").read_bytes()
+    copied = (tmp_path / "node/m/model.safetensors").read_bytes()
+    assert copied == (tmp_path / "src/model.safetensors").read_bytes()
     assert oct((tmp_path / "node/m/model.safetensors").stat().st_mode & 0o777) == "0o644"
     rc, second = run_task(tmp_path, task)
     assert rc == 0 and second["changed"] is False and second["bytes"] == 0
@@ -258,23 +266,138 @@ def _cached_repo(cache: Path, repo: str, commit: str = "a" * 40) -> int:
 def test_hub_download_of_a_cached_model_moves_nothing_and_keeps_the_token_out_of_argv(tmp_path):
     cache = tmp_path / "hub"
     _cached_repo(cache, "org/tiny")
-    task = {"model_stage": {"mode": "hub", "hf": [str(HF)], "repo": "org/tiny", "token": "hf_secret_value",
+    task = {"model_stage": {"mode": "hub", "hf": [str(HF)], "repo": "org/tiny", "token": TOKEN,
                             "cache": str(cache)},
             "environment": {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}}
     rc, result = run_task(tmp_path, task)
     assert rc == 0, result
     assert result["changed"] is False and result["bytes"] == 0
     assert result["snapshot"].endswith("snapshots/" + "a" * 40)
-    assert "hf_secret_value" not in str(result["cmd"]) and "hf_secret_value" not in str(result)
+    assert TOKEN not in str(result["cmd"]) and TOKEN not in str(result)
     rc, check = run_task(tmp_path, task, "--check")
     assert rc == 0 and check["changed"] is False
 
 
 @pytest.mark.skipif(not HF.exists(), reason="huggingface_hub's hf CLI is not in this venv")
 def test_hub_download_failure_names_the_model(tmp_path):
-    task = {"model_stage": {"mode": "hub", "hf": [str(HF)], "repo": "org/absent", "cache": str(tmp_path / "hub")},
+    task = {"model_stage": {"mode": "hub", "hf": [str(HF)], "repo": "org/absent",
+                            "cache": str(tmp_path / "hub")},
             "environment": {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}}
     rc, result = run_task(tmp_path, task)
     assert rc != 0 and "hf download of org/absent exited" in result["msg"]
     rc, check = run_task(tmp_path, task, "--check")
     assert rc == 0 and check["changed"] is True, "an uncached model must show as a change in a dry run"
+
+
+# --- the role's decisions (roles/vllm/vars/main.yml, defaults/main.yml), rendered by Ansible ----
+
+def _decisions(tmp_path: Path, model: str, **inputs) -> dict:
+    """What the vllm role decides for a model path and the inventory's inputs."""
+    out = tmp_path / "decisions.json"
+    names = ["__vllm_stage_mode", "__vllm_hub_env", "__vllm_hf_command", "vllm_ray_env_not_carried",
+             "__vllm_model_revision"]
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+             "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml")
+                            for role, kind in (("cluster", "defaults"), ("runtime", "defaults"),
+                                               ("vllm", "defaults"), ("vllm", "vars"))],
+             "tasks": [
+                 {"ansible.builtin.set_fact": {"validate_registry": {"models": {"m": {
+                     "model": model, "revision": "v1"}}}}},
+                 {"ansible.builtin.copy": {
+                     "dest": str(out), "mode": "0644",
+                     "content": "{{ {" + ", ".join(f"'{n}': {n}" for n in names)
+                                + ", 'cache': __vllm_hf_cache} | to_json }}"}},
+             ]}]
+    extra = {"cluster_default_model": "m", **inputs}
+    proc = ansible_playbook(write_play(tmp_path / "decide.yml", play), "-e", json.dumps(extra),
+                            env={"MODEL_NAME": ""})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_local_files_are_rsynced_and_no_rank_gets_the_hf_token(tmp_path):
+    got = _decisions(tmp_path, "/opt/servekit/models/m", vllm_model_source="/srv/m",
+                     vllm_hf_token=TOKEN)
+    assert got["__vllm_stage_mode"] == "rsync" and got["__vllm_hub_env"] == {}
+    assert "HF_TOKEN" in got["vllm_ray_env_not_carried"]
+
+
+def test_a_hub_id_is_downloaded_first_and_served_offline(tmp_path):
+    got = _decisions(tmp_path, "openai/gpt-oss-20b", vllm_hf_token=TOKEN)
+    assert got["__vllm_stage_mode"] == "hub" and got["__vllm_hub_env"] == {"HF_HUB_OFFLINE": "1"}
+    assert got["__vllm_hf_command"] == ["/opt/servekit/venv/bin/hf"]
+    assert got["__vllm_model_revision"] == "v1"
+    assert "HF_TOKEN" in got["vllm_ray_env_not_carried"], "ranks download nothing once staged"
+    assert TOKEN not in json.dumps(got["__vllm_hf_command"])
+    assert got["cache"] is None  # root's default cache, which the vLLM unit (root) reads too
+
+
+def test_containers_download_inside_the_ray_container_into_the_mounted_cache(tmp_path):
+    got = _decisions(tmp_path, "openai/gpt-oss-20b", cluster_runtime="container", vllm_hf_token=TOKEN)
+    assert got["__vllm_hf_command"] == ["/usr/bin/docker", "exec", "--env=HF_TOKEN",
+                                        "--env=HF_HUB_DISABLE_PROGRESS_BARS", "servekit-ray", "hf"]
+    # runtime_hf_cache, mounted as the containers' ~/.cache/huggingface
+    assert got["cache"] == "/opt/servekit/hf-cache/hub"
+
+
+@pytest.mark.parametrize(("model", "inputs"), [
+    ("openai/gpt-oss-20b", {"vllm_model_hub_download": False}),  # vLLM downloads at start, as before
+    ("/opt/servekit/models/m", {}),  # files already on the nodes
+])
+def test_nothing_is_staged_otherwise(tmp_path, model, inputs):
+    got = _decisions(tmp_path, model, **inputs)
+    assert got["__vllm_stage_mode"] == "none" and got["__vllm_hub_env"] == {}
+    assert "HF_TOKEN" not in got["vllm_ray_env_not_carried"]
+
+
+# --- tasks/model.yml itself, on the control node as the head (local connection) --------------
+
+def _stage_play(tmp: Path, nodes: dict[str, str], *flags: str) -> subprocess.CompletedProcess:
+    """roles/vllm/tasks/model.yml for a model at tmp/node/m whose files are in tmp/src."""
+    inventory = {"all": {"children": {
+        "head": {"hosts": {name: {} for name, group in nodes.items() if group == "head"}},
+        "workers": {"hosts": {name: {} for name, group in nodes.items() if group == "workers"}}}}}
+    (tmp / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    play = [{"hosts": "head:workers", "gather_facts": False,
+             "vars": {"__vllm_plan": {"active": True}},
+             "pre_tasks": [{"ansible.builtin.set_fact": {"validate_registry": {"models": {"m": {
+                 "model": str(tmp / "node" / "m")}}}}, "delegate_to": "localhost",
+                 "delegate_facts": True, "run_once": True, "check_mode": False}],
+             "roles": ["cluster"],
+             "tasks": [{"ansible.builtin.include_role": {"name": "vllm", "tasks_from": "model.yml"}}]}]
+    extra = {"cluster_default_model": "m", "vllm_model_source": str(tmp / "src"),
+             "vllm_model_staging_report": str(tmp / "staging.json"), "ansible_connection": "local",
+             "ansible_python_interpreter": sys.executable}
+    return ansible_playbook("-i", tmp / "hosts.yml", write_play(tmp / "stage.yml", play),
+                            "-e", json.dumps(extra), *flags, env={"MODEL_NAME": ""}, timeout=240)
+
+
+@needs_rsync
+def test_the_head_stages_once_and_a_second_run_changes_nothing(tmp_path):
+    size = _model(tmp_path / "src")
+    dry = _stage_play(tmp_path, {"node-a": "head"}, "--check", "--diff")
+    assert dry.returncode == 0, dry.stdout[-4000:]
+    assert not (tmp_path / "node" / "m" / "model.safetensors").exists(), "a dry run copied files"
+    assert not (tmp_path / "staging.json").exists(), "a dry run wrote the report"
+    first = _stage_play(tmp_path, {"node-a": "head"})
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert f"node-a: {size} bytes" in first.stdout and "from control node" in first.stdout
+    report = json.loads((tmp_path / "staging.json").read_text())
+    assert report["nodes"]["node-a"]["bytes"] == size and report["bytes_total"] == size
+    second = _stage_play(tmp_path, {"node-a": "head"})
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert re.search(r"node-a\s*:\s*ok=\d+\s+changed=0", second.stdout), second.stdout[-2000:]
+    assert "node-a: 0 bytes (0.00 Bytes) from control node, unchanged" in second.stdout
+    assert json.loads((tmp_path / "staging.json").read_text())["bytes_total"] == 0
+
+
+@needs_rsync
+def test_a_dry_run_of_fresh_nodes_previews_the_head_and_touches_no_node(tmp_path):
+    _model(tmp_path / "src")
+    dry = _stage_play(tmp_path, {"node-a": "head", "node-b": "workers"}, "--check", "--diff")
+    assert dry.returncode == 0, dry.stdout[-4000:]
+    for task in ("Open the head's model share for the pulls", "Pull the model from the head"):
+        result = dry.stdout.split(f"TASK [vllm : {task}]", 1)[1].split("TASK [", 1)[0]
+        assert "skipping:" in result and "changed:" not in result and "ok:" not in result, result
+    assert "changed: [node-a -> localhost]" in dry.stdout.split("Stage the model onto the head", 1)[1]
+    assert not (tmp_path / "node").exists(), "a dry run created the model directory"
