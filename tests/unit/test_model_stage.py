@@ -401,3 +401,19 @@ def test_a_dry_run_of_fresh_nodes_previews_the_head_and_touches_no_node(tmp_path
         assert "skipping:" in result and "changed:" not in result and "ok:" not in result, result
     assert "changed: [node-a -> localhost]" in dry.stdout.split("Stage the model onto the head", 1)[1]
     assert not (tmp_path / "node").exists(), "a dry run created the model directory"
+
+
+# --- the staging benchmark's larger model -------------------------------------------------------
+
+def test_the_staging_model_is_a_few_hundred_mb_and_splits_over_tp2():
+    from servekit.tinymodel import PRESETS, VOCAB_SIZE
+
+    shape = PRESETS["lab-staging"]
+    assert shape.hidden // shape.heads == 64, "vLLM's CPU attention needs head_dim 64"
+    assert shape.kv_heads % 2 == 0 and shape.heads % 2 == 0, "tensor parallel 2 splits the heads"
+    kv = shape.hidden // shape.heads * shape.kv_heads
+    per_layer = 2 * shape.hidden * shape.hidden + 2 * shape.hidden * kv + 3 * shape.hidden * 2 * shape.hidden
+    weights = 2 * (shape.layers * per_layer + VOCAB_SIZE * shape.hidden)  # bf16, tied embeddings
+    assert 200e6 < weights < 400e6, weights
+    tiny = PRESETS["lab-tiny"]
+    assert tiny.layers == 2 and tiny.max_shard_size is None, "the lab's own model must not change"
