@@ -134,6 +134,7 @@ cmd:
 """
 
 import os  # noqa: E402 - documentation first
+import platform  # noqa: E402
 import shutil  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -156,7 +157,8 @@ def run_rsync(module: AnsibleModule) -> dict:
         if not p[name]:
             module.fail_json(msg=f"model_stage: mode rsync needs {name}")
     if shutil.which("rsync") is None:
-        module.fail_json(msg="model_stage: rsync is not installed on this host (apt-get install rsync)")
+        module.fail_json(msg=f"model_stage: rsync is not installed on {platform.node()}, which runs this "
+                             "transfer (the control node for the copy onto the head): apt-get install rsync")
     remote = p["remote"]
     try:
         if remote:
