@@ -9,14 +9,18 @@ module: model_stage
 short_description: Put a model's files in place before vLLM starts, and count the bytes moved
 version_added: "0.1.0"
 description:
-  - C(mode=rsync) makes O(dest) a copy of O(src) with rsync (C(-a --delete --partial-dir --stats)):
-    a file is sent only when its size or time differ, every sent file is checked against a
-    whole-file checksum, a broken transfer resumes. Either end may be remote (C(host:path) with
-    O(rsh), or C(rsync://host:port/module/)). Changed when a file was written, created or deleted.
-  - C(mode=hub) downloads a hub model repository with huggingface_hub's C(hf download) into the
+  - >-
+    C(mode=rsync) makes O(dest) a copy of O(src) with rsync (C(-a --delete --partial-dir --stats)).
+    A file is sent only when its size or time differ, every sent file is checked against a
+    whole-file checksum, a broken transfer resumes. O(dest) may be on O(remote) (over SSH) and
+    O(src) an rsync daemon (C(rsync://host:port/module/)). Changed when a file was written,
+    created or deleted.
+  - >-
+    C(mode=hub) downloads a hub model repository with huggingface_hub's C(hf download) into the
     node's cache, HF_TOKEN in the environment (never on the command line). Changed when the
     repository's folder in the cache (O(cache)) grew.
-  - Check mode runs C(rsync --dry-run) (reports what would move); for the hub it runs nothing (no
+  - >-
+    Check mode runs C(rsync --dry-run) (reports what would move); for the hub it runs nothing (no
     network needed) and reports a change where the cache holds no snapshot of the repository yet.
   - Command lines and the C(--stats) parser live in C(module_utils/model_stage.py).
 options:
