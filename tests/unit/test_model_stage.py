@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import ROOT, ansible_playbook, run_task, write_play
-
 from servekit.module_utils.model_stage import (
     default_hub_cache,
     hf_download_argv,
