@@ -64,7 +64,7 @@ LAB_ENV   = PATH="$(abspath $(BIN)):$$PATH" ANSIBLE_VAULT_PASSWORD_FILE=$(LAB_VA
 PLAYBOOK  = $(LAB_ENV) $(BIN)/ansible-playbook -i $(LAB_INV)
 # Debian packages the lab needs on this machine (command:package).
 HOST_TOOLS := debootstrap:debootstrap systemd-nspawn:systemd-container iptables:iptables \
-	ssh:openssh-client docker-compose:docker-compose nft:nftables podman:podman \
+	ssh:openssh-client docker-compose:docker-compose nft:nftables podman:podman rsync:rsync \
 	chromium:chromium
 
 host-deps:

@@ -339,8 +339,22 @@ def run_site(root: Path, inventory: Path, options: UpOptions) -> int:
             print(failure_summary(log.events, rerun), file=sys.stderr)
         return EXIT_CANCELLED
     if runner.rc == 0:
+        if not options.check:
+            report_cold_start(list(runner.events), root / ".cache" / "coldstart.json")
         return 0
     return report_failure(log, runner.rc, private_dir / "artifacts", options.check, rerun)
+
+
+def report_cold_start(events: list[dict], dest: Path) -> None:
+    """The run's time per phase to the first completion, printed and written to ``dest``."""
+    from servekit.coldstart import format_table, write_report
+
+    try:
+        report = write_report(events, dest)
+    except (OSError, ValueError, KeyError) as exc:  # a report, never a reason to fail the run
+        print(f"servekit: no cold-start report ({exc})", file=sys.stderr)
+        return
+    print("\n".join([*format_table(report), f"  (written to {dest})"]))
 
 
 def terminate_descendants(pid: int, grace_s: float = 5.0) -> list[int]:

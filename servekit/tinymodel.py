@@ -7,12 +7,18 @@ tensor parallel 2 (4 query heads, 2 KV heads). The completions are gibberish;
 the lab proves the serving path, not the model.
 
     python -m servekit.tinymodel OUTPUT_DIR
+    python -m servekit.tinymodel --preset lab-staging OUTPUT_DIR   # ~300 MB, the staging benchmark's
+
+The ``lab-staging`` preset is the same kind of model, larger (hidden 1024, 16 layers, weights in
+100 MB shards with an index, as hub models ship): benchmarks/staging.sh stages it to measure
+the bytes moved on a first and a second run. The lab itself only ever generates lab-tiny.
 """
 
 from __future__ import annotations
 
+import argparse
 import pydoc
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 VOCAB_SIZE = 512
@@ -21,6 +27,22 @@ HEADS = 4  # head_dim = 256 / 4 = 64
 KV_HEADS = 2
 LAYERS = 2
 MAX_POSITIONS = 1024
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    heads: int  # head_dim = hidden / heads: keep it 64
+    kv_heads: int  # divisible by tensor parallel 2
+    layers: int
+    max_shard_size: str | None = None  # save_pretrained's; None: one file
+
+
+PRESETS = {
+    "lab-tiny": Shape(HIDDEN, HEADS, KV_HEADS, LAYERS),  # 2.7 MB
+    # 16 layers of hidden 1024 (9.4 M parameters each, bf16): about 300 MB in 4 shards
+    "lab-staging": Shape(1024, 16, 8, 16, max_shard_size="100MB"),
+}
 SEED = 20261126
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 SPECIAL = [UNK, BOS, EOS]
@@ -39,7 +61,7 @@ def _corpus() -> list[str]:
     return texts
 
 
-def generate(out: Path) -> Path:
+def generate(out: Path, shape: Shape = PRESETS["lab-tiny"]) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -62,23 +84,24 @@ def generate(out: Path) -> Path:
 
     torch.manual_seed(SEED)
     config = LlamaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, num_hidden_layers=LAYERS,
+        vocab_size=tok.get_vocab_size(), hidden_size=shape.hidden, intermediate_size=2 * shape.hidden,
+        num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, num_hidden_layers=shape.layers,
         max_position_embeddings=MAX_POSITIONS, bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id, tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
+    shards = {"max_shard_size": shape.max_shard_size} if shape.max_shard_size else {}
+    model.save_pretrained(out, safe_serialization=True, **shards)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m servekit.tinymodel OUTPUT_DIR", file=sys.stderr)
-        return 2
-    path = generate(Path(args[0]))
-    print(path)
+    parser = argparse.ArgumentParser(prog="python -m servekit.tinymodel", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="lab-tiny",
+                        help="model shape (default lab-tiny, the lab's model)")
+    parser.add_argument("output_dir", type=Path)
+    args = parser.parse_args(argv)
+    print(generate(args.output_dir, PRESETS[args.preset]))
     return 0
 
 

@@ -33,6 +33,7 @@ HOST_TOOLS = (  # command, Debian package
     ("iptables", "iptables"),
     ("ssh", "openssh-client"),
     ("ssh-keygen", "openssh-client"),
+    ("rsync", "rsync"),  # the vllm stage stages the model onto the head with it
 )
 
 
