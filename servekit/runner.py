@@ -49,14 +49,23 @@ _KEPT_EVENTS = frozenset({
 })
 
 
+def _run_alive(run: Path) -> bool:
+    """Whether the servekit process that made ``run`` (its name ends in the PID) still runs."""
+    pid = int(run.name.rsplit("-", 1)[1])
+    return pid != os.getpid() and psutil.pid_exists(pid)
+
+
 def new_private_dir(base: Path, keep: int = RUNS_KEPT) -> Path:
-    """A new, empty private data dir under ``base``; all but the newest ``keep`` runs are removed."""
+    """A new, empty private data dir under ``base``; all but the newest ``keep`` runs are
+    removed, except those of servekit processes still running: a `servekit status` next
+    to a long `servekit up` must not delete the directory that run writes its events to."""
     base.mkdir(parents=True, exist_ok=True)
     path = base / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%f')}-{os.getpid()}"
     path.mkdir()
     runs = sorted(p for p in base.iterdir() if p.is_dir() and _RUN_DIR.fullmatch(p.name))
     for old in runs[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if not _run_alive(old):
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 
