@@ -416,3 +416,41 @@ def test_the_staging_model_is_a_few_hundred_mb_and_splits_over_tp2():
     assert 200e6 < weights < 400e6, weights
     tiny = PRESETS["lab-tiny"]
     assert tiny.layers == 2 and tiny.max_shard_size is None, "the lab's own model must not change"
+
+
+@needs_rsync
+def test_the_push_goes_to_the_heads_address_not_the_control_nodes_disk(tmp_path):
+    """Under delegate_to: localhost, ansible_connection/ansible_host name the control
+    node: the first lab run copied the model into the control node's own model path
+    and the head stayed empty. Here the head is an SSH host on a closed local port, so
+    the push must try to reach it (and fail), and nothing may land on this disk."""
+    _model(tmp_path / "src")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    # No ansible_connection, as in the lab's inventory: ssh by default, and under
+    # delegation the variable reads "local" (the delegated host's).
+    inventory = {"all": {"children": {"head": {"hosts": {"node-a": {
+        "ansible_host": "127.0.0.1", "ansible_port": closed_port,
+        "ansible_user": "nobody-here", "ansible_ssh_common_args": "-o ConnectTimeout=3 -o BatchMode=yes",
+    }}}, "workers": {"hosts": {}}, "control": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "validate_registry": {"models": {"m": {"model": str(tmp_path / "node" / "m")}}}}}}}}}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    play = [{"hosts": "head", "gather_facts": False,
+             "vars": {"__vllm_plan": {"active": True}, "__vllm_rsync": {"stat": {"exists": True}}},
+             "roles": ["cluster"],
+             # imported (static), so --start-at-task finds the push
+             "tasks": [{"ansible.builtin.import_role": {"name": "vllm", "tasks_from": "model.yml"}}]}]
+    extra = {"cluster_default_model": "m", "vllm_model_source": str(tmp_path / "src"),
+             "vllm_model_staging_report": str(tmp_path / "staging.json")}
+    proc = ansible_playbook("-i", tmp_path / "hosts.yml", write_play(tmp_path / "push.yml", play),
+                            "-e", json.dumps(extra), "--start-at-task",
+                            "Stage the model onto the head from the control node",
+                            env={"MODEL_NAME": "", "ANSIBLE_PYTHON_INTERPRETER": sys.executable}, timeout=240)
+    pushed = proc.stdout.split("TASK [vllm : Stage the model onto the head from the control node]", 1)
+    assert len(pushed) == 2, proc.stdout[-3000:]
+    assert not (tmp_path / "node" / "m" / "config.json").exists(), "the push copied onto the control node"
+    push = pushed[1].split("TASK [", 1)[0]
+    assert proc.returncode != 0 and "fatal: [node-a -> localhost]" in push, push[:3000]
+    assert f"-p {closed_port}" in push or str(closed_port) in push, push[:3000]
