@@ -80,3 +80,13 @@ def copy_lab_project(dest: Path) -> None:
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
     shutil.copytree(ROOT / "inventory/lab/group_vars/all", dest / "inventory/lab/group_vars/all",
                     ignore=shutil.ignore_patterns("lab.yml", "vault.yml"))
+
+
+def write_bench_run(results_dir: Path, summary: dict) -> Path:
+    """A `servekit.bench` results folder holding only ``summary`` (for the report's comparisons)."""
+    from servekit import bench_report
+
+    run_dir = results_dir / summary["run"]
+    run_dir.mkdir(parents=True)
+    (run_dir / bench_report.SUMMARY_FILE).write_text(json.dumps(summary))
+    return run_dir

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT
+from helpers import write_bench_run as write_run
 
 from servekit import bench
 from servekit import bench_report as report
@@ -34,13 +35,6 @@ def scaled(result: dict, throughput: float) -> dict:
 def summary_of(run: str, levels: list[dict], label: str | None = None) -> dict:
     return {"format": report.SUMMARY_FORMAT, "run": run, "label": label, "base_url": "http://127.0.0.1:1",
             "workload": dict(WORKLOAD), "levels": levels, "errors": []}
-
-
-def write_run(results_dir: Path, summary: dict) -> Path:
-    run_dir = results_dir / summary["run"]
-    run_dir.mkdir(parents=True)
-    (run_dir / report.SUMMARY_FILE).write_text(json.dumps(summary))
-    return run_dir
 
 
 def test_spread_is_the_range_over_the_median():

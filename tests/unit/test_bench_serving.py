@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT, ansible_playbook, write_play
+from helpers import write_bench_run as write_run
 
 from servekit import bench
 from servekit import bench_report as report
@@ -44,13 +45,6 @@ def scaled(result: dict, throughput: float = 1.0, latency: float = 1.0, p99: flo
         if key.endswith("_ms"):
             out[key] *= p99 if key.startswith("p99") else latency
     return out
-
-
-def write_run(results_dir: Path, summary: dict) -> Path:
-    run_dir = results_dir / summary["run"]
-    run_dir.mkdir(parents=True)
-    (run_dir / report.SUMMARY_FILE).write_text(json.dumps(summary))
-    return run_dir
 
 
 def test_levels_read_from_real_results():
