@@ -98,12 +98,14 @@ BENCH_OPTS ?=
 bench-overhead:
 	$(LAB_ENV) VENV=$(VENV) benchmarks/overhead.sh -i $(LAB_INV) -- $(BENCH_OPTS)
 
-# A converged lab: a second run and a dry run must change nothing.
+# A converged lab: a second run and a dry run must change nothing (under Mitogen, ansible.cfg's
+# strategy), then become, async and delegate_to under it (tests/lab/mitogen.yml).
 converge-check:
 	$(PLAYBOOK) site.yml | tee .cache/second-run.log
 	.ci/assert-unchanged .cache/second-run.log
 	$(PLAYBOOK) site.yml --check --diff | tee .cache/check-run.log
 	.ci/assert-unchanged .cache/check-run.log
+	$(PLAYBOOK) tests/lab/mitogen.yml
 
 # Security and fault tolerance on the converged lab (see the scripts' heads).
 rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check monitoring-check \

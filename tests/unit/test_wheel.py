@@ -60,7 +60,7 @@ def test_wheel_carries_the_project(wheel):
                  "roles/cluster/defaults/main.yml", "library/vllm_launch.py",
                  "roles/ray/templates/servekit-ray.service.j2", "roles/vllm/files/watchdog.py",
                  "module_utils/vllm_registry.py", "action_plugins/validate_inputs.py",
-                 "inventory/example-2node-roce/hosts.yml",
+                 "strategy_plugins/mitogen_linear.py", "inventory/example-2node-roce/hosts.yml",
                  "lab/vllm-lab-platform/pyproject.toml",
                  "lab/vllm-lab-platform/servekit_lab_platform/platform.py"):
         assert f"servekit/_project/{path}" in names, f"the wheel lacks {path}"
