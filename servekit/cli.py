@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = sub.add_parser("ask", help="one chat completion from the cluster's API (openai client)")
     ask.add_argument("prompt", nargs="?", default="Say hello to the cluster.")
-    ask.add_argument("--inventory", "-i", default=LAB_INVENTORY)
+    ask.add_argument("--inventory", "-i",
+                     help=f"inventory file or folder (default: the lab, {LAB_INVENTORY})")
     ask.add_argument("--model", help="served model name (default: $MODEL_NAME, else the inventory's default)")
     ask.add_argument("--max-tokens", type=int, default=32)
     ask.add_argument("--timeout", type=float, default=120.0)

@@ -19,7 +19,7 @@ from servekit.module_utils.vllm_registry import (
     render_unit,
     select_model,
 )
-from servekit.project import project_root
+from servekit.project import project_root, state_dir
 
 # `servekit up` and `ask` without -i: the local lab (written by `servekit lab up`).
 LAB_INVENTORY = "inventory/lab"
@@ -70,10 +70,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def cluster_view(inventory: str) -> ClusterView:
-    """The cluster of ``inventory`` (relative to the project), or a UsageError naming -i."""
+def cluster_view(inventory: Path) -> ClusterView:
+    """The cluster of ``inventory`` (a path from ``_up_inventory``), or a UsageError naming -i."""
     root = project_root()
-    path = Path(inventory) if Path(inventory).is_absolute() else root / inventory
+    path = inventory
     try:
         return ClusterView.load(path, root, env=runner.ansible_env(root, path))
     except InventoryError as exc:
@@ -87,7 +87,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError("the openai package is not installed (pip install openai)") from exc
 
-    view = cluster_view(args.inventory)
+    view = cluster_view(_up_inventory(project_root(), args.inventory))
     model = args.model or os.environ.get("MODEL_NAME") or view.default_model
     if not model:
         raise UsageError("--model: the inventory sets no cluster_default_model; name the model")
@@ -105,7 +105,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def _api_http_client(openai, view: ClusterView):
     """The openai client's HTTP client, trusting the cluster's CA when its API is HTTPS (None: default)."""
-    ca = view.api_ca_file(project_root())
+    ca = view.api_ca_file(state_dir())
     if ca is None:
         return None
     if not ca.is_file():
@@ -225,7 +225,7 @@ def _day2_cluster(given: str | None) -> tuple[Path, Path, ClusterView]:
     """The project, the inventory (as for `up`) and its cluster; never an example inventory."""
     root = project_root()
     inventory = _up_inventory(root, given)
-    view = cluster_view(str(inventory))
+    view = cluster_view(inventory)
     if str(view.var("cluster_example_inventory")).lower() in ("true", "yes", "1"):
         raise UsageError(f"--inventory {given}: an example inventory (cluster_example_inventory: true); "
                          "its addresses are not your machines")
@@ -241,7 +241,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from servekit import status as st
 
     root, inventory, view = _day2_cluster(args.inventory)
-    out = root / ".cache" / "status.json"
+    out = state_dir(root) / "status.json"
     out.unlink(missing_ok=True)
     rc = runner.run_playbook(root, inventory, "playbooks/status.yml", {"status_output": str(out)},
                              quiet=True)
@@ -249,7 +249,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return rc
     if not out.is_file():
         print(f"servekit status: the status playbook failed (rc {rc}); its events are under "
-              f"{root / '.cache' / 'runner'}", file=sys.stderr)
+              f"{state_dir(root) / 'runner'}", file=sys.stderr)
         return 1
     executor = str(view.var("cluster_executor"))
     result = st.cluster_status(json.loads(out.read_text()), unit_names(view), executor)

@@ -148,17 +148,18 @@ class ClusterView:
         """The head's OpenAI-compatible API, without ``/v1``."""
         return f"{'https' if self.api_tls else 'http'}://{self.address()}:{self.api_port}"
 
-    def api_ca_file(self, root: Path) -> Path | None:
+    def api_ca_file(self, state: Path) -> Path | None:
         """The CA that verifies the API: vllm_api_tls_ca_file, else servekit's own CA under
-        ``root/.cache/tls`` (roles/vllm/tasks/tls.yml makes it), else None: no TLS, or the
-        inventory's own certificate checked against the system's trust store."""
+        ``state/tls`` (the control node's state dir, servekit/project.py: state_dir;
+        roles/vllm/tasks/tls.yml makes it there), else None: no TLS, or the inventory's own
+        certificate checked against the system's trust store."""
         if not self.api_tls:
             return None
         if self.var("vllm_api_tls_ca_file"):
             return Path(self.var("vllm_api_tls_ca_file"))
         if self.var("vllm_api_tls_cert"):
             return None
-        return root / ".cache" / "tls" / "ca.crt"
+        return state / "tls" / "ca.crt"
 
     @property
     def api_key(self) -> str | None:

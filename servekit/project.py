@@ -28,3 +28,26 @@ def project_root() -> Path:
             return root
     raise ProjectNotFound(
         f"no site.yml under {candidates[0]}; set SERVEKIT_HOME to the servekit checkout")
+
+
+def state_dir(root: Path | None = None) -> Path:
+    """Where servekit keeps the control node's state (runner dirs, facts cache, the cluster CA, status)
+    for the project at ``root`` (default: ``project_root()``).
+
+    ``SERVEKIT_STATE_DIR`` when set; else ``.cache`` in the project for a checkout (or
+    ``SERVEKIT_HOME``); else, for an installed wheel, ``$XDG_STATE_HOME/servekit``
+    (``~/.local/state/servekit``), never inside site-packages. Created mode 0700: it holds
+    the cluster CA's private key.
+    """
+    if os.environ.get("SERVEKIT_STATE_DIR"):
+        path = Path(os.environ["SERVEKIT_STATE_DIR"])
+    else:
+        root = root or project_root()
+        if root.resolve() != PACKAGED:
+            path = root / ".cache"
+        else:
+            xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+            path = Path(xdg) / "servekit"
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True)
+    return path.resolve()

@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 from servekit.lab import Lab
+from servekit.project import state_dir
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -283,9 +284,14 @@ def ansible_env(root: Path, inventory: Path | None = None) -> dict[str, str]:
     # ansible-playbook comes from the same environment as servekit, even
     # when that venv is not activated.
     bindir = str(Path(sys.executable).parent)
+    state = state_dir(root)
     env = {
         "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
         "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]),
+        # the roles' control-node files (cluster_control_dir) and ansible.cfg's facts cache:
+        # outside site-packages for an installed wheel (servekit/project.py: state_dir)
+        "SERVEKIT_STATE_DIR": str(state),
+        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(state / "facts"),
     }
     # ansible-runner gives ansible-playbook a pty, so ansible colours its
     # output even when ours goes to a log file: colour only for a terminal.
@@ -313,7 +319,7 @@ def run_site(root: Path, inventory: Path, options: UpOptions) -> int:
     log = EventLog()
     # Every setting of this run is passed here and nowhere else: a fresh
     # private data dir, and no env/ files (see the module docstring).
-    private_dir = new_private_dir(root / ".cache" / "runner")
+    private_dir = new_private_dir(state_dir(root) / "runner")
     thread, runner = ansible_runner.run_async(
         private_data_dir=str(private_dir),
         project_dir=str(root),
@@ -349,7 +355,7 @@ def run_site(root: Path, inventory: Path, options: UpOptions) -> int:
         return EXIT_CANCELLED
     if runner.rc == 0:
         if not options.check:
-            report_cold_start(list(runner.events), root / ".cache" / "coldstart.json")
+            report_cold_start(list(runner.events), state_dir(root) / "coldstart.json")
         return 0
     return report_failure(log, runner.rc, private_dir / "artifacts", options.check, rerun)
 
@@ -417,7 +423,7 @@ def run_playbook(root: Path, inventory: Path, playbook: str, extravars: dict | N
     """
     import ansible_runner
 
-    private_dir = new_private_dir(root / ".cache" / "runner")
+    private_dir = new_private_dir(state_dir(root) / "runner")
     try:
         result = ansible_runner.run(
             private_data_dir=str(private_dir), project_dir=str(root), playbook=str(root / playbook),
@@ -445,7 +451,7 @@ def run_command(root: Path, inventory: Path, hosts: str, argv: Sequence[str]) ->
                                        "unreachable": event["event"] == "runner_on_unreachable"}
         return False  # nothing in the artifacts: a follow loop runs this every few seconds
 
-    private_dir = new_private_dir(root / ".cache" / "runner")
+    private_dir = new_private_dir(state_dir(root) / "runner")
     ansible_runner.run(private_data_dir=str(private_dir), inventory=str(inventory), host_pattern=hosts,
                        module="ansible.builtin.command", module_args=shlex.join(argv),
                        envvars=ansible_env(root), suppress_env_files=True, quiet=True,

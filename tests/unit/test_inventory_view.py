@@ -37,7 +37,8 @@ def test_what_the_inventory_leaves_unset_comes_from_the_role_defaults():
     assert view.address() == "10.0.0.1" and view.address("node-b") == "10.0.0.2"
     # the proxy serves HTTPS by default (vllm_api_tls), verified with servekit's CA
     assert view.api_url == f"https://10.0.0.1:{ROLE['cluster']['cluster_api_port']}"
-    assert view.api_ca_file(ROOT) == ROOT / ".cache" / "tls" / "ca.crt"
+    state = ROOT / ".cache"
+    assert view.api_ca_file(state) == state / "tls" / "ca.crt"
     assert view.default_model == ROLE["cluster"]["cluster_default_model"]
     assert view.api_key is None  # vllm_api_key: null
     ports = view.ports()
@@ -149,4 +150,4 @@ def test_every_variable_the_verify_suite_reads_is_a_role_default():
 def test_api_scheme_and_the_ca_clients_trust(head_vars, scheme, ca):
     view = ClusterView.from_inventory_data(ROOT / "x", _data(head_vars), DEFAULTS)
     assert view.api_url.startswith(f"{scheme}://10.0.0.1:")
-    assert view.api_ca_file(ROOT) == (ca and Path(ca))
+    assert view.api_ca_file(ROOT / ".cache") == (ca and Path(ca))

