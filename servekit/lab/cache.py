@@ -14,6 +14,7 @@ from pathlib import Path
 
 from servekit.lab.base import (
     BASE_PACKAGES,
+    LAB_INSTALLER,
     LAB_REQUIREMENTS,
     PLATFORM_PLUGIN_DIR,
     SUITE,
@@ -80,15 +81,16 @@ class Cache:
         """Download every wheel the lab nodes install, once, with the control node's pip."""
         paths = self.paths
         marker = paths.wheelhouse / ".servekit-requirements"
-        wanted = stamp(LAB_REQUIREMENTS)
+        wanted = stamp((*LAB_REQUIREMENTS, LAB_INSTALLER))
         if marker.is_file() and marker.read_text().strip() == wanted:
             log(f"wheelhouse cached at {paths.wheelhouse}")
             return
         paths.wheelhouse.mkdir(parents=True, exist_ok=True)
-        log(f"downloading {' '.join(LAB_REQUIREMENTS)} and their dependencies into {paths.wheelhouse}")
+        log(f"downloading {' '.join(LAB_REQUIREMENTS)}, their dependencies and {LAB_INSTALLER} "
+            f"into {paths.wheelhouse}")
         started = time.monotonic()
         run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-             "--dest", str(paths.wheelhouse), *LAB_REQUIREMENTS])
+             "--dest", str(paths.wheelhouse), *LAB_REQUIREMENTS, LAB_INSTALLER])
         marker.write_text(wanted + "\n")
         log(f"wheelhouse ready in {time.monotonic() - started:.0f} s")
 
