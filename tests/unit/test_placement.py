@@ -1,0 +1,165 @@
+"""module_utils/placement.py: every deployment rule refuses bad input naming the field, and the
+placement of replicas onto nodes and devices is the documented one."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import ROOT
+from servekit.module_utils.placement import (
+    PlacementError,
+    default_deployments,
+    engines,
+    format_table,
+    parse_deployments,
+    place,
+    plan,
+)
+from servekit.module_utils.vllm_registry import load_registry_file
+
+# the shipped registry: llama-3.1-8b-instruct TP 1, gpt-oss-120b TP 2, deepseek-r1 TP 8 x PP 2
+MODELS = load_registry_file(str(ROOT / "config" / "model_registry.yml"))
+# registry entries of other sizes, in the registry's own form (hyphenated vLLM flags)
+SIZED = {**MODELS,
+         "tp4": {"model": "org/tp4", "tensor-parallel-size": 4},
+         "tp2pp2": {"model": "org/tp2pp2", "tensor-parallel-size": 2, "pipeline-parallel-size": 2},
+         "tp12": {"model": "org/tp12", "tensor-parallel-size": 12}}
+H100x2 = {"h100-01": 8, "h100-02": 8}
+LAB = {"lab-head": 1, "lab-worker-1": 1}
+
+
+def rows(replicas):
+    return [(r.deployment, r.index, {n: list(d) for n, d in r.devices}) for r in replicas]
+
+
+@pytest.mark.parametrize(
+    ("deployments", "devices", "expected"),
+    [
+        # one model across both 8-GPU nodes as one engine: whole nodes, as the single engine today
+        ([{"name": "r1", "model": "deepseek-r1"}], H100x2,
+         [("r1", 0, {"h100-01": list(range(8)), "h100-02": list(range(8))})]),
+        # TP 4 x 4 replicas: two per node on distinct devices
+        ([{"name": "m", "model": "tp4", "replicas": 4}], H100x2,
+         [("m", 0, {"h100-01": [0, 1, 2, 3]}), ("m", 1, {"h100-01": [4, 5, 6, 7]}),
+          ("m", 2, {"h100-02": [0, 1, 2, 3]}), ("m", 3, {"h100-02": [4, 5, 6, 7]})]),
+        # small ones listed first still leave the whole nodes a spanning replica needs
+        ([{"name": "small", "model": "llama-3.1-8b-instruct", "replicas": 2},
+          {"name": "big", "model": "tp12"}], {"a": 4, "b": 4, "c": 4, "d": 4},
+         [("small", 0, {"d": [0]}), ("small", 1, {"d": [1]}),
+          ("big", 0, {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3], "c": [0, 1, 2, 3]})]),
+        # larger first, then best fit: the TP 1 replicas fill the node the TP 2 left room on
+        ([{"name": "one", "model": "llama-3.1-8b-instruct", "replicas": 2},
+          {"name": "two", "model": "gpt-oss-120b"}], {"a": 2, "b": 2},
+         [("one", 0, {"b": [0]}), ("one", 1, {"b": [1]}), ("two", 0, {"a": [0, 1]})]),
+        # a pin restricts a deployment to its hosts
+        ([{"name": "p", "model": "llama-3.1-8b-instruct", "replicas": 2, "nodes": ["h100-02"]}], H100x2,
+         [("p", 0, {"h100-02": [0]}), ("p", 1, {"h100-02": [1]})]),
+        # the lab: lab-tiny (TP 2) spans the two one-device nodes
+        ([{"name": "lab-tiny", "model": "lab-tiny"}], LAB,
+         [("lab-tiny", 0, {"lab-head": [0], "lab-worker-1": [0]})]),
+        # TP 2 x PP 2 on four one-device nodes: four whole nodes
+        ([{"name": "x", "model": "tp2pp2"}], {"a": 1, "b": 1, "c": 1, "d": 1},
+         [("x", 0, {"a": [0], "b": [0], "c": [0], "d": [0]})]),
+    ],
+    ids=["one-engine-16", "tp4x4", "span-first", "best-fit", "pinned", "lab", "tp2pp2-4nodes"],
+)
+def test_placement(deployments, devices, expected):
+    replicas = plan(deployments, SIZED, devices)
+    assert rows(replicas) == expected
+    assert rows(plan(deployments, SIZED, devices)) == expected, "the same inputs must place the same way"
+
+
+def test_the_default_is_one_deployment_of_the_model_one_replica():
+    replicas = plan(default_deployments("deepseek-r1"), MODELS, H100x2)
+    assert engines(replicas) == 1
+    assert replicas[0].as_dict() == {"deployment": "deepseek-r1", "replica": 0, "model": "deepseek-r1",
+                                     "nodes": ["h100-01", "h100-02"],
+                                     "devices": {"h100-01": list(range(8)), "h100-02": list(range(8))}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"name": "x"}, "cluster_deployments = {'name': 'x'}: must be a list of deployments"),
+        (["x"], "cluster_deployments[0] = 'x': must be a mapping with keys name, model"),
+        ([{"name": "a", "model": "tp4", "replica": 2}],
+         "cluster_deployments[0]: unknown key 'replica' (did you mean replicas?); "
+         "allowed: name, model, replicas, nodes"),
+        ([{"model": "tp4"}], "cluster_deployments[0].name = None: is required, a non-empty string"),
+        ([{"name": " ", "model": "tp4"}], "cluster_deployments[0].name = ' ': is required"),
+        ([{"name": "a", "model": "tp4"}, {"name": "a", "model": "tp2pp2"}],
+         "cluster_deployments[1].name = 'a': cluster_deployments[0].name is the same; "
+         "served names must be unique"),
+        ([{"name": "a", "model": "gpt-oss-2b"}],
+         "cluster_deployments[0].model = 'gpt-oss-2b': must be a model registry entry; entries: "
+         "deepseek-r1, gpt-oss-120b, gpt-oss-20b, lab-staging, lab-tiny, llama-3.1-8b-instruct, "
+         "qwen2.5-32b-instruct, tp12, tp2pp2, tp4"),
+        ([{"name": "a", "model": "tp4", "replicas": 0}],
+         "cluster_deployments[0].replicas = 0: must be an integer >= 1"),
+        ([{"name": "a", "model": "tp4", "replicas": "2"}],
+         "cluster_deployments[0].replicas = '2': must be an integer >= 1"),
+        ([{"name": "a", "model": "tp4", "replicas": True}],
+         "cluster_deployments[0].replicas = True: must be an integer >= 1"),
+        ([{"name": "a", "model": "tp4", "nodes": ["h100-03"]}],
+         "cluster_deployments[0].nodes = 'h100-03': not a host of the inventory's head or workers; "
+         "hosts: h100-01, h100-02"),
+        ([{"name": "a", "model": "tp4", "nodes": []}],
+         "cluster_deployments[0].nodes = []: must be a non-empty list of inventory hosts; "
+         "hosts: h100-01, h100-02"),
+        ([{"name": "a", "model": "tp4", "nodes": "h100-01"}],
+         "cluster_deployments[0].nodes = 'h100-01': must be a non-empty list"),
+    ],
+    ids=["not-a-list", "not-a-mapping", "unknown-key", "no-name", "blank-name", "duplicate-name",
+         "unknown-model", "zero-replicas", "string-replicas", "bool-replicas", "unknown-node",
+         "empty-nodes", "nodes-not-a-list"],
+)
+def test_every_input_rule_names_the_field(raw, message):
+    _, problems = parse_deployments(raw, SIZED, list(H100x2))
+    assert any(message in p for p in problems), problems
+    with pytest.raises(PlacementError, match="cluster_deployments"):
+        plan(raw, SIZED, H100x2)
+
+
+def test_every_problem_is_reported_at_once():
+    raw = [{"name": "a", "model": "nope", "replicas": 0}, {"name": "a", "model": "tp4", "nodes": ["zz"]}]
+    _, problems = parse_deployments(raw, SIZED, list(H100x2))
+    assert len(problems) == 4, problems
+
+
+@pytest.mark.parametrize(
+    ("raw", "devices", "message"),
+    [
+        ([{"name": "m", "model": "tp4", "replicas": 5}], H100x2,
+         "cluster_deployments: deployment 'm' replica 5 of 5 needs 4 device(s) (tensor-parallel-size 4 x "
+         "pipeline-parallel-size 1 of model 'tp4') on one node; free: h100-01 0 of 8, h100-02 0 of 8"),
+        ([{"name": "m", "model": "tp4", "replicas": 3, "nodes": ["h100-01"]}], H100x2,
+         "deployment 'm' replica 3 of 3 (nodes: h100-01) needs 4 device(s)"),
+        ([{"name": "r1", "model": "deepseek-r1"}, {"name": "l", "model": "llama-3.1-8b-instruct"}], H100x2,
+         "deployment 'l' replica 1 of 1 needs 1 device(s)"),
+        ([{"name": "r1", "model": "deepseek-r1"}], {"a": 8, "b": 4, "c": 4},
+         "deployment 'r1' replica 1 of 1 needs 16 device(s) (tensor-parallel-size 8 x "
+         "pipeline-parallel-size 2 of model 'deepseek-r1'), more than one node holds"),
+        ([{"name": "t", "model": "tp12"}], H100x2,
+         "deployment 't' replica 1 of 1 needs 12 device(s)"),
+        ([{"name": "l", "model": "llama-3.1-8b-instruct"}, {"name": "lab", "model": "lab-tiny"}], LAB,
+         # the spanning replica is placed first: the TP 1 one is what finds no room
+         "deployment 'l' replica 1 of 1 needs 1 device(s) (tensor-parallel-size 1 x pipeline-parallel-size 1 "
+         "of model 'llama-3.1-8b-instruct') on one node; free: lab-head 0 of 1, lab-worker-1 0 of 1"),
+    ],
+    ids=["too-many-replicas", "pinned-node-full", "no-room-left", "mixed-counts", "not-whole-nodes",
+         "lab-span-after-one"],
+)
+def test_a_set_that_does_not_fit_names_the_deployment_needs_and_free(raw, devices, message):
+    with pytest.raises(PlacementError) as caught:
+        plan(raw, SIZED, devices)
+    assert message in str(caught.value)
+    assert "free:" in str(caught.value)
+
+
+def test_the_table_has_one_row_per_node_of_each_replica():
+    replicas = place(parse_deployments([{"name": "r1", "model": "deepseek-r1"},
+                                        ], MODELS, list(H100x2))[0], H100x2)
+    assert format_table(replicas).splitlines() == [
+        "DEPLOYMENT  REPLICA  MODEL        NODE     DEVICES",
+        "r1          1        deepseek-r1  h100-01  0,1,2,3,4,5,6,7",
+        "r1          1        deepseek-r1  h100-02  0,1,2,3,4,5,6,7",
+    ]
