@@ -17,11 +17,14 @@ needs the entry's tensor-parallel-size x pipeline-parallel-size devices:
 
 ``nodes`` restricts a deployment to those hosts. The placement is
 deterministic: replicas that span nodes go first, then the others from the
-largest down (ties in list order), each on the fitting node with the fewest
-free devices (ties in inventory order), on that node's lowest free device
-indices. Placing the large replicas first keeps the small ones from
-splintering the nodes a whole-node replica needs, and with power-of-two
-sizes it keeps every replica's devices an aligned block.
+largest down (ties in list order), each on the fitting node that holds the
+fewest replicas of its deployment so far, then the one with the fewest free
+devices (ties in inventory order), on that node's lowest free device
+indices. Spreading a deployment's replicas over nodes keeps it serving when
+one node goes down; placing the large replicas first and then filling the
+fullest node keeps the small ones from splintering the nodes a larger
+replica needs, and with power-of-two sizes it keeps every replica's devices
+an aligned block.
 """
 
 from __future__ import annotations
@@ -175,7 +178,9 @@ def place(deployments: Sequence[Deployment], devices: Mapping[str, int]) -> list
             if not fitting:
                 raise PlacementError(f"{where} needs {_needs(deployment)} on one node; free: "
                                      f"{_free_text(free, devices, among)}")
-            node = min(fitting, key=lambda n: (len(free[n]), hosts.index(n)))
+            node = min(fitting, key=lambda n: (sum(1 for r in placed.values()
+                                                   if r.deployment == deployment.name and n in r.nodes),
+                                               len(free[n]), hosts.index(n)))
             taken, free[node] = free[node][:deployment.devices], free[node][deployment.devices:]
             placed[i] = Replica(deployment.name, index, deployment.model, ((node, tuple(taken)),))
             continue
@@ -225,3 +230,31 @@ def format_table(replicas: Sequence[Replica]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
+
+
+def conflicts_with_model_name(raw: Any, model_name: str | None) -> list[str]:
+    """MODEL_NAME (``servekit up --model``) picks ``cluster_model``; with deployments set it would
+    be ignored, so it is refused instead of silently losing."""
+    if raw and model_name:
+        return [f"MODEL_NAME = {model_name!r} is set, but {FIELD} decides what is served: unset "
+                f"MODEL_NAME (or leave out servekit up --model), or edit {FIELD}"]
+    return []
+
+
+def not_served_yet(raw: Any, replicas: Sequence[Replica]) -> list[str]:
+    """What a placed deployment set asks that the serving side does not run yet (issue 21: one
+    engine per replica, the router and rolling changes are still to come): more than one vLLM
+    engine, or one engine under a served name other than its registry entry (the readiness
+    probe, watchdog, rollback and status address the engine by its registry name)."""
+    if not raw:
+        return []
+    if engines(replicas) > 1:
+        return [f"{FIELD}: this set needs {engines(replicas)} vLLM engines (one per replica); more than "
+                f"one engine is not served yet: serve one deployment with replicas: 1 for now. "
+                f"The placement it would get:\n{format_table(replicas)}"]
+    only = replicas[0]
+    if only.deployment != only.model:
+        return [f"{FIELD}[0].name = {only.deployment!r}: a served name other than its registry entry "
+                f"is not served yet (the readiness probe, watchdog, rollback and status ask the engine "
+                f"for {only.model!r}); set name: {only.model}"]
+    return []

@@ -3,13 +3,18 @@ placement of replicas onto nodes and devices is the documented one."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
-from helpers import ROOT
+import yaml
+from helpers import ROOT, ansible_playbook
 from servekit.module_utils.placement import (
     PlacementError,
+    conflicts_with_model_name,
     default_deployments,
     engines,
     format_table,
+    not_served_yet,
     parse_deployments,
     place,
     plan,
@@ -37,10 +42,14 @@ def rows(replicas):
         # one model across both 8-GPU nodes as one engine: whole nodes, as the single engine today
         ([{"name": "r1", "model": "deepseek-r1"}], H100x2,
          [("r1", 0, {"h100-01": list(range(8)), "h100-02": list(range(8))})]),
-        # TP 4 x 4 replicas: two per node on distinct devices
+        # TP 4 x 4 replicas: two per node on distinct devices, spread over the nodes
         ([{"name": "m", "model": "tp4", "replicas": 4}], H100x2,
-         [("m", 0, {"h100-01": [0, 1, 2, 3]}), ("m", 1, {"h100-01": [4, 5, 6, 7]}),
-          ("m", 2, {"h100-02": [0, 1, 2, 3]}), ("m", 3, {"h100-02": [4, 5, 6, 7]})]),
+         [("m", 0, {"h100-01": [0, 1, 2, 3]}), ("m", 1, {"h100-02": [0, 1, 2, 3]}),
+          ("m", 2, {"h100-01": [4, 5, 6, 7]}), ("m", 3, {"h100-02": [4, 5, 6, 7]})]),
+        # a deployment's replicas go to different nodes before any node takes a second one
+        ([{"name": "x", "model": "llama-3.1-8b-instruct", "replicas": 2},
+          {"name": "y", "model": "gpt-oss-120b"}], {"a": 2, "b": 2, "c": 2},
+         [("x", 0, {"b": [0]}), ("x", 1, {"c": [0]}), ("y", 0, {"a": [0, 1]})]),
         # small ones listed first still leave the whole nodes a spanning replica needs
         ([{"name": "small", "model": "llama-3.1-8b-instruct", "replicas": 2},
           {"name": "big", "model": "tp12"}], {"a": 4, "b": 4, "c": 4, "d": 4},
@@ -60,7 +69,7 @@ def rows(replicas):
         ([{"name": "x", "model": "tp2pp2"}], {"a": 1, "b": 1, "c": 1, "d": 1},
          [("x", 0, {"a": [0], "b": [0], "c": [0], "d": [0]})]),
     ],
-    ids=["one-engine-16", "tp4x4", "span-first", "best-fit", "pinned", "lab", "tp2pp2-4nodes"],
+    ids=["one-engine-16", "tp4x4", "spread", "span-first", "best-fit", "pinned", "lab", "tp2pp2-4nodes"],
 )
 def test_placement(deployments, devices, expected):
     replicas = plan(deployments, SIZED, devices)
@@ -163,3 +172,89 @@ def test_the_table_has_one_row_per_node_of_each_replica():
         "r1          1        deepseek-r1  h100-01  0,1,2,3,4,5,6,7",
         "r1          1        deepseek-r1  h100-02  0,1,2,3,4,5,6,7",
     ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([{"name": "m", "model": "tp4", "replicas": 4}],
+         "cluster_deployments: this set needs 4 vLLM engines (one per replica); more than one engine is "
+         "not served yet: serve one deployment with replicas: 1 for now. The placement it would get:\n"
+         "DEPLOYMENT  REPLICA  MODEL  NODE     DEVICES\nm           1        tp4    h100-01  0,1,2,3\n"
+         "m           2        tp4    h100-02  0,1,2,3\n"),
+        ([{"name": "a", "model": "tp4"}, {"name": "b", "model": "tp2pp2"}],
+         "this set needs 2 vLLM engines"),
+        ([{"name": "chat", "model": "tp4"}],
+         "cluster_deployments[0].name = 'chat': a served name other than its registry entry is not "
+         "served yet"),
+    ],
+    ids=["replicas", "two-deployments", "renamed"],
+)
+def test_what_the_serving_side_cannot_run_yet_is_refused_with_the_placement(raw, message):
+    problems = not_served_yet(raw, plan(raw, SIZED, H100x2))
+    assert len(problems) == 1 and message in problems[0], problems
+
+
+@pytest.mark.parametrize("raw", [[], [{"name": "tp4", "model": "tp4"}], [{"name": "deepseek-r1",
+                                                                        "model": "deepseek-r1"}]])
+def test_one_deployment_of_one_replica_under_its_registry_name_is_served(raw):
+    assert not_served_yet(raw, plan(raw, SIZED, H100x2)) == []
+
+
+def test_model_name_with_deployments_is_refused_and_alone_is_not():
+    assert conflicts_with_model_name([], "tp4") == []
+    assert conflicts_with_model_name([{"name": "tp4", "model": "tp4"}], "") == []
+    assert conflicts_with_model_name([{"name": "tp4", "model": "tp4"}], "tp2pp2") == [
+        "MODEL_NAME = 'tp2pp2' is set, but cluster_deployments decides what is served: unset MODEL_NAME "
+        "(or leave out servekit up --model), or edit cluster_deployments"]
+
+
+# --------------------------------------------------------------------------
+# through the validate play on the control node (nothing connects: the
+# example's addresses are never contacted)
+# --------------------------------------------------------------------------
+
+EXAMPLE = ROOT / "inventory" / "example-2x8-h100"
+
+
+def _validate(tmp_path, deployments, env: dict | None = None):
+    inv = tmp_path / "inv"
+    shutil.copytree(EXAMPLE, inv)
+    (inv / "group_vars" / "all" / "deployments.yml").write_text(
+        yaml.safe_dump({"cluster_deployments": deployments}))
+    return ansible_playbook("-i", inv, "playbooks/validate.yml", unset=("MODEL_NAME",),
+                            env={"ANSIBLE_NOCOLOR": "1", **(env or {})})
+
+
+@pytest.mark.parametrize(
+    ("deployments", "env", "message"),
+    [
+        ([{"name": "a", "model": "gpt-oss-120b", "nodes": ["h100-03"]},
+          {"name": "a", "model": "gpt-oss-2b"}], None,
+         "cluster_deployments: 3 problem(s): cluster_deployments[0].nodes = 'h100-03': not a host of the "
+         "inventory's head or workers; hosts: h100-01, h100-02; cluster_deployments[1].name = 'a': "
+         "cluster_deployments[0].name is the same; served names must be unique; "
+         "cluster_deployments[1].model = 'gpt-oss-2b': must be a model registry entry"),
+        ([{"name": "r1", "model": "deepseek-r1", "replicas": 2}], None,
+         "cluster_deployments: deployment 'r1' replica 2 of 2 needs 16 device(s)"),
+        ([{"name": "gpt-oss-120b", "model": "gpt-oss-120b", "replicas": 8}], None,
+         "cluster_deployments: this set needs 8 vLLM engines (one per replica); more than one engine is "
+         "not served yet"),
+        ([{"name": "deepseek-r1", "model": "deepseek-r1"}], {"MODEL_NAME": "gpt-oss-120b"},
+         "MODEL_NAME = 'gpt-oss-120b' is set, but cluster_deployments decides what is served"),
+    ],
+    ids=["input-rules", "does-not-fit", "not-served-yet", "model-name"],
+)
+def test_the_validate_play_refuses_before_the_registry_check(tmp_path, deployments, env, message):
+    proc = _validate(tmp_path, deployments, env)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert message in proc.stdout, proc.stdout[-3000:]
+    assert "Check the model registry" not in proc.stdout, "the deployment rules must come first"
+
+
+def test_the_validate_play_serves_one_deployment_as_cluster_model_and_shows_where(tmp_path):
+    # the other example's default model, so the deployment (not cluster_default_model) decides
+    proc = _validate(tmp_path, [{"name": "gpt-oss-120b", "model": "gpt-oss-120b"}])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "model gpt-oss-120b: 2 device(s) over 1 of 2 node(s)" in proc.stdout
+    assert "gpt-oss-120b  1        gpt-oss-120b  h100-01  0,1" in proc.stdout
