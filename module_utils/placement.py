@@ -222,11 +222,14 @@ def engines(replicas: Sequence[Replica]) -> int:
 
 def format_table(replicas: Sequence[Replica]) -> str:
     """DEPLOYMENT  REPLICA  MODEL  NODE  DEVICES, one row per node of each replica."""
+    return format_placement([r.as_dict() for r in replicas])
+
+
+def format_placement(placement: Sequence[Mapping[str, Any]]) -> str:
+    """``format_table`` of ``Replica.as_dict`` records (as ``servekit status --format json`` has them)."""
     rows = [("DEPLOYMENT", "REPLICA", "MODEL", "NODE", "DEVICES")]
-    for replica in replicas:
-        for node, idx in replica.devices:
-            rows.append((replica.deployment, str(replica.index + 1), replica.model, node,
-                         ",".join(map(str, idx))))
+    rows += [(r["deployment"], str(r["replica"] + 1), r["model"], node, ",".join(map(str, devices)))
+             for r in placement for node, devices in r["devices"].items()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)

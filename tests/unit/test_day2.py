@@ -200,3 +200,17 @@ def test_bash_completion_completes_subcommands_flags_and_choices():
 def test_day2_playbooks_pass_syntax_check(playbook, inventory):
     proc = ansible_playbook("-i", inventory, "--syntax-check", playbook, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_status_shows_the_deployments_placement_in_the_table_and_the_json():
+    result = status.cluster_status(_document(), UNITS, "mp")
+    assert "placement" not in json.loads(status.format_json(result)), "no deployments: output as before"
+    assert "placement" not in status.format_table(result)
+    placed = [{"deployment": "lab-tiny", "replica": 0, "model": "lab-tiny",
+               "nodes": ["lab-head", "lab-worker-1"], "devices": {"lab-head": [0], "lab-worker-1": [0]}}]
+    result.placement = placed
+    assert json.loads(status.format_json(result))["placement"] == placed
+    table = status.format_table(result)
+    assert ("placement (cluster_deployments):\nDEPLOYMENT  REPLICA  MODEL     NODE          DEVICES\n"
+            "lab-tiny    1        lab-tiny  lab-head      0\nlab-tiny    1        lab-tiny  lab-worker-1  0\n"
+            "\nserving: yes") in table, table

@@ -3,11 +3,13 @@ placement of replicas onto nodes and devices is the documented one."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import pytest
 import yaml
-from helpers import ROOT, ansible_playbook
+from helpers import BIN, ROOT, ansible_playbook, run
 from servekit.module_utils.placement import (
     PlacementError,
     conflicts_with_model_name,
@@ -258,3 +260,44 @@ def test_the_validate_play_serves_one_deployment_as_cluster_model_and_shows_wher
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "model gpt-oss-120b: 2 device(s) over 1 of 2 node(s)" in proc.stdout
     assert "gpt-oss-120b  1        gpt-oss-120b  h100-01  0,1" in proc.stdout
+
+
+# --------------------------------------------------------------------------
+# servekit render --inventory (the inventory read by ansible-inventory; no host contacted)
+# --------------------------------------------------------------------------
+
+SERVEKIT = str(BIN / "servekit")
+
+
+def _render(inventory, *args, env: dict | None = None):
+    return run([SERVEKIT, "render", "-i", inventory, *args], timeout=120,
+               env={**{k: v for k, v in os.environ.items() if k != "MODEL_NAME"}, **(env or {})})
+
+
+def test_render_shows_the_default_placement_of_an_inventory_without_deployments():
+    proc = _render(EXAMPLE)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1:] == [
+        "DEPLOYMENT   REPLICA  MODEL        NODE     DEVICES",
+        "deepseek-r1  1        deepseek-r1  h100-01  0,1,2,3,4,5,6,7",
+        "deepseek-r1  1        deepseek-r1  h100-02  0,1,2,3,4,5,6,7",
+    ]
+
+
+def test_render_shows_the_deployments_placement_and_says_what_is_not_served(tmp_path):
+    inv = tmp_path / "inv"
+    shutil.copytree(EXAMPLE, inv)
+    (inv / "group_vars" / "all" / "deployments.yml").write_text(yaml.safe_dump({"cluster_deployments": [
+        {"name": "gpt-oss-120b", "model": "gpt-oss-120b", "replicas": 2}]}))
+    proc = _render(inv, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert [(r["replica"], r["devices"]) for r in found["placement"]] == [
+        (0, {"h100-01": [0, 1]}), (1, {"h100-02": [0, 1]})]
+    assert found["engines"] == 2 and found["not_served"]
+    text = _render(inv)
+    assert "# not served yet" in text.stdout
+    refused = _render(inv, env={"MODEL_NAME": "lab-tiny"})
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(
+        "servekit: error: MODEL_NAME = 'lab-tiny' is set, but cluster_deployments decides"), refused.stderr
