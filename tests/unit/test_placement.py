@@ -301,3 +301,33 @@ def test_render_shows_the_deployments_placement_and_says_what_is_not_served(tmp_
     assert refused.returncode == 2
     assert refused.stderr.startswith(
         "servekit: error: MODEL_NAME = 'lab-tiny' is set, but cluster_deployments decides"), refused.stderr
+
+
+def _commented_deployments() -> list[list]:
+    """Every commented-out ``cluster_deployments:`` block of the example's cluster.yml, uncommented."""
+    blocks, current = [], None
+    for line in (EXAMPLE / "group_vars" / "all" / "cluster.yml").read_text().splitlines():
+        if line == "# cluster_deployments:":
+            current = [line[2:]]
+            blocks.append(current)
+        elif current is not None and line.startswith("#   "):
+            current.append(line[2:])
+        else:
+            current = None
+    return [yaml.safe_load("\n".join(block))["cluster_deployments"] for block in blocks]
+
+
+def test_the_h100_example_deployments_use_all_16_gpus_and_the_one_engine_passes_validate(tmp_path):
+    one_engine, replicas = _commented_deployments()
+    devices = {"h100-01": 8, "h100-02": 8}
+    for deployments in (one_engine, replicas):
+        placed = plan(deployments, MODELS, devices)
+        assert sorted((n, d) for r in placed for n, idx in r.devices for d in idx) == sorted(
+            (n, d) for n in devices for d in range(8)), "every GPU once"
+    passes = _validate(tmp_path / "one", one_engine)
+    assert passes.returncode == 0, passes.stdout[-3000:]
+    assert "model deepseek-r1: 16 device(s) over 2 of 2 node(s)" in passes.stdout
+    refused = _validate(tmp_path / "eight", replicas)
+    assert refused.returncode == 2
+    assert "this set needs 8 vLLM engines (one per replica); more than one engine is not served yet" \
+        in refused.stdout, refused.stdout[-3000:]
