@@ -111,7 +111,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise UsageError("the openai package is not installed (pip install openai)") from exc
 
     view = cluster_view(args.inventory)
-    model = args.model or os.environ.get("MODEL_NAME") or view.default_model
+    model = args.model or os.environ.get("MODEL_NAME") or view.served_model
     if not model:
         raise UsageError("--model: the inventory sets no cluster_default_model; name the model")
     endpoint = f"{view.api_url}/v1"

@@ -175,6 +175,15 @@ class ClusterView:
         """``cluster_deployments`` as the inventory gives it ([] when unset)."""
         return self.var("cluster_deployments") or []
 
+    @property
+    def served_model(self) -> str | None:
+        """The served name a client asks for by default: the first deployment's ``name`` with
+        ``cluster_deployments`` (one is served today), else ``cluster_default_model``."""
+        raw = self.deployments
+        if isinstance(raw, list) and raw and isinstance(raw[0], Mapping) and raw[0].get("name"):
+            return str(raw[0]["name"])
+        return self.default_model
+
     def registry_path(self, root: Path) -> Path:
         """``cluster_registry_path``; the role default (under ``playbook_dir``) is ``root``'s registry."""
         value = self.var("cluster_registry_path")
