@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--api-port", type=int, default=8000)
     render.add_argument("--command", default="vllm", help="argv prefix before 'serve' (default: vllm)")
     render.add_argument("--format", choices=("text", "json"), default="text")
+    render.add_argument("--inventory", "-i", help="show where every replica of the inventory's "
+                        "cluster_deployments runs (nodes, devices) instead of one node's launch")
     render.set_defaults(func=cmd.cmd_render)
 
     up = sub.add_parser("up", help="run site.yml through ansible-runner")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from servekit import lab, runner
 from servekit.inventory import ClusterView, InventoryError
+from servekit.module_utils.placement import PlacementError, engines, format_table, not_served_yet
 from servekit.module_utils.vllm_registry import (
     NodeSpec,
     build_launch_plan,
@@ -46,6 +47,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    if args.inventory:
+        return render_placement(args)
     name = args.model or os.environ.get("MODEL_NAME")
     entry = select_model(_models(args.registry), name)
     nnodes = args.nnodes
@@ -70,6 +73,26 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def render_placement(args: argparse.Namespace) -> int:
+    """Where every replica of the inventory's deployments runs (its nodes and device indices)."""
+    view = cluster_view(_up_inventory(project_root(), args.inventory))
+    try:
+        replicas = view.placement(project_root(), args.model or os.environ.get("MODEL_NAME"))
+    except PlacementError as exc:
+        raise UsageError(str(exc)) from exc
+    unserved = not_served_yet(view.deployments, replicas)
+    if args.format == "json":
+        print(json.dumps({"placement": [r.as_dict() for r in replicas], "engines": engines(replicas),
+                          "not_served": unserved}, indent=2))
+        return 0
+    print(f"# {args.inventory}: {engines(replicas)} vLLM engine(s), one per replica"
+          + ("" if view.deployments else " (no cluster_deployments: one replica of the model)"))
+    print(format_table(replicas))
+    if unserved:
+        print("# not served yet: the validate stage refuses this set until one engine per replica lands")
+    return 0
+
+
 def cluster_view(inventory: Path) -> ClusterView:
     """The cluster of ``inventory`` (a path from ``_up_inventory``), or a UsageError naming -i."""
     root = project_root()
@@ -88,7 +111,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise UsageError("the openai package is not installed (pip install openai)") from exc
 
     view = cluster_view(_up_inventory(project_root(), args.inventory))
-    model = args.model or os.environ.get("MODEL_NAME") or view.default_model
+    model = args.model or os.environ.get("MODEL_NAME") or view.served_model
     if not model:
         raise UsageError("--model: the inventory sets no cluster_default_model; name the model")
     endpoint = f"{view.api_url}/v1"
@@ -253,6 +276,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     executor = str(view.var("cluster_executor"))
     result = st.cluster_status(json.loads(out.read_text()), unit_names(view), executor)
+    if view.deployments:  # without them the output stays what it was
+        try:
+            result.placement = [r.as_dict() for r in view.placement(root, os.environ.get("MODEL_NAME"))]
+        except PlacementError as exc:
+            result.problems.append(str(exc))
     print(st.format_json(result) if args.format == "json" else st.format_table(result))
     return 0 if result.serving else 1
 

@@ -27,6 +27,8 @@ import jinja2
 import yaml
 
 from servekit.lab import Paths as LabPaths
+from servekit.module_utils import placement
+from servekit.module_utils.vllm_registry import load_registry_file
 
 # ``{{ name }}``, ``{{ name | default(None) }}`` or ``{{ name | default(other) }}``
 _ONE_VAR = re.compile(r"\{\{\s*(\w+)\s*(?:\|\s*default\(\s*(\w+)\s*\)\s*)?\}\}")
@@ -168,6 +170,39 @@ class ClusterView:
     @property
     def default_model(self) -> str | None:
         return self.var("cluster_default_model")
+
+    @property
+    def deployments(self) -> Any:
+        """``cluster_deployments`` as the inventory gives it ([] when unset)."""
+        return self.var("cluster_deployments") or []
+
+    @property
+    def served_model(self) -> str | None:
+        """The served name a client asks for by default: the first deployment's ``name`` with
+        ``cluster_deployments`` (one is served today), else ``cluster_default_model``."""
+        raw = self.deployments
+        if isinstance(raw, list) and raw and isinstance(raw[0], Mapping) and raw[0].get("name"):
+            return str(raw[0]["name"])
+        return self.default_model
+
+    def registry_path(self, root: Path) -> Path:
+        """``cluster_registry_path``; the role default (under ``playbook_dir``) is ``root``'s registry."""
+        value = self.var("cluster_registry_path")
+        if not isinstance(value, str) or "{{" in value:
+            return root / "config" / "model_registry.yml"
+        return root / value
+
+    def placement(self, root: Path, model_name: str | None = None) -> list[placement.Replica]:
+        """Every replica's nodes and devices, as the validate stage places them: the inventory's
+        ``cluster_deployments``, else one replica of ``model_name`` (MODEL_NAME) or the default
+        model. Raises PlacementError (or RegistryError) naming the field."""
+        raw = self.deployments
+        for problem in placement.conflicts_with_model_name(raw, model_name):
+            raise placement.PlacementError(problem)
+        if not raw:
+            raw = placement.default_deployments(model_name or str(self.default_model))
+        devices = {node: int(self.var("cluster_devices_per_node", node)) for node in self.nodes}
+        return placement.plan(raw, load_registry_file(str(self.registry_path(root))), devices)
 
     def ports(self, host: str | None = None) -> dict[str, int]:
         """Every ``*_port`` variable of ``host`` (default: the head) that is a number."""

@@ -18,6 +18,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from servekit.module_utils.placement import format_placement
+
 _LAUNCH = re.compile(r"model (?P<model>[^ ,]+), node rank (?P<rank>\d+), role (?P<role>\w+)")
 # roles/vllm/files/watchdog.py logs this line when it restarts the vLLM unit.
 _RESTART = re.compile(r"failed completions in a row: restarting ")
@@ -73,10 +75,15 @@ class ClusterStatus:
     nodes: list[NodeStatus]
     serving: bool
     problems: list[str] = field(default_factory=list)
+    # where cluster_deployments' replicas run (Replica.as_dict); None without deployments
+    placement: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"serving": self.serving, "problems": self.problems,
-                "nodes": [asdict(node) for node in self.nodes]}
+        found = {"serving": self.serving, "problems": self.problems,
+                 "nodes": [asdict(node) for node in self.nodes]}
+        if self.placement is not None:
+            found["placement"] = self.placement
+        return found
 
 
 def node_status(raw: dict[str, Any], units: dict[str, str], ray_nodes: dict[str, float] | None) -> NodeStatus:
@@ -156,6 +163,8 @@ def format_table(status: ClusterStatus) -> str:
             n.ready, n.model)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if status.placement:
+        lines += ["", "placement (cluster_deployments):", format_placement(status.placement), ""]
     lines.append("serving: " + ("yes" if status.serving else "NO"))
     lines.extend(f"  {problem}" for problem in status.problems)
     return "\n".join(lines)

@@ -14,6 +14,7 @@ lead's lab commands in the report).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -200,3 +201,31 @@ def test_bash_completion_completes_subcommands_flags_and_choices():
 def test_day2_playbooks_pass_syntax_check(playbook, inventory):
     proc = ansible_playbook("-i", inventory, "--syntax-check", playbook, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_status_shows_the_deployments_placement_in_the_table_and_the_json():
+    result = status.cluster_status(_document(), UNITS, "mp")
+    assert "placement" not in json.loads(status.format_json(result)), "no deployments: output as before"
+    assert "placement" not in status.format_table(result)
+    placed = [{"deployment": "lab-tiny", "replica": 0, "model": "lab-tiny",
+               "nodes": ["lab-head", "lab-worker-1"], "devices": {"lab-head": [0], "lab-worker-1": [0]}}]
+    result.placement = placed
+    assert json.loads(status.format_json(result))["placement"] == placed
+    table = status.format_table(result)
+    assert ("placement (cluster_deployments):\nDEPLOYMENT  REPLICA  MODEL     NODE          DEVICES\n"
+            "lab-tiny    1        lab-tiny  lab-head      0\nlab-tiny    1        lab-tiny  lab-worker-1  0\n"
+            "\nserving: yes") in table, table
+
+
+def test_status_json_carries_the_placement_of_the_inventory_deployments(tmp_path):
+    inv = _local_inventory(tmp_path)
+    (inv.parent / "group_vars" / "all").mkdir(parents=True)
+    (inv.parent / "group_vars" / "all" / "deployments.yml").write_text(yaml.safe_dump({
+        "cluster_deployments": [{"name": "llama-3.1-8b-instruct", "model": "llama-3.1-8b-instruct"}]}))
+    proc = subprocess.run([SERVEKIT, "status", "-i", str(inv), "--format", "json"], capture_output=True,
+                          text=True, timeout=300, check=False,
+                          env={k: v for k, v in os.environ.items() if k != "MODEL_NAME"})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["placement"] == [
+        {"deployment": "llama-3.1-8b-instruct", "replica": 0, "model": "llama-3.1-8b-instruct",
+         "nodes": ["local-head"], "devices": {"local-head": [0]}}]

@@ -151,3 +151,13 @@ def test_api_scheme_and_the_ca_clients_trust(head_vars, scheme, ca):
     view = ClusterView.from_inventory_data(ROOT / "x", _data(head_vars), DEFAULTS)
     assert view.api_url.startswith(f"{scheme}://10.0.0.1:")
     assert view.api_ca_file(ROOT / ".cache") == (ca and Path(ca))
+
+
+def test_deployments_decide_the_served_name_and_the_placement():
+    plain = ClusterView.from_inventory_data(ROOT / "x", _data(), DEFAULTS)
+    assert plain.deployments == [] and plain.served_model == ROLE["cluster"]["cluster_default_model"]
+    one = {"cluster_deployments": [{"name": "lab-tiny", "model": "lab-tiny"}], "cluster_devices_per_node": 1}
+    view = ClusterView.from_inventory_data(ROOT / "x", _data(one, one), DEFAULTS)
+    assert view.served_model == "lab-tiny"
+    assert view.registry_path(ROOT) == ROOT / "config" / "model_registry.yml"
+    assert [r.as_dict()["devices"] for r in view.placement(ROOT)] == [{"node-a": [0], "node-b": [0]}]
