@@ -75,6 +75,24 @@ def test_dgx_spark_without_gdr_passes_its_own_decision():
     assert len(engine_transport_problems({"spark-01": text}, {"spark-01": True, "spark-02": True})) == 2
 
 
+
+def test_plugin_network_with_gdrdma_passes():
+    """The HPC-X/DOCA net plugin names itself IBext_v<n> (nccl-rdma-sharp-plugins src/ib_plugin.c):
+    an RDMA run, not a socket fallback."""
+    text = log("vllm-ray-2node-ibext-gdrdma.log")
+    assert {c["net"] for c in parse_nccl_channels(text)} == {"IBext_v8"}
+    assert engine_transport_problems({"h100-a": text}, {"h100-a": True, "h100-b": True}) == []
+
+
+def test_plugin_network_without_gdrdma_fails_where_gdr_is_expected():
+    """Recorded NVIDIA/nccl#1814 lines: `via NET/IBext_v8/2` with no /GDRDMA."""
+    text = log("plugin-ibext-lines.txt")
+    problems = engine_transport_problems({"node-a": text}, {"hostname-test": True})
+    assert len(problems) == 1
+    assert problems[0].startswith("hostname-test: cross-node channel over NET/IBext_v8 without GDRDMA")
+    assert problems[0].endswith("[receive] via NET/IBext_v8/2")
+    assert engine_transport_problems({"node-a": text}, {"hostname-test": False}) == []
+
 def test_no_channel_lines_means_the_debug_level_is_wrong():
     problems = engine_transport_problems({"h100-a": "INFO 11-27 [api_server.py] Starting\n", "h100-b": ""},
                                          {"h100-a": True})

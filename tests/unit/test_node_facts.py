@@ -220,6 +220,20 @@ def test_nccl_ib_without_gdr_fails_when_gpudirect_is_expected():
     assert nccl_transport_problems(info, expect_gdr=False) == []
 
 
+
+def test_nccl_plugin_network_is_rdma_not_a_socket_fallback():
+    """NCCL prints the net plugin's own name (`Using network IBext_v6`, nccl-tests#294; `via
+    NET/IBext_v8/2`, nccl#1814); only `Socket` is the fallback."""
+    info = nccl_transport((FIXTURES / "nccl" / "plugin-ibext-lines.txt").read_text())
+    assert info["network"] == "IBext_v6" and not info["socket_fallback"]
+    assert info["ib_devices"][0].startswith("[0]mlx5_1:1/IB/SHARP")
+    problems = nccl_transport_problems(info)
+    assert len(problems) == 1 and "NCCL used NET/IBext_v6 without GPUDirect RDMA" in problems[0]
+    assert nccl_transport_problems(info, expect_gdr=False) == []
+    info = nccl_transport((FIXTURES / "nccl" / "vllm-ray-2node-ibext-gdrdma.log").read_text())
+    assert info["gdr_enabled_hcas"] == ["mlx5_0"] and info["gdrdma_channels"] == 8
+    assert nccl_transport_problems(info) == []
+
 def test_gdr_enabled_for_hca_without_gdrdma_channels_is_not_proof():
     """`GPU Direct RDMA enabled for HCA` is the NIC's capability; the channels say what ran."""
     log = (FIXTURES / "nccl" / "vllm-ray-2node-ib-gdrdma.log").read_text().replace("/GDRDMA", "")
