@@ -119,8 +119,55 @@ def nccl_transport_problems(info: dict, expect_gdr: bool = True) -> list[str]:
     return problems
 
 
+# Ray folds driver-forwarded worker lines that differ only in words with digits into one line
+# with this suffix (ray/_private/ray_logging: ``[repeated {count}x across cluster]``; docs.ray.io
+# "Configuring Logging", Log deduplication). NCCL channel lines differ almost only in such words
+# (``h100-b:4123:4170``, ``1[0]``, ``NET/IB/0/GDRDMA``), so with deduplication on, one rank's line
+# stands for every rank's. RAY_DEDUP_LOGS=0 in the driver's (the head vLLM's) environment turns it off.
+_RAY_DEDUP = re.compile(r"\[repeated \d+x across cluster\]")
+
+
+def transport_check_plan(*, rdma_enabled: bool, executor: str, nodes_used: int,
+                         active: dict[str, bool]) -> dict:
+    """Whether the serving engine's NCCL transport is checked, and whose journal is read.
+
+    ``active``: node -> whether it runs a vLLM unit (under Ray only the head does: Ray places the
+    other ranks and forwards their output to the head's driver). Returns ``run``, ``read`` (the
+    nodes whose vLLM journal holds the ranks' lines), ``min_hosts`` (how many NCCL hosts must show
+    channel lines: the nodes the model spans) and ``reason`` (said on a skip too).
+    """
+    if not rdma_enabled:
+        return {"run": False, "read": [], "min_hosts": 0,
+                "reason": "cluster_rdma_enabled is false: no RDMA transport to check (the lab's CPU "
+                          "vLLM talks gloo, not NCCL)"}
+    if nodes_used <= 1:
+        return {"run": False, "read": [], "min_hosts": 0,
+                "reason": "the model fits on one node: no NCCL channel crosses nodes"}
+    read = sorted(node for node, runs in active.items() if runs)
+    if executor == "ray":
+        why = (f"the model spans {nodes_used} nodes; Ray executor: the head's journal holds every "
+               "rank's lines (its driver runs with RAY_DEDUP_LOGS=0)")
+    else:
+        why = f"the model spans {nodes_used} nodes; each node's vLLM journal holds its own ranks' lines"
+    return {"run": bool(read), "read": read, "min_hosts": nodes_used,
+            "reason": why if read else "no node runs a vLLM unit: nothing to read"}
+
+
+
+def _coverage_problems(folded: list[str], hosts: set[str], min_hosts: int) -> list[str]:
+    """Ranks whose channel lines are missing from what was read, so that they went unjudged."""
+    if folded:
+        return ["Ray folded ranks' NCCL channel lines into one (log deduplication), so those ranks "
+                "cannot be judged: the head vLLM (Ray's driver) needs RAY_DEDUP_LOGS=0 in its "
+                f"environment; first: {folded[0]}"]
+    if hosts and len(hosts) < min_hosts:
+        return [f"NCCL channel lines from {len(hosts)} host(s) ({', '.join(sorted(hosts))}), but the "
+                f"model spans {min_hosts} nodes: the other ranks' lines did not reach the journal "
+                "(Ray's log deduplication: RAY_DEDUP_LOGS=0 for the head vLLM; journald's rate limit)"]
+    return []
+
 def engine_transport_problems(logs: dict[str, str], expect_gdr: dict[str, bool],
-                              rdma_enabled: bool = True) -> list[str]:
+                              rdma_enabled: bool = True, min_hosts: int = 0) -> list[str]:
     """Judge the serving engine's own NCCL lines, read from each node's unit journal.
 
     ``logs``: node -> the journal text of its vLLM unit (with the Ray executor the head's
@@ -129,16 +176,23 @@ def engine_transport_problems(logs: dict[str, str], expect_gdr: dict[str, bool],
     GDRDMA. Each problem names the rank's host, the node whose journal holds the line, and
     the line. A channel over NET/Socket fails where RDMA is enabled; a NET/IB channel without
     /GDRDMA fails on a host that expects GPUDirect RDMA. A net plugin's network (``IBext_v8``)
-    counts as RDMA: only ``Socket`` is the fallback.
+    counts as RDMA: only ``Socket`` is the fallback. ``min_hosts``: how many NCCL hosts must show
+    channel lines (the nodes the model spans); fewer, or Ray's ``[repeated Nx across cluster]``,
+    means ranks' lines were folded or lost and those ranks could not be judged.
     """
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
     any_channel = False
+    hosts: set[str] = set()
+    folded: list[str] = []
     everyone = bool(expect_gdr) and all(expect_gdr.values())
     for node in sorted(logs):
         for channel in parse_nccl_channels(logs[node] or ""):
             any_channel = True
             host = channel["host"]
+            hosts.add(host)
+            if _RAY_DEDUP.search(channel["line"]):
+                folded.append(f"{channel['line']} (journal of {node})")
             if is_socket_network(channel["net"]) and rdma_enabled:
                 kind = "socket"
                 why = ("cross-node channel over the socket transport (NET/Socket) on a cluster "
@@ -165,6 +219,7 @@ def engine_transport_problems(logs: dict[str, str], expect_gdr: dict[str, bool],
                     problems.append(f"{match.group('host')}: NCCL chose the socket network on a "
                                     f"cluster with RDMA enabled; line (journal of {node}): "
                                     f"{line.strip()}")
+    problems += _coverage_problems(folded, hosts, min_hosts)
     if not any_channel:
         problems.insert(0, "no NCCL channel line (`NCCL INFO Channel .. via ..`) in the journal of "
                            f"{', '.join(sorted(logs)) or 'any node'}: the ranks must run with "
