@@ -127,7 +127,8 @@ def gather_gpus(module: AnsibleModule) -> dict:
         facts["cuda_version"] = parsed["cuda_version"]
         if len(parsed["gpus"]) == len(facts["gpus"]):
             for gpu, detail in zip(facts["gpus"], parsed["gpus"], strict=True):
-                gpu["addressing_mode"] = detail["addressing_mode"]
+                for key in ("addressing_mode", "fabric_state", "fabric_status"):
+                    gpu[key] = detail[key]
     elif facts["gpus"]:
         facts["driver_version"] = facts["gpus"][0]["driver_version"]
     topo = _run(module, ["nvidia-smi", "topo", "-m"])

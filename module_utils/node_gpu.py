@@ -72,6 +72,9 @@ def parse_nvidia_smi_xml(text: str) -> dict:
             "memory_total_mib": int(total[0]) if total and total[0].isdigit() else None,
             # "ATS" on Grace-based parts (GH200, GB200, GB10), "None" on x86 hosts
             "addressing_mode": _na(gpu.findtext("addressing_mode") or ""),
+            # NVSwitch systems: the GPU's registration with Fabric Manager (fabric_problem)
+            "fabric_state": _na(gpu.findtext("fabric/state") or ""),
+            "fabric_status": _na(gpu.findtext("fabric/status") or ""),
         })
     return {
         "driver_version": root.findtext("driver_version"),
@@ -80,6 +83,32 @@ def parse_nvidia_smi_xml(text: str) -> dict:
         "gpus": gpus,
     }
 
+
+
+# NVML_GPU_FABRIC_STATE_*: Not Supported, Not Started, In Progress, Completed (NVML API reference,
+# "Fabric definitions"). On NVSwitch systems (HGX/DGX H100, H200, B200) Fabric Manager moves
+# each GPU to Completed; until then cuInit fails with error 802 "system not yet initialized"
+# while nvidia-smi still lists every GPU (aws-samples/aws-deep-learning-ami-ubuntu-dcv-desktop#33,
+# NVIDIA/gpu-operator#375). GPUs without a fabric report N/A (recorded H100 VM) or Not Supported
+# (H100 PCIe, leptonai/gpud#1147).
+FABRIC_NOT_APPLICABLE = (None, "Not Supported")
+
+
+def fabric_problem(gpu: dict) -> str | None:
+    """Why this GPU cannot run CUDA yet for want of Fabric Manager; None when it can."""
+    state, status = gpu.get("fabric_state"), gpu.get("fabric_status")
+    if state in FABRIC_NOT_APPLICABLE:
+        return None
+    if state != "Completed":
+        return (f"fabric state is {state!r}, not 'Completed': Fabric Manager has not set up this "
+                "NVSwitch GPU, and CUDA fails with error 802 (system not yet initialized) although "
+                "nvidia-smi lists it; start nvidia-fabricmanager (`systemctl status "
+                "nvidia-fabricmanager`; its version must equal the driver's)")
+    # nvmlGpuFabricInfo_t: status "must be checked only if state returns complete"
+    if status not in (None, "Success"):
+        return (f"fabric state is 'Completed' with status {status!r}: Fabric Manager failed to set "
+                "up this GPU; see `journalctl -u nvidia-fabricmanager`")
+    return None
 
 def parse_topo_matrix(text: str) -> dict:
     """``nvidia-smi topo -m`` -> link matrix, CPU/NUMA affinity, NIC legend."""

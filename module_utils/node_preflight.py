@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 
 try:  # inside an Ansible module payload
-    from ansible.module_utils.node_gpu import version_tuple
+    from ansible.module_utils.node_gpu import fabric_problem, version_tuple
 except ImportError:  # imported as servekit.module_utils.node_preflight
-    from .node_gpu import version_tuple  # type: ignore[no-redef]
+    from .node_gpu import fabric_problem, version_tuple  # type: ignore[no-redef]
 try:  # inside an Ansible module payload
     from ansible.module_utils.node_rdma import data_port, roce_v2_gid_index
 except ImportError:  # imported as servekit.module_utils.node_preflight
@@ -72,6 +72,10 @@ def host_problems(host: str, facts: dict, want: dict) -> list[str]:
         problems.append(f"{host}: {len(gpus)} GPU(s) visible, inventory says "
                         f"cluster_devices_per_node={want['gpus_per_node']}; check `nvidia-smi -L` "
                         "and the driver")
+    for gpu in gpus:
+        fabric = fabric_problem(gpu)
+        if fabric:
+            problems.append(f"{host}: GPU {gpu.get('index')} ({gpu.get('pci_bus_id')}) {fabric}")
     driver = facts.get("driver_version")
     if want.get("min_driver") and gpus and version_tuple(driver) < version_tuple(want["min_driver"]):
         problems.append(f"{host}: NVIDIA driver {driver} is older than required "

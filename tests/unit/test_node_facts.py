@@ -57,7 +57,38 @@ def test_nvidia_smi_xml_on_h100():
     assert parsed["gpus"] == [{"pci_bus_id": "00000000:00:06.0", "name": "NVIDIA H100 80GB HBM3",
                                "uuid": "GPU-01dadcaa-8683-354a-8d43-82c450a4b357",
                                "minor_number": "0", "memory_total_mib": 81559,
-                               "addressing_mode": "None"}]
+                               "addressing_mode": "None", "fabric_state": None,
+                               "fabric_status": None}]
+
+
+def _hgx_gpu(state: str, status: str) -> dict:
+    """The recorded H100's facts with the fabric block of an HGX node (composed: see
+    tests/fixtures/README.md, nvidia-smi-q-hgx-fabric-in-progress.xml)."""
+    xml = (H100 / "nvidia-smi-q-hgx-fabric-in-progress.xml").read_text()
+    xml = xml.replace("<state>In Progress</state>\n\t\t\t<status>N/A</status>",
+                      f"<state>{state}</state>\n\t\t\t<status>{status}</status>")
+    (gpu,) = parse_nvidia_smi_xml(xml)["gpus"]
+    return dict(parse_gpu_query(probe_section(2))[0], **gpu)
+
+
+def test_fabric_manager_not_done_fails_preflight():
+    """HGX: nvidia-smi lists the GPU while CUDA fails with error 802 until Fabric Manager is done."""
+    gpu = _hgx_gpu("In Progress", "N/A")
+    assert (gpu["fabric_state"], gpu["fabric_status"]) == ("In Progress", None)
+    problems = host_problems("h100-a", _facts(gpus=[gpu]), WANT)
+    assert problems == [
+        "h100-a: GPU 0 (00000000:00:06.0) fabric state is 'In Progress', not 'Completed': Fabric "
+        "Manager has not set up this NVSwitch GPU, and CUDA fails with error 802 (system not yet "
+        "initialized) although nvidia-smi lists it; start nvidia-fabricmanager (`systemctl status "
+        "nvidia-fabricmanager`; its version must equal the driver's)"]
+
+
+@pytest.mark.parametrize(("state", "status", "fails"), [
+    ("Completed", "Success", False), ("N/A", "N/A", False), ("Not Supported", "N/A", False),
+    ("Not Started", "N/A", True), ("Completed", "Unknown Error", True)])
+def test_fabric_states(state, status, fails):
+    problems = host_problems("h100-a", _facts(gpus=[_hgx_gpu(state, status)]), WANT)
+    assert bool(problems) is fails, problems
 
 
 def test_topo_single_gpu_with_ansi_codes():
