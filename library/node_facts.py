@@ -64,7 +64,9 @@ ansible_facts:
   type: dict
   contains:
     servekit_node:
-      description: gpus (with addressing_mode, memory_free_mib), driver_version, cuda_version,
+      description: gpus (with addressing_mode, fabric_state, fabric_status, memory_free_mib),
+        driver_version, cuda_version, pci_chains (GPU and HCA -> PCIe bridges), acs_ctl (bridge ->
+        ACSCtl flags from lspci, null without lspci),
         nvidia_kernel_module, unified_memory, topology, rdma (per HCA, per port, pcie_gbps),
         rdma_links, netdevs (mtu, operstate), peermem_loaded, peermem_available,
         peer_memory_exporter, nv_mem_peer, kernel, machine, multiarch, hostname,
@@ -85,9 +87,12 @@ from ansible.module_utils.node_gpu import (  # noqa: E402
     gpudirect_decision,
     kallsyms_exports,
     parse_gpu_query,
+    parse_lspci_acs,
     parse_nvidia_driver_file,
     parse_nvidia_smi_xml,
     parse_topo_matrix,
+    pci_chain,
+    sysfs_bdf,
     unified_memory,
 )
 from ansible.module_utils.node_preflight import (  # noqa: E402
@@ -137,6 +142,19 @@ def gather_gpus(module: AnsibleModule) -> dict:
     return facts
 
 
+def gather_pci(module: AnsibleModule, sysfs: str, gpus: list[dict], hcas: list[str]) -> dict:
+    """Each GPU's and HCA's PCIe bridges, and every bridge's ACS control (lspci -D -vvv)."""
+    chains = {}
+    for gpu in gpus:
+        if gpu.get("pci_bus_id"):
+            path = os.path.join(sysfs, "bus/pci/devices", sysfs_bdf(gpu["pci_bus_id"]))
+            chains[f"GPU{gpu['index']}"] = pci_chain(os.path.realpath(path))
+    for hca in hcas:
+        chains[hca] = pci_chain(os.path.realpath(os.path.join(sysfs, "class/infiniband", hca, "device")))
+    lspci = _run(module, ["lspci", "-D", "-vvv"])
+    return {"pci_chains": chains, "acs_ctl": parse_lspci_acs(lspci) if lspci is not None else None}
+
+
 def gather_rdma(sysfs: str) -> dict:
     hcas = {}
     for hca_dir in sorted(glob.glob(os.path.join(sysfs, "class/infiniband/*"))):
@@ -184,6 +202,7 @@ def main() -> None:
     facts["rdma"] = gather_rdma(sysfs)
     links = _run(module, ["rdma", "link", "show"])
     facts["rdma_links"] = parse_rdma_link(links) if links else []
+    facts.update(gather_pci(module, sysfs, facts["gpus"], sorted(facts["rdma"])))
     facts["netdevs"] = gather_netdevs(sysfs)
     facts["peermem_loaded"] = os.path.isdir(os.path.join(sysfs, "module/nvidia_peermem"))
     facts["nv_mem_peer"] = os.path.isdir(os.path.join(sysfs, "kernel/mm/memory_peers/nv_mem"))

@@ -66,6 +66,12 @@ problems:
   returned: always
   type: list
   elements: str
+warnings:
+  description: What does not stop serving but slows GPUDirect RDMA (PCIe ACS on a NIC-GPU path), each also
+    given as an Ansible warning.
+  returned: always
+  type: list
+  elements: str
 gid_index:
   description: Host name to the RoCE v2 GID index of its data netdev (null where none).
   returned: always
@@ -88,6 +94,8 @@ def main() -> None:
     )
     p = module.params
     report = preflight_report(p["facts"], p["expect"], p["world_size"], p["require_gpus"])
+    for warning in report["warnings"]:
+        module.warn(warning)
     if report["problems"]:
         module.fail_json(msg="preflight failed:\n- " + "\n- ".join(report["problems"]), **report)
     module.exit_json(changed=False, **report)

@@ -110,6 +110,66 @@ def fabric_problem(gpu: dict) -> str | None:
                 "up this GPU; see `journalctl -u nvidia-fabricmanager`")
     return None
 
+
+# PCIe Access Control Services. NCCL's troubleshooting guide ("PCI Access Control Services
+# (ACS)"): with ACS enabled, GPU<->NIC peer-to-peer transactions are redirected up to the root
+# complex, "a significant performance reduction or even a hang" for GPUDirect RDMA; check with
+# `lspci -vvv | grep ACSCtl` for "SrcValid+". pciutils ls-ecaps.c (cap_acs) prints the control
+# register as "\t\tACSCtl:\tSrcValid+ TransBlk- ReqRedir+ CmpltRedir+ UpstreamFwd+ ...".
+_BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+def parse_lspci_acs(text: str) -> dict[str, str]:
+    """``lspci -D -vvv`` -> {bdf: ACSCtl flags} for every device with an ACS capability."""
+    acs: dict[str, str] = {}
+    device = None
+    for line in text.splitlines():
+        head = _BDF.match(line)
+        if head and not line[:1].isspace():
+            device = head.group(0)
+        elif device and line.strip().startswith("ACSCtl:"):
+            acs[device] = line.split(":", 1)[1].strip()
+    return acs
+
+
+def pci_chain(sysfs_path: str) -> list[str]:
+    """A device's resolved sysfs path (``/sys/devices/pci0000:40/0000:40:01.1/../0000:45:00.0``)
+    -> its bridges from the root port down, then itself."""
+    return [part for part in sysfs_path.split("/") if _BDF.fullmatch(part)]
+
+
+def sysfs_bdf(nvidia_bus_id: str) -> str:
+    """nvidia-smi's ``00000000:18:00.0`` -> sysfs's ``0000:18:00.0``."""
+    domain, _, rest = nvidia_bus_id.lower().partition(":")
+    return f"{domain[-4:]}:{rest}"
+
+
+def acs_warnings(chains: dict[str, list[str]], acs: dict[str, str], nics: list[str]) -> list[str]:
+    """Where ACS is on between a rail NIC and a GPU behind the same PCIe switch.
+
+    ``chains``: device (a GPU's or an HCA's name) -> ``pci_chain``; ``nics``: the rail HCAs.
+    The bridges that carry their peer-to-peer traffic are the deepest common one and those
+    below it; a pair without a common bridge talks through the CPU anyway (NCCL's PHB/SYS).
+    """
+    warnings = []
+    gpus = sorted(d for d in chains if d not in nics)
+    for nic in nics:
+        for gpu in gpus:
+            a, b = chains.get(nic) or [], chains[gpu]
+            common = 0
+            while common < min(len(a), len(b)) - 1 and a[common] == b[common]:
+                common += 1
+            if not common:
+                continue
+            bridges = dict.fromkeys([a[common - 1], *a[common:-1], *b[common:-1]])
+            on = [f"{bdf} ({acs[bdf]})" for bdf in bridges if "SrcValid+" in acs.get(bdf, "")]
+            if on:
+                warnings.append(f"PCIe ACS is enabled between {nic} and {gpu} on {', '.join(on)}: "
+                                "GPUDirect RDMA traffic is redirected through the root complex "
+                                "(slow, or NCCL hangs); disable ACS on bare metal (BIOS, or "
+                                "`setpci -s <bdf> ECAP_ACS+0x6.w=0000`, NCCL troubleshooting guide)")
+    return warnings
+
 def parse_topo_matrix(text: str) -> dict:
     """``nvidia-smi topo -m`` -> link matrix, CPU/NUMA affinity, NIC legend."""
     lines = [_ANSI.sub("", line).rstrip() for line in text.splitlines()]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 
 try:  # inside an Ansible module payload
-    from ansible.module_utils.node_gpu import fabric_problem, version_tuple
+    from ansible.module_utils.node_gpu import acs_warnings, fabric_problem, version_tuple
 except ImportError:  # imported as servekit.module_utils.node_preflight
-    from .node_gpu import fabric_problem, version_tuple  # type: ignore[no-redef]
+    from .node_gpu import acs_warnings, fabric_problem, version_tuple  # type: ignore[no-redef]
 try:  # inside an Ansible module payload
     from ansible.module_utils.node_rdma import data_port, roce_v2_gid_index
 except ImportError:  # imported as servekit.module_utils.node_preflight
@@ -109,6 +109,18 @@ def host_problems(host: str, facts: dict, want: dict) -> list[str]:
     return problems
 
 
+
+def host_warnings(host: str, facts: dict, want: dict) -> list[str]:
+    """What slows ``host`` down without stopping it: PCIe ACS between a rail NIC and a GPU
+    where GPUDirect RDMA is expected (``want['rdma_hcas']``: the rails' HCAs)."""
+    if not want.get("require_rdma", True) or not (facts.get("gpudirect") or {}).get("expect_gdr"):
+        return []
+    if facts.get("acs_ctl") is None:
+        return [f"{host}: no lspci (pciutils) here: PCIe ACS between the rail NICs and the GPUs "
+                "was not checked"]
+    nics = list(want.get("rdma_hcas") or [want.get("rdma_hca")])
+    return [f"{host}: {w}" for w in acs_warnings(facts.get("pci_chains") or {}, facts["acs_ctl"], nics)]
+
 def cluster_problems(facts_by_host: dict[str, dict], world_size: int) -> list[str]:
     """Cross-host checks: GPU total, MTU and CUDA agreement."""
     problems = []
@@ -133,6 +145,7 @@ def preflight_report(facts: dict[str, dict], expect: dict[str, dict], world_size
     GPU count, driver and world-size checks are off.
     """
     problems: list[str] = []
+    warnings: list[str] = []
     gid_index: dict[str, int | None] = {}
     data_mtu: dict[str, int | None] = {}
     for host in sorted(facts):
@@ -140,10 +153,11 @@ def preflight_report(facts: dict[str, dict], expect: dict[str, dict], world_size
         if not require_gpus:
             want = dict(want, gpus_per_node=0, min_driver=None)
         problems += host_problems(host, facts[host], want)
+        warnings += host_warnings(host, facts[host], want)
         netdev = want.get("rdma_netdev")
         port = data_port(facts[host], want.get("rdma_hca"))
         gid_index[host] = roce_v2_gid_index(port, netdev) if port and netdev else None
         data_mtu[host] = (facts[host].get("netdevs") or {}).get(netdev, {}).get("mtu")
     with_mtu = {h: dict(f, data_mtu=data_mtu[h]) for h, f in facts.items()}
     problems += cluster_problems(with_mtu, world_size if require_gpus else 0)
-    return {"problems": problems, "gid_index": gid_index}
+    return {"problems": problems, "warnings": warnings, "gid_index": gid_index}

@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pytest
 from servekit.module_utils.node_gpu import (
+    acs_warnings,
     gpu_nic_affinity,
     gpudirect_decision,
     parse_gpu_query,
+    parse_lspci_acs,
     parse_nvidia_smi_xml,
     parse_topo_matrix,
+    pci_chain,
+    sysfs_bdf,
 )
 from servekit.module_utils.node_nccl import (
     bandwidth_gate,
@@ -21,8 +25,10 @@ from servekit.module_utils.node_nccl import (
 from servekit.module_utils.node_preflight import (
     cluster_problems,
     host_problems,
+    host_warnings,
     memlock_ok,
     parse_proc_limits,
+    preflight_report,
 )
 from servekit.module_utils.node_rdma import parse_rdma_link, parse_sysfs_port, roce_v2_gid_index
 
@@ -319,3 +325,51 @@ def test_node_facts_module_reads_a_sysfs_tree(tmp_path):
     assert node["rdma"]["roceP2p1s0f0"]["pcie_gbps"] is None  # no device/ link files in the tree
     assert host_problems("spark-01", dict(node, gpus=[]), dict(WANT, gpus_per_node=0,
                                                              min_driver=None)) == []
+
+
+# --- PCIe ACS between a rail NIC and its GPU (issue 24, item 8) -------------------------------
+
+LSPCI_ACS = (FIXTURES / "public" / "lspci-acs-switch.txt").read_text()
+# resolved sysfs paths of the fixture's NIC and GPU (/sys/class/infiniband/<hca>/device,
+# /sys/bus/pci/devices/<bdf>): root port 40:01.1, switch 43:00.0, its downstream ports 44:*
+NIC_PATH = "/sys/devices/pci0000:40/0000:40:01.1/0000:43:00.0/0000:44:00.0/0000:45:00.0"
+GPU_PATH = "/sys/devices/pci0000:40/0000:40:01.1/0000:43:00.0/0000:44:01.0/0000:47:00.0"
+
+
+def test_lspci_acs_and_pci_chains():
+    acs = parse_lspci_acs(LSPCI_ACS)
+    assert sorted(acs) == ["0000:40:01.1", "0000:44:00.0", "0000:44:01.0"]
+    assert acs["0000:44:00.0"].startswith("SrcValid+ TransBlk- ReqRedir+")
+    assert pci_chain(NIC_PATH) == ["0000:40:01.1", "0000:43:00.0", "0000:44:00.0", "0000:45:00.0"]
+    assert sysfs_bdf("00000000:47:00.0") == "0000:47:00.0"
+
+
+def _acs_facts(lspci: str | None = LSPCI_ACS, expect_gdr: bool = True) -> dict:
+    return _facts(pci_chains={"mlx5_0": pci_chain(NIC_PATH), "GPU0": pci_chain(GPU_PATH)},
+                  acs_ctl=parse_lspci_acs(lspci) if lspci is not None else None,
+                  gpudirect={"expect_gdr": expect_gdr})
+
+
+def test_acs_on_the_switch_port_of_a_rail_nic_warns():
+    want = dict(WANT, rdma_hcas=["mlx5_0"])
+    (warning,) = host_warnings("h100-a", _acs_facts(), want)
+    assert warning.startswith("h100-a: PCIe ACS is enabled between mlx5_0 and GPU0 on 0000:44:00.0 "
+                              "(SrcValid+ TransBlk- ReqRedir+")
+    assert "0000:40:01.1" not in warning  # the root port above the switch carries no P2P here
+    report = preflight_report({"h100-a": _acs_facts()}, {"h100-a": want}, 1)
+    assert report["warnings"] == [warning] and report["problems"] == []
+
+
+def test_acs_off_or_no_gdr_expected_says_nothing():
+    off = LSPCI_ACS.replace("ACSCtl:\tSrcValid+ TransBlk- ReqRedir+ CmpltRedir+ UpstreamFwd- ",
+                            "ACSCtl:\tSrcValid- TransBlk- ReqRedir- CmpltRedir- UpstreamFwd- ")
+    want = dict(WANT, rdma_hcas=["mlx5_0"])
+    assert host_warnings("h100-a", _acs_facts(off), want) == []
+    assert host_warnings("h100-a", _acs_facts(expect_gdr=False), want) == []
+    assert host_warnings("h100-a", _acs_facts(lspci=None), want) == [
+        "h100-a: no lspci (pciutils) here: PCIe ACS between the rail NICs and the GPUs was not checked"]
+
+
+def test_nic_and_gpu_on_different_root_ports_are_not_judged():
+    chains = {"mlx5_0": ["0000:40:01.1", "0000:45:00.0"], "GPU0": ["0000:c0:01.1", "0000:c1:00.0"]}
+    assert acs_warnings(chains, parse_lspci_acs(LSPCI_ACS), ["mlx5_0"]) == []
