@@ -70,7 +70,8 @@ ansible_facts:
         nvidia_kernel_module, unified_memory, topology, rdma (per HCA, per port, pcie_gbps),
         rdma_links, netdevs (mtu, operstate), peermem_loaded, peermem_available,
         peer_memory_exporter, nv_mem_peer, kernel, machine, multiarch, hostname,
-        mem_available_kib, memlock (pid1 and self), gpudirect (mode, load, expect_gdr, reason).
+        mem_available_kib, memlock (pid1 and self), gpudirect (mode, load, expect_gdr, reason),
+        dgx_release (/etc/dgx-release's DGX_* values; null where the file is absent).
       type: dict
       returned: always
 """
@@ -97,6 +98,7 @@ from ansible.module_utils.node_gpu import (  # noqa: E402
 )
 from ansible.module_utils.node_preflight import (  # noqa: E402
     debian_multiarch,
+    parse_dgx_release,
     parse_meminfo_kib,
     parse_proc_limits,
 )
@@ -218,6 +220,9 @@ def main() -> None:
         facts["multiarch"] = debian_multiarch(facts["machine"])
     except ValueError:
         facts["multiarch"] = None
+    # DGX OS (Ubuntu's os-release, so Ansible says Ubuntu) is told apart by this file
+    dgx_release = read_sysfs("/etc/dgx-release")
+    facts["dgx_release"] = parse_dgx_release(dgx_release) if dgx_release else None
     # NCCL prints gethostname() up to the first '.' in its log prefix
     facts["hostname"] = socket.gethostname().split(".")[0]
     facts["mem_available_kib"] = parse_meminfo_kib(read_sysfs(os.path.join(proc, "meminfo")))

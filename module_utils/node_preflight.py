@@ -4,7 +4,8 @@ Pure functions shared by the ``node_facts`` and ``preflight_check`` modules
 (``ansible.module_utils.node_preflight``) and the tests
 (``servekit.module_utils.node_preflight``). Standard library only.
 
-Formats parsed: ``/proc/<pid>/limits``, ``/proc/meminfo``.
+Formats parsed: ``/proc/<pid>/limits``, ``/proc/meminfo``, ``/etc/dgx-release``, and Ansible's
+distribution facts.
 """
 
 from __future__ import annotations
@@ -60,22 +61,79 @@ def debian_multiarch(machine: str) -> str:
     return triplets[machine]
 
 
+
+# The node operating systems servekit is tested for. DGX OS keeps Ubuntu's /etc/os-release, so
+# Ansible's distribution facts call it Ubuntu (DGX OS 6 is built on Ubuntu 22.04, DGX OS 7 on
+# 24.04: NVIDIA DGX OS 6 and 7 user guides); /etc/dgx-release, from the `dgx-release` package
+# (DGX OS 7 user guide, "DGX Software Stack"), tells it apart: DGX_SWBUILD_VERSION as installed,
+# then one DGX_OTA_VERSION appended per over-the-air upgrade (the last is current).
+SUPPORTED_OS = ("Debian 12", "Ubuntu 22.04", "Ubuntu 24.04", "DGX OS 6", "DGX OS 7")
+DGX_OS_UBUNTU = {"6": "22.04", "7": "24.04"}
+
+
+def parse_dgx_release(text: str) -> dict[str, str]:
+    """``/etc/dgx-release`` (``KEY="value"`` lines; a later key replaces an earlier one)."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.startswith("DGX_"):
+            values[key] = value.strip().strip('"')
+    return values
+
+
+def node_os(facts: dict) -> tuple[str, bool]:
+    """The node's OS by name and whether servekit supports it.
+
+    ``facts``: Ansible's ``distribution``, ``distribution_version`` and
+    ``distribution_major_version``, and ``dgx_release`` (``parse_dgx_release``, or None).
+    """
+    name = facts.get("distribution") or "unknown"
+    version = facts.get("distribution_version") or ""
+    dgx = facts.get("dgx_release") or {}
+    if name == "Debian" and facts.get("distribution_major_version") == "12":
+        return f"Debian 12 ({version})", True
+    if name == "Ubuntu" and version in DGX_OS_UBUNTU.values():
+        if not dgx:
+            return f"Ubuntu {version}", True
+        dgx_version = dgx.get("DGX_OTA_VERSION") or dgx.get("DGX_SWBUILD_VERSION") or "?"
+        major = dgx_version.split(".")[0]
+        return f"DGX OS {dgx_version} (Ubuntu {version})", DGX_OS_UBUNTU.get(major) == version
+    return f"{name} {version}".strip(), False
+
+
+def os_problem(host: str, facts: dict) -> str | None:
+    """Why ``host``'s operating system is refused; None when it is supported."""
+    name, supported = node_os(facts)
+    if supported:
+        return None
+    return (f"{host}: the node runs {name}, which servekit does not support; supported: "
+            f"{', '.join(SUPPORTED_OS)} (the roles and their package names are tested on these only)")
+
+
+def _platform_problems(host: str, facts: dict) -> list[str]:
+    """The node's OS (where its facts were gathered) and its GPUs' Fabric Manager state."""
+    problems = []
+    if facts.get("os") is not None:
+        problems.append(os_problem(host, facts["os"]))
+    for gpu in facts.get("gpus") or []:
+        fabric = fabric_problem(gpu)
+        if fabric:
+            problems.append(f"{host}: GPU {gpu.get('index')} ({gpu.get('pci_bus_id')}) {fabric}")
+    return [p for p in problems if p]
+
+
 def host_problems(host: str, facts: dict, want: dict) -> list[str]:
     """What stops ``host`` from joining an RDMA GPU cluster; each names the fix.
 
     ``want``: ``rdma_hca``, ``rdma_netdev``, ``mtu``, ``min_driver``,
     ``gpus_per_node``, ``require_rdma`` (False skips the RDMA checks).
     """
-    problems = []
+    problems = _platform_problems(host, facts)
     gpus = facts.get("gpus") or []
     if len(gpus) < want.get("gpus_per_node", 0):
         problems.append(f"{host}: {len(gpus)} GPU(s) visible, inventory says "
                         f"cluster_devices_per_node={want['gpus_per_node']}; check `nvidia-smi -L` "
                         "and the driver")
-    for gpu in gpus:
-        fabric = fabric_problem(gpu)
-        if fabric:
-            problems.append(f"{host}: GPU {gpu.get('index')} ({gpu.get('pci_bus_id')}) {fabric}")
     driver = facts.get("driver_version")
     if want.get("min_driver") and gpus and version_tuple(driver) < version_tuple(want["min_driver"]):
         problems.append(f"{host}: NVIDIA driver {driver} is older than required "
