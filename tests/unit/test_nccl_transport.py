@@ -7,11 +7,12 @@ formats (tests/fixtures/nccl/vllm-ray-*.log; see tests/fixtures/nccl/README.md).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_task
+from helpers import ansible_playbook, run_task, write_play
 from servekit.module_utils.node_nccl import (
     engine_transport_problems,
     parse_nccl_channels,
@@ -216,3 +217,46 @@ def test_module_judges_only_the_planned_journals(tmp_path):
     code, out = run_task(tmp_path, task)
     assert code == 2 and out["checked"] and out["channels"] == {"h100-a": 6}
     assert "Ray folded ranks' NCCL channel lines" in out["msg"]
+
+
+
+def _run_transport_tasks(tmp_path: Path, head_log: str, rdma: bool) -> str:
+    """roles/vllm/tasks/transport.yml's own plan, skip-reason and judge tasks on two local hosts
+    under the Ray executor (only h100-a runs a vLLM unit); the journal read is given as its
+    register, as the read task would leave it."""
+    tasks = yaml.safe_load((ROOT / "roles" / "vllm" / "tasks" / "transport.yml").read_text())
+    named = {t["name"]: t for t in tasks}
+    judge = dict(named["Check every rank's NCCL transport (RDMA across nodes, GDRDMA where expected)"])
+    judge["when"] = "__vllm_transport_plan.plan.run"
+    (tmp_path / "head.log").write_text(head_log)
+    facts = {"ansible.builtin.set_fact": {
+        "__vllm_plan": {"active": "{{ inventory_hostname == 'h100-a' }}", "nodes_used": 2},
+        "__vllm_nccl_log": {"stdout": "{{ lookup('file', '%s') if inventory_hostname == 'h100-a' "
+                                      "else '' }}" % (tmp_path / "head.log")},
+        "servekit_node": {"hostname": "{{ inventory_hostname }}", "gpudirect": {"expect_gdr": True}}}}
+    play = [{"hosts": "all", "gather_facts": False,
+             "vars": {"__vllm_restart": True, "cluster_rdma_enabled": rdma, "cluster_executor": "ray",
+                      "cluster_head": "h100-a", "cluster_nodes": ["h100-a", "h100-b"]},
+             "tasks": [facts, named["Plan the engine's NCCL transport check (RDMA, model across nodes, "
+                                    "whose journal)"],
+                       named["Say why the engine's NCCL transport is not checked"], judge]}]
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {"all": {"hosts": {"h100-a": local, "h100-b": local}}}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    proc = ansible_playbook("-i", tmp_path / "hosts.yml", write_play(tmp_path / "play.yml", play),
+                            env={"ANSIBLE_LOCALHOST_WARNING": "false"})
+    return proc.stdout + proc.stderr
+
+
+def test_transport_tasks_judge_the_heads_journal_under_ray(tmp_path):
+    out = _run_transport_tasks(tmp_path, log("vllm-ray-2node-ib-gdrdma.log"), rdma=True)
+    judged = out.split("TASK [Check every rank's NCCL transport")[1]
+    assert "ok: [h100-a -> localhost]" in judged and "failed=1" not in out, out[-3000:]
+    out = _run_transport_tasks(tmp_path, log("vllm-ray-2node-dedup.log"), rdma=True)
+    assert "Ray folded ranks' NCCL channel lines into one" in out, out[-3000:]
+
+
+def test_transport_tasks_say_why_they_skip_on_the_lab(tmp_path):
+    out = _run_transport_tasks(tmp_path, "", rdma=False)
+    assert "NCCL transport check skipped: cluster_rdma_enabled is false" in out, out[-3000:]
+    assert "failed=0" in out
