@@ -147,12 +147,13 @@ def sysfs_bdf(nvidia_bus_id: str) -> str:
 def acs_warnings(chains: dict[str, list[str]], acs: dict[str, str], nics: list[str]) -> list[str]:
     """Where ACS is on between a rail NIC and a GPU behind the same PCIe switch.
 
-    ``chains``: device (a GPU's or an HCA's name) -> ``pci_chain``; ``nics``: the rail HCAs.
+    ``chains``: device (``GPU<index>`` or an HCA's name) -> ``pci_chain``; ``nics``: the rail HCAs
+    (other HCAs, such as a storage NIC, are not judged).
     The bridges that carry their peer-to-peer traffic are the deepest common one and those
     below it; a pair without a common bridge talks through the CPU anyway (NCCL's PHB/SYS).
     """
     warnings = []
-    gpus = sorted(d for d in chains if d not in nics)
+    gpus = sorted(d for d in chains if re.fullmatch(r"GPU\d+", d))
     for nic in nics:
         for gpu in gpus:
             a, b = chains.get(nic) or [], chains[gpu]

@@ -370,6 +370,14 @@ def test_acs_off_or_no_gdr_expected_says_nothing():
         "h100-a: no lspci (pciutils) here: PCIe ACS between the rail NICs and the GPUs was not checked"]
 
 
+def test_only_rail_nics_and_gpus_are_paired():
+    """A storage NIC behind the same switch is no rail: neither it nor the rail pair with it."""
+    chains = {"mlx5_0": pci_chain(NIC_PATH), "GPU0": pci_chain(GPU_PATH),
+              "mlx5_8": ["0000:40:01.1", "0000:43:00.0", "0000:44:00.0", "0000:46:00.0"]}
+    warnings = acs_warnings(chains, parse_lspci_acs(LSPCI_ACS), ["mlx5_0"])
+    assert len(warnings) == 1 and "between mlx5_0 and GPU0" in warnings[0]
+
+
 def test_nic_and_gpu_on_different_root_ports_are_not_judged():
     chains = {"mlx5_0": ["0000:40:01.1", "0000:45:00.0"], "GPU0": ["0000:c0:01.1", "0000:c1:00.0"]}
     assert acs_warnings(chains, parse_lspci_acs(LSPCI_ACS), ["mlx5_0"]) == []
