@@ -45,7 +45,9 @@ options:
     type: float
     default: 0.0
   expect_gdr:
-    description: Require GPUDirect RDMA (every NET/IB channel C(via NET/IB/<n>/GDRDMA)).
+    description:
+      - Require GPUDirect RDMA (every NET/IB channel C(via NET/IB/<n>/GDRDMA)).
+      - A net plugin's network (C(IBext_v8)) counts as IB; only C(Socket) is the fallback.
     type: bool
     default: true
 extends_documentation_fragment:

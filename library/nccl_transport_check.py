@@ -16,12 +16,33 @@ description:
     goes over C(NET/Socket) on a cluster with RDMA enabled, when NCCL says C(Using network Socket), when a
     C(NET/IB) channel lacks C(/GDRDMA) on a host whose GPUDirect decision expects it, or when no channel line
     is found at all.
-  - Pure decision logic (C(engine_transport_problems) in C(module_utils/node_nccl.py)); changes nothing.
+  - Fails too when fewer NCCL hosts show channel lines than the model spans (C(nodes_used)), or when Ray
+    folded ranks' lines into C([repeated Nx across cluster]) (Ray's log deduplication), as those ranks were
+    not judged.
+  - Without O(logs) it only plans (C(transport_check_plan)) whether the check runs (RDMA enabled, the model
+    spans more than one node) and whose journal holds the ranks' lines (the head's under the Ray executor),
+    with the reason either way.
+  - Pure decision logic (C(engine_transport_problems), C(transport_check_plan) in
+    C(module_utils/node_nccl.py)); changes nothing.
 options:
   logs:
-    description: Node name to the NCCL lines of its vLLM unit's current run.
+    description:
+      - Node name to the NCCL lines of its vLLM unit's current run.
+      - Omitted, the module returns the plan only (O(nodes_used) and O(active) required).
     type: dict
-    required: true
+  executor:
+    description: vLLM's distributed executor (C(cluster_executor)).
+    type: str
+    choices: [mp, ray]
+    default: mp
+  nodes_used:
+    description:
+      - How many nodes the model spans (the launch plan's C(nodes_used)). Set, the check runs only when it
+        is more than 1, and that many NCCL hosts must show channel lines.
+    type: int
+  active:
+    description: Node name to whether it runs a vLLM unit (the launch plan's C(active)).
+    type: dict
   expect_gdr:
     description:
       - NCCL host name (short, as in the line prefix) to whether that host must show GDRDMA channels
@@ -55,6 +76,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+plan:
+  description: C(run), C(read) (the nodes whose journal to read), C(min_hosts) and C(reason).
+  returned: when nodes_used is set
+  type: dict
+checked:
+  description: Whether the logs were judged (false when the plan skips the check; C(msg) says why).
+  returned: always
+  type: bool
 channels:
   description: Number of connected channel lines found, per node journal.
   returned: always
@@ -70,26 +99,46 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - documentati
 from ansible.module_utils.node_nccl import (  # noqa: E402
     engine_transport_problems,
     parse_nccl_channels,
+    transport_check_plan,
 )
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
-            "logs": {"type": "dict", "required": True},
+            "logs": {"type": "dict"},
             "expect_gdr": {"type": "dict", "default": {}},
             "rdma_enabled": {"type": "bool", "default": True},
+            "executor": {"type": "str", "choices": ["mp", "ray"], "default": "mp"},
+            "nodes_used": {"type": "int"},
+            "active": {"type": "dict"},
         },
+        required_by={"nodes_used": ("active",)},
+        required_one_of=[("logs", "nodes_used")],
         supports_check_mode=True,
     )
-    logs = {str(k): str(v or "") for k, v in module.params["logs"].items()}
-    expect = {str(k): module.boolean(v) for k, v in module.params["expect_gdr"].items()}
-    problems = engine_transport_problems(logs, expect, module.params["rdma_enabled"])
+    params = module.params
+    plan = None
+    if params["nodes_used"] is not None:
+        plan = transport_check_plan(
+            rdma_enabled=params["rdma_enabled"], executor=params["executor"],
+            nodes_used=params["nodes_used"],
+            active={str(k): module.boolean(v) for k, v in params["active"].items()})
+        if params["logs"] is None or not plan["run"]:
+            module.exit_json(changed=False, checked=False, plan=plan, channels={},
+                             problems=[], msg=plan["reason"])
+    logs = {str(k): str(v or "") for k, v in params["logs"].items()}
+    if plan:
+        logs = {node: text for node, text in logs.items() if node in plan["read"]}
+    expect = {str(k): module.boolean(v) for k, v in params["expect_gdr"].items()}
+    problems = engine_transport_problems(logs, expect, params["rdma_enabled"],
+                                         min_hosts=plan["min_hosts"] if plan else 0)
     channels = {node: len(parse_nccl_channels(text)) for node, text in logs.items()}
+    result = {"changed": False, "checked": True, "channels": channels, "plan": plan}
     if problems:
         module.fail_json(msg="NCCL transport of the serving engine:\n- " + "\n- ".join(problems),
-                         problems=problems, channels=channels, changed=False)
-    module.exit_json(changed=False, problems=[], channels=channels)
+                         problems=problems, **result)
+    module.exit_json(problems=[], msg=plan["reason"] if plan else "", **result)
 
 
 if __name__ == "__main__":

@@ -64,11 +64,14 @@ ansible_facts:
   type: dict
   contains:
     servekit_node:
-      description: gpus (with addressing_mode, memory_free_mib), driver_version, cuda_version,
+      description: gpus (with addressing_mode, fabric_state, fabric_status, memory_free_mib),
+        driver_version, cuda_version, pci_chains (GPU and HCA -> PCIe bridges), acs_ctl (bridge ->
+        ACSCtl flags from lspci, null without lspci),
         nvidia_kernel_module, unified_memory, topology, rdma (per HCA, per port, pcie_gbps),
         rdma_links, netdevs (mtu, operstate), peermem_loaded, peermem_available,
         peer_memory_exporter, nv_mem_peer, kernel, machine, multiarch, hostname,
-        mem_available_kib, memlock (pid1 and self), gpudirect (mode, load, expect_gdr, reason).
+        mem_available_kib, memlock (pid1 and self), gpudirect (mode, load, expect_gdr, reason),
+        dgx_release (/etc/dgx-release's DGX_* values; null where the file is absent).
       type: dict
       returned: always
 """
@@ -85,13 +88,17 @@ from ansible.module_utils.node_gpu import (  # noqa: E402
     gpudirect_decision,
     kallsyms_exports,
     parse_gpu_query,
+    parse_lspci_acs,
     parse_nvidia_driver_file,
     parse_nvidia_smi_xml,
     parse_topo_matrix,
+    pci_chain,
+    sysfs_bdf,
     unified_memory,
 )
 from ansible.module_utils.node_preflight import (  # noqa: E402
     debian_multiarch,
+    parse_dgx_release,
     parse_meminfo_kib,
     parse_proc_limits,
 )
@@ -127,13 +134,27 @@ def gather_gpus(module: AnsibleModule) -> dict:
         facts["cuda_version"] = parsed["cuda_version"]
         if len(parsed["gpus"]) == len(facts["gpus"]):
             for gpu, detail in zip(facts["gpus"], parsed["gpus"], strict=True):
-                gpu["addressing_mode"] = detail["addressing_mode"]
+                for key in ("addressing_mode", "fabric_state", "fabric_status"):
+                    gpu[key] = detail[key]
     elif facts["gpus"]:
         facts["driver_version"] = facts["gpus"][0]["driver_version"]
     topo = _run(module, ["nvidia-smi", "topo", "-m"])
     if topo:
         facts["topology"] = parse_topo_matrix(topo)
     return facts
+
+
+def gather_pci(module: AnsibleModule, sysfs: str, gpus: list[dict], hcas: list[str]) -> dict:
+    """Each GPU's and HCA's PCIe bridges, and every bridge's ACS control (lspci -D -vvv)."""
+    chains = {}
+    for gpu in gpus:
+        if gpu.get("pci_bus_id"):
+            path = os.path.join(sysfs, "bus/pci/devices", sysfs_bdf(gpu["pci_bus_id"]))
+            chains[f"GPU{gpu['index']}"] = pci_chain(os.path.realpath(path))
+    for hca in hcas:
+        chains[hca] = pci_chain(os.path.realpath(os.path.join(sysfs, "class/infiniband", hca, "device")))
+    lspci = _run(module, ["lspci", "-D", "-vvv"])
+    return {"pci_chains": chains, "acs_ctl": parse_lspci_acs(lspci) if lspci is not None else None}
 
 
 def gather_rdma(sysfs: str) -> dict:
@@ -183,6 +204,7 @@ def main() -> None:
     facts["rdma"] = gather_rdma(sysfs)
     links = _run(module, ["rdma", "link", "show"])
     facts["rdma_links"] = parse_rdma_link(links) if links else []
+    facts.update(gather_pci(module, sysfs, facts["gpus"], sorted(facts["rdma"])))
     facts["netdevs"] = gather_netdevs(sysfs)
     facts["peermem_loaded"] = os.path.isdir(os.path.join(sysfs, "module/nvidia_peermem"))
     facts["nv_mem_peer"] = os.path.isdir(os.path.join(sysfs, "kernel/mm/memory_peers/nv_mem"))
@@ -198,6 +220,9 @@ def main() -> None:
         facts["multiarch"] = debian_multiarch(facts["machine"])
     except ValueError:
         facts["multiarch"] = None
+    # DGX OS (Ubuntu's os-release, so Ansible says Ubuntu) is told apart by this file
+    dgx_release = read_sysfs("/etc/dgx-release")
+    facts["dgx_release"] = parse_dgx_release(dgx_release) if dgx_release else None
     # NCCL prints gethostname() up to the first '.' in its log prefix
     facts["hostname"] = socket.gethostname().split(".")[0]
     facts["mem_available_kib"] = parse_meminfo_kib(read_sysfs(os.path.join(proc, "meminfo")))

@@ -14,16 +14,22 @@ description:
     inventory HCA or netdev is missing (listing what is there), a link is down, the MTU differs
     from the wanted one or between nodes, a RoCE v2 GID is missing on the data netdev, the GPUs
     are fewer than tensor-parallel x pipeline-parallel needs, the driver is older than required,
-    or the CUDA version differs between nodes.
+    or the CUDA version differs between nodes, when a node's operating system is not Debian 12, Ubuntu
+    22.04/24.04 or DGX OS 6/7 (from C(os) in its facts), or when an NVSwitch GPU's Fabric Manager state
+    is not C(Completed).
+  - Warns (C(warnings), and an Ansible warning each) where PCIe ACS is enabled on a bridge between a
+    rail NIC (C(rdma_hcas)) and a GPU behind the same switch, on nodes that expect GPUDirect RDMA.
   - Pure decision logic (C(preflight_report) in C(module_utils/node_preflight.py)); changes
     nothing. Run it once, on the control node.
 options:
   facts:
-    description: Mapping of host name to its C(servekit_node) facts.
+    description:
+      - Mapping of host name to its C(servekit_node) facts, each with C(os) (Ansible's C(distribution),
+        C(distribution_version), C(distribution_major_version), and C(dgx_release)) where checked.
     type: dict
     required: true
   expect:
-    description: Mapping of host name to what the inventory expects of it (rdma_hca,
+    description: Mapping of host name to what the inventory expects of it (rdma_hca, rdma_hcas,
       rdma_netdev, mtu, min_driver, gpus_per_node, require_rdma).
     type: dict
     required: true
@@ -66,6 +72,12 @@ problems:
   returned: always
   type: list
   elements: str
+warnings:
+  description: What does not stop serving but slows GPUDirect RDMA (PCIe ACS on a NIC-GPU path), each also
+    given as an Ansible warning.
+  returned: always
+  type: list
+  elements: str
 gid_index:
   description: Host name to the RoCE v2 GID index of its data netdev (null where none).
   returned: always
@@ -88,6 +100,8 @@ def main() -> None:
     )
     p = module.params
     report = preflight_report(p["facts"], p["expect"], p["world_size"], p["require_gpus"])
+    for warning in report["warnings"]:
+        module.warn(warning)
     if report["problems"]:
         module.fail_json(msg="preflight failed:\n- " + "\n- ".join(report["problems"]), **report)
     module.exit_json(changed=False, **report)

@@ -72,6 +72,9 @@ def parse_nvidia_smi_xml(text: str) -> dict:
             "memory_total_mib": int(total[0]) if total and total[0].isdigit() else None,
             # "ATS" on Grace-based parts (GH200, GB200, GB10), "None" on x86 hosts
             "addressing_mode": _na(gpu.findtext("addressing_mode") or ""),
+            # NVSwitch systems: the GPU's registration with Fabric Manager (fabric_problem)
+            "fabric_state": _na(gpu.findtext("fabric/state") or ""),
+            "fabric_status": _na(gpu.findtext("fabric/status") or ""),
         })
     return {
         "driver_version": root.findtext("driver_version"),
@@ -80,6 +83,93 @@ def parse_nvidia_smi_xml(text: str) -> dict:
         "gpus": gpus,
     }
 
+
+
+# NVML_GPU_FABRIC_STATE_*: Not Supported, Not Started, In Progress, Completed (NVML API reference,
+# "Fabric definitions"). On NVSwitch systems (HGX/DGX H100, H200, B200) Fabric Manager moves
+# each GPU to Completed; until then cuInit fails with error 802 "system not yet initialized"
+# while nvidia-smi still lists every GPU (aws-samples/aws-deep-learning-ami-ubuntu-dcv-desktop#33,
+# NVIDIA/gpu-operator#375). GPUs without a fabric report N/A (recorded H100 VM) or Not Supported
+# (H100 PCIe, leptonai/gpud#1147).
+FABRIC_NOT_APPLICABLE = (None, "Not Supported")
+
+
+def fabric_problem(gpu: dict) -> str | None:
+    """Why this GPU cannot run CUDA yet for want of Fabric Manager; None when it can."""
+    state, status = gpu.get("fabric_state"), gpu.get("fabric_status")
+    if state in FABRIC_NOT_APPLICABLE:
+        return None
+    if state != "Completed":
+        return (f"fabric state is {state!r}, not 'Completed': Fabric Manager has not set up this "
+                "NVSwitch GPU, and CUDA fails with error 802 (system not yet initialized) although "
+                "nvidia-smi lists it; start nvidia-fabricmanager (`systemctl status "
+                "nvidia-fabricmanager`; its version must equal the driver's)")
+    # nvmlGpuFabricInfo_t: status "must be checked only if state returns complete"
+    if status not in (None, "Success"):
+        return (f"fabric state is 'Completed' with status {status!r}: Fabric Manager failed to set "
+                "up this GPU; see `journalctl -u nvidia-fabricmanager`")
+    return None
+
+
+# PCIe Access Control Services. NCCL's troubleshooting guide ("PCI Access Control Services
+# (ACS)"): with ACS enabled, GPU<->NIC peer-to-peer transactions are redirected up to the root
+# complex, "a significant performance reduction or even a hang" for GPUDirect RDMA; check with
+# `lspci -vvv | grep ACSCtl` for "SrcValid+". pciutils ls-ecaps.c (cap_acs) prints the control
+# register as "\t\tACSCtl:\tSrcValid+ TransBlk- ReqRedir+ CmpltRedir+ UpstreamFwd+ ...".
+_BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+def parse_lspci_acs(text: str) -> dict[str, str]:
+    """``lspci -D -vvv`` -> {bdf: ACSCtl flags} for every device with an ACS capability."""
+    acs: dict[str, str] = {}
+    device = None
+    for line in text.splitlines():
+        head = _BDF.match(line)
+        if head and not line[:1].isspace():
+            device = head.group(0)
+        elif device and line.strip().startswith("ACSCtl:"):
+            acs[device] = line.split(":", 1)[1].strip()
+    return acs
+
+
+def pci_chain(sysfs_path: str) -> list[str]:
+    """A device's resolved sysfs path (``/sys/devices/pci0000:40/0000:40:01.1/../0000:45:00.0``)
+    -> its bridges from the root port down, then itself."""
+    return [part for part in sysfs_path.split("/") if _BDF.fullmatch(part)]
+
+
+def sysfs_bdf(nvidia_bus_id: str) -> str:
+    """nvidia-smi's ``00000000:18:00.0`` -> sysfs's ``0000:18:00.0``."""
+    domain, _, rest = nvidia_bus_id.lower().partition(":")
+    return f"{domain[-4:]}:{rest}"
+
+
+def acs_warnings(chains: dict[str, list[str]], acs: dict[str, str], nics: list[str]) -> list[str]:
+    """Where ACS is on between a rail NIC and a GPU behind the same PCIe switch.
+
+    ``chains``: device (``GPU<index>`` or an HCA's name) -> ``pci_chain``; ``nics``: the rail HCAs
+    (other HCAs, such as a storage NIC, are not judged).
+    The bridges that carry their peer-to-peer traffic are the deepest common one and those
+    below it; a pair without a common bridge talks through the CPU anyway (NCCL's PHB/SYS).
+    """
+    warnings = []
+    gpus = sorted(d for d in chains if re.fullmatch(r"GPU\d+", d))
+    for nic in nics:
+        for gpu in gpus:
+            a, b = chains.get(nic) or [], chains[gpu]
+            common = 0
+            while common < min(len(a), len(b)) - 1 and a[common] == b[common]:
+                common += 1
+            if not common:
+                continue
+            bridges = dict.fromkeys([a[common - 1], *a[common:-1], *b[common:-1]])
+            on = [f"{bdf} ({acs[bdf]})" for bdf in bridges if "SrcValid+" in acs.get(bdf, "")]
+            if on:
+                warnings.append(f"PCIe ACS is enabled between {nic} and {gpu} on {', '.join(on)}: "
+                                "GPUDirect RDMA traffic is redirected through the root complex "
+                                "(slow, or NCCL hangs); disable ACS on bare metal (BIOS, or "
+                                "`setpci -s <bdf> ECAP_ACS+0x6.w=0000`, NCCL troubleshooting guide)")
+    return warnings
 
 def parse_topo_matrix(text: str) -> dict:
     """``nvidia-smi topo -m`` -> link matrix, CPU/NUMA affinity, NIC legend."""

@@ -28,6 +28,19 @@ _CHANNEL = re.compile(
     r"(?: \[(?P<direction>send|receive)\])? via (?P<via>\S+)")
 _NCCL_LINE = re.compile(r"(?P<host>[\w.-]+):\d+:\d+ \[\d+\] NCCL (?:INFO|WARN) (?P<msg>.*)$")
 
+# NCCL prints the network's own name: ``IB`` for its internal verbs transport, ``Socket`` for the
+# TCP fallback, and a net plugin's name otherwise: Mellanox's nccl-rdma-sharp plugin (HPC-X, DOCA,
+# NGC images' /opt/hpcx/nccl_rdma_sharp_plugin) calls itself ``IBext`` or ``IBext_v6`` ..
+# ``IBext_v11`` (src/ib_plugin.c, ``.name = "IBext_v8"``), as in ``Using network IBext_v6``
+# (NVIDIA/nccl-tests#294) and ``via NET/IBext_v8/2`` (NVIDIA/nccl#1814). Whether a channel carries
+# ``/GDRDMA`` is NCCL core's decision (src/transport/net.cc ``req.useGdr``) for every network.
+SOCKET_NETWORK = "Socket"
+
+
+def is_socket_network(name: str | None) -> bool:
+    """True only for NCCL's socket fallback; ``IB``, ``IBext_v8`` and other plugins are RDMA."""
+    return name == SOCKET_NETWORK
+
 
 def parse_nccl_channels(log: str) -> list[dict]:
     """Every connected channel in an NCCL_DEBUG=INFO log (the ring lists ``Channel 00/02 : 0 1``
@@ -56,7 +69,8 @@ def nccl_transport(log: str) -> dict:
     be used. Only a ``via NET/IB/<n>/GDRDMA`` channel says it *is* used (``gdrdma_channels``).
     """
     network = re.findall(r"NCCL INFO Using network (\S+)", log)
-    gdr_enabled = re.findall(r"NET/IB : GPU Direct RDMA (?:\(DMABUF\) )?[Ee]nabled for HCA \d+ '([^']+)'",
+    # ``NET/%s : GPU Direct RDMA %s for HCA`` (src/graph/topo.cc): %s is the network's name
+    gdr_enabled = re.findall(r"NET/\S+ : GPU Direct RDMA (?:\(DMABUF\) )?[Ee]nabled for HCA \d+ '([^']+)'",
                              log)
     gdr_disabled = re.findall(r"GPU Direct RDMA Disabled for HCA \d+ '([^']+)'", log)
     ib_devices = re.findall(r"NET/IB : Using (\[.*?)(?:; OOB|$)", log, re.MULTILINE)
@@ -65,7 +79,7 @@ def nccl_transport(log: str) -> dict:
     return {
         "network": network[-1] if network else None,
         "socket_fallback": bool(re.search(r"Using network Socket|NET/IB : No device found", log))
-        or any(c["net"] == "Socket" for c in net_channels),
+        or any(is_socket_network(c["net"]) for c in net_channels),
         "ib_devices": [d.strip() for d in ib_devices if d.strip() not in ("[RO]", "")],
         "gdr_enabled_hcas": sorted(set(gdr_enabled)),
         "gdr_disabled_hcas": sorted(set(gdr_disabled)),
@@ -73,7 +87,8 @@ def nccl_transport(log: str) -> dict:
         "net_channels": len(net_channels),
         "gdrdma_channels": sum(1 for c in net_channels if c["gdrdma"]),
         "first_net_channel_without_gdrdma": next(
-            (c["line"] for c in net_channels if c["net"] == "IB" and not c["gdrdma"]), None),
+            (c["line"] for c in net_channels if not is_socket_network(c["net"]) and not c["gdrdma"]),
+            None),
     }
 
 
@@ -84,7 +99,7 @@ def nccl_transport_problems(info: dict, expect_gdr: bool = True) -> list[str]:
     carry it where it is expected (``enabled for HCA`` alone proves nothing).
     """
     problems = []
-    if info["socket_fallback"] or info["network"] not in (None, "IB"):
+    if info["socket_fallback"] or is_socket_network(info["network"]):
         problems.append("NCCL fell back to the socket transport (NET/Socket): no usable RDMA "
                         "device; check NCCL_IB_HCA, `rdma link`, and that /dev/infiniband is visible")
     elif info["network"] is None and not info["net_channels"]:
@@ -92,7 +107,8 @@ def nccl_transport_problems(info: dict, expect_gdr: bool = True) -> list[str]:
                         "NCCL_DEBUG_SUBSYS=INIT,NET")
     if expect_gdr and not problems:
         if not info["gdrdma_channels"]:
-            problems.append("NCCL used NET/IB without GPUDirect RDMA: no `via NET/IB/<n>/GDRDMA` "
+            net = info["network"] or "IB"
+            problems.append(f"NCCL used NET/{net} without GPUDirect RDMA: no `via NET/{net}/<n>/GDRDMA` "
                             "channel in the log (`GPU Direct RDMA enabled for HCA` only says the NIC "
                             "could); run --tags gpudirect and check NCCL_NET_GDR_LEVEL against "
                             "`nvidia-smi topo -m`")
@@ -103,8 +119,55 @@ def nccl_transport_problems(info: dict, expect_gdr: bool = True) -> list[str]:
     return problems
 
 
+# Ray folds driver-forwarded worker lines that differ only in words with digits into one line
+# with this suffix (ray/_private/ray_logging: ``[repeated {count}x across cluster]``; docs.ray.io
+# "Configuring Logging", Log deduplication). NCCL channel lines differ almost only in such words
+# (``h100-b:4123:4170``, ``1[0]``, ``NET/IB/0/GDRDMA``), so with deduplication on, one rank's line
+# stands for every rank's. RAY_DEDUP_LOGS=0 in the driver's (the head vLLM's) environment turns it off.
+_RAY_DEDUP = re.compile(r"\[repeated \d+x across cluster\]")
+
+
+def transport_check_plan(*, rdma_enabled: bool, executor: str, nodes_used: int,
+                         active: dict[str, bool]) -> dict:
+    """Whether the serving engine's NCCL transport is checked, and whose journal is read.
+
+    ``active``: node -> whether it runs a vLLM unit (under Ray only the head does: Ray places the
+    other ranks and forwards their output to the head's driver). Returns ``run``, ``read`` (the
+    nodes whose vLLM journal holds the ranks' lines), ``min_hosts`` (how many NCCL hosts must show
+    channel lines: the nodes the model spans) and ``reason`` (said on a skip too).
+    """
+    if not rdma_enabled:
+        return {"run": False, "read": [], "min_hosts": 0,
+                "reason": "cluster_rdma_enabled is false: no RDMA transport to check (the lab's CPU "
+                          "vLLM talks gloo, not NCCL)"}
+    if nodes_used <= 1:
+        return {"run": False, "read": [], "min_hosts": 0,
+                "reason": "the model fits on one node: no NCCL channel crosses nodes"}
+    read = sorted(node for node, runs in active.items() if runs)
+    if executor == "ray":
+        why = (f"the model spans {nodes_used} nodes; Ray executor: the head's journal holds every "
+               "rank's lines (its driver runs with RAY_DEDUP_LOGS=0)")
+    else:
+        why = f"the model spans {nodes_used} nodes; each node's vLLM journal holds its own ranks' lines"
+    return {"run": bool(read), "read": read, "min_hosts": nodes_used,
+            "reason": why if read else "no node runs a vLLM unit: nothing to read"}
+
+
+
+def _coverage_problems(folded: list[str], hosts: set[str], min_hosts: int) -> list[str]:
+    """Ranks whose channel lines are missing from what was read, so that they went unjudged."""
+    if folded:
+        return ["Ray folded ranks' NCCL channel lines into one (log deduplication), so those ranks "
+                "cannot be judged: the head vLLM (Ray's driver) needs RAY_DEDUP_LOGS=0 in its "
+                f"environment; first: {folded[0]}"]
+    if hosts and len(hosts) < min_hosts:
+        return [f"NCCL channel lines from {len(hosts)} host(s) ({', '.join(sorted(hosts))}), but the "
+                f"model spans {min_hosts} nodes: the other ranks' lines did not reach the journal "
+                "(Ray's log deduplication: RAY_DEDUP_LOGS=0 for the head vLLM; journald's rate limit)"]
+    return []
+
 def engine_transport_problems(logs: dict[str, str], expect_gdr: dict[str, bool],
-                              rdma_enabled: bool = True) -> list[str]:
+                              rdma_enabled: bool = True, min_hosts: int = 0) -> list[str]:
     """Judge the serving engine's own NCCL lines, read from each node's unit journal.
 
     ``logs``: node -> the journal text of its vLLM unit (with the Ray executor the head's
@@ -112,24 +175,33 @@ def engine_transport_problems(logs: dict[str, str], expect_gdr: dict[str, bool],
     name (short, as NCCL prints it) -> whether that node's GPUDirect decision expects
     GDRDMA. Each problem names the rank's host, the node whose journal holds the line, and
     the line. A channel over NET/Socket fails where RDMA is enabled; a NET/IB channel without
-    /GDRDMA fails on a host that expects GPUDirect RDMA.
+    /GDRDMA fails on a host that expects GPUDirect RDMA. A net plugin's network (``IBext_v8``)
+    counts as RDMA: only ``Socket`` is the fallback. ``min_hosts``: how many NCCL hosts must show
+    channel lines (the nodes the model spans); fewer, or Ray's ``[repeated Nx across cluster]``,
+    means ranks' lines were folded or lost and those ranks could not be judged.
     """
     problems: list[str] = []
     seen: set[tuple[str, str]] = set()
     any_channel = False
+    hosts: set[str] = set()
+    folded: list[str] = []
     everyone = bool(expect_gdr) and all(expect_gdr.values())
     for node in sorted(logs):
         for channel in parse_nccl_channels(logs[node] or ""):
             any_channel = True
             host = channel["host"]
-            if channel["net"] == "Socket" and rdma_enabled:
+            hosts.add(host)
+            if _RAY_DEDUP.search(channel["line"]):
+                folded.append(f"{channel['line']} (journal of {node})")
+            if is_socket_network(channel["net"]) and rdma_enabled:
                 kind = "socket"
                 why = ("cross-node channel over the socket transport (NET/Socket) on a cluster "
                        "with RDMA enabled: NCCL found no usable RDMA device (NCCL_IB_HCA, "
                        "/dev/infiniband in the unit or container, mlx5_ib)")
-            elif channel["net"] == "IB" and not channel["gdrdma"] and expect_gdr.get(host, everyone):
+            elif (channel["net"] and not is_socket_network(channel["net"]) and not channel["gdrdma"]
+                  and expect_gdr.get(host, everyone)):
                 kind = "gdr"
-                why = ("cross-node channel over NET/IB without GDRDMA where this node's "
+                why = (f"cross-node channel over NET/{channel['net']} without GDRDMA where this node's "
                        "GPUDirect RDMA path expects it (servekit_node.gpudirect): run --tags "
                        "gpudirect, check NCCL_NET_GDR_LEVEL and `nvidia-smi topo -m`")
             else:
@@ -147,6 +219,7 @@ def engine_transport_problems(logs: dict[str, str], expect_gdr: dict[str, bool],
                     problems.append(f"{match.group('host')}: NCCL chose the socket network on a "
                                     f"cluster with RDMA enabled; line (journal of {node}): "
                                     f"{line.strip()}")
+    problems += _coverage_problems(folded, hosts, min_hosts)
     if not any_channel:
         problems.insert(0, "no NCCL channel line (`NCCL INFO Channel .. via ..`) in the journal of "
                            f"{', '.join(sorted(logs)) or 'any node'}: the ranks must run with "

@@ -4,7 +4,8 @@ Pure functions shared by the ``node_facts`` and ``preflight_check`` modules
 (``ansible.module_utils.node_preflight``) and the tests
 (``servekit.module_utils.node_preflight``). Standard library only.
 
-Formats parsed: ``/proc/<pid>/limits``, ``/proc/meminfo``.
+Formats parsed: ``/proc/<pid>/limits``, ``/proc/meminfo``, ``/etc/dgx-release``, and Ansible's
+distribution facts.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import re
 
 try:  # inside an Ansible module payload
-    from ansible.module_utils.node_gpu import version_tuple
+    from ansible.module_utils.node_gpu import acs_warnings, fabric_problem, version_tuple
 except ImportError:  # imported as servekit.module_utils.node_preflight
-    from .node_gpu import version_tuple  # type: ignore[no-redef]
+    from .node_gpu import acs_warnings, fabric_problem, version_tuple  # type: ignore[no-redef]
 try:  # inside an Ansible module payload
     from ansible.module_utils.node_rdma import data_port, roce_v2_gid_index
 except ImportError:  # imported as servekit.module_utils.node_preflight
@@ -60,13 +61,74 @@ def debian_multiarch(machine: str) -> str:
     return triplets[machine]
 
 
+
+# The node operating systems servekit is tested for. DGX OS keeps Ubuntu's /etc/os-release, so
+# Ansible's distribution facts call it Ubuntu (DGX OS 6 is built on Ubuntu 22.04, DGX OS 7 on
+# 24.04: NVIDIA DGX OS 6 and 7 user guides); /etc/dgx-release, from the `dgx-release` package
+# (DGX OS 7 user guide, "DGX Software Stack"), tells it apart: DGX_SWBUILD_VERSION as installed,
+# then one DGX_OTA_VERSION appended per over-the-air upgrade (the last is current).
+SUPPORTED_OS = ("Debian 12", "Ubuntu 22.04", "Ubuntu 24.04", "DGX OS 6", "DGX OS 7")
+DGX_OS_UBUNTU = {"6": "22.04", "7": "24.04"}
+
+
+def parse_dgx_release(text: str) -> dict[str, str]:
+    """``/etc/dgx-release`` (``KEY="value"`` lines; a later key replaces an earlier one)."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.startswith("DGX_"):
+            values[key] = value.strip().strip('"')
+    return values
+
+
+def node_os(facts: dict) -> tuple[str, bool]:
+    """The node's OS by name and whether servekit supports it.
+
+    ``facts``: Ansible's ``distribution``, ``distribution_version`` and
+    ``distribution_major_version``, and ``dgx_release`` (``parse_dgx_release``, or None).
+    """
+    name = facts.get("distribution") or "unknown"
+    version = facts.get("distribution_version") or ""
+    dgx = facts.get("dgx_release") or {}
+    if name == "Debian" and facts.get("distribution_major_version") == "12":
+        return f"Debian 12 ({version})", True
+    if name == "Ubuntu" and version in DGX_OS_UBUNTU.values():
+        if not dgx:
+            return f"Ubuntu {version}", True
+        dgx_version = dgx.get("DGX_OTA_VERSION") or dgx.get("DGX_SWBUILD_VERSION") or "?"
+        major = dgx_version.split(".")[0]
+        return f"DGX OS {dgx_version} (Ubuntu {version})", DGX_OS_UBUNTU.get(major) == version
+    return f"{name} {version}".strip(), False
+
+
+def os_problem(host: str, facts: dict) -> str | None:
+    """Why ``host``'s operating system is refused; None when it is supported."""
+    name, supported = node_os(facts)
+    if supported:
+        return None
+    return (f"{host}: the node runs {name}, which servekit does not support; supported: "
+            f"{', '.join(SUPPORTED_OS)} (the roles and their package names are tested on these only)")
+
+
+def _platform_problems(host: str, facts: dict) -> list[str]:
+    """The node's OS (where its facts were gathered) and its GPUs' Fabric Manager state."""
+    problems = []
+    if facts.get("os") is not None:
+        problems.append(os_problem(host, facts["os"]))
+    for gpu in facts.get("gpus") or []:
+        fabric = fabric_problem(gpu)
+        if fabric:
+            problems.append(f"{host}: GPU {gpu.get('index')} ({gpu.get('pci_bus_id')}) {fabric}")
+    return [p for p in problems if p]
+
+
 def host_problems(host: str, facts: dict, want: dict) -> list[str]:
     """What stops ``host`` from joining an RDMA GPU cluster; each names the fix.
 
     ``want``: ``rdma_hca``, ``rdma_netdev``, ``mtu``, ``min_driver``,
     ``gpus_per_node``, ``require_rdma`` (False skips the RDMA checks).
     """
-    problems = []
+    problems = _platform_problems(host, facts)
     gpus = facts.get("gpus") or []
     if len(gpus) < want.get("gpus_per_node", 0):
         problems.append(f"{host}: {len(gpus)} GPU(s) visible, inventory says "
@@ -105,6 +167,18 @@ def host_problems(host: str, facts: dict, want: dict) -> list[str]:
     return problems
 
 
+
+def host_warnings(host: str, facts: dict, want: dict) -> list[str]:
+    """What slows ``host`` down without stopping it: PCIe ACS between a rail NIC and a GPU
+    where GPUDirect RDMA is expected (``want['rdma_hcas']``: the rails' HCAs)."""
+    if not want.get("require_rdma", True) or not (facts.get("gpudirect") or {}).get("expect_gdr"):
+        return []
+    if facts.get("acs_ctl") is None:
+        return [f"{host}: no lspci (pciutils) here: PCIe ACS between the rail NICs and the GPUs "
+                "was not checked"]
+    nics = list(want.get("rdma_hcas") or [want.get("rdma_hca")])
+    return [f"{host}: {w}" for w in acs_warnings(facts.get("pci_chains") or {}, facts["acs_ctl"], nics)]
+
 def cluster_problems(facts_by_host: dict[str, dict], world_size: int) -> list[str]:
     """Cross-host checks: GPU total, MTU and CUDA agreement."""
     problems = []
@@ -129,6 +203,7 @@ def preflight_report(facts: dict[str, dict], expect: dict[str, dict], world_size
     GPU count, driver and world-size checks are off.
     """
     problems: list[str] = []
+    warnings: list[str] = []
     gid_index: dict[str, int | None] = {}
     data_mtu: dict[str, int | None] = {}
     for host in sorted(facts):
@@ -136,10 +211,11 @@ def preflight_report(facts: dict[str, dict], expect: dict[str, dict], world_size
         if not require_gpus:
             want = dict(want, gpus_per_node=0, min_driver=None)
         problems += host_problems(host, facts[host], want)
+        warnings += host_warnings(host, facts[host], want)
         netdev = want.get("rdma_netdev")
         port = data_port(facts[host], want.get("rdma_hca"))
         gid_index[host] = roce_v2_gid_index(port, netdev) if port and netdev else None
         data_mtu[host] = (facts[host].get("netdevs") or {}).get(netdev, {}).get("mtu")
     with_mtu = {h: dict(f, data_mtu=data_mtu[h]) for h, f in facts.items()}
     problems += cluster_problems(with_mtu, world_size if require_gpus else 0)
-    return {"problems": problems, "gid_index": gid_index}
+    return {"problems": problems, "warnings": warnings, "gid_index": gid_index}

@@ -129,3 +129,14 @@ def test_vllm_unit_is_the_vllm_roles_own(example):
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--port") + 1] == "8001"
     assert "EnvironmentFile=-/etc/servekit/vllm-secrets.env" in unit.splitlines()
+
+
+def test_heads_vllm_runs_without_ray_log_deduplication(example):
+    """Both examples use the Ray executor in containers: the driver (the head's vLLM, exec'd in
+    the Ray container) gets RAY_DEDUP_LOGS=0, so its journal keeps every rank's NCCL lines."""
+    _, spec, out = example
+    head = next(iter(spec["hosts"]))
+    unit = (out / head / "servekit-vllm.service").read_text()
+    assert "Environment=RAY_DEDUP_LOGS=0" in unit.splitlines()
+    argv = shlex.split(next(line for line in unit.splitlines() if line.startswith("ExecStart="))[10:])
+    assert "--env=RAY_DEDUP_LOGS" in argv[: argv.index("vllm")]

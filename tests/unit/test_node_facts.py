@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pytest
 from servekit.module_utils.node_gpu import (
+    acs_warnings,
     gpu_nic_affinity,
     gpudirect_decision,
     parse_gpu_query,
+    parse_lspci_acs,
     parse_nvidia_smi_xml,
     parse_topo_matrix,
+    pci_chain,
+    sysfs_bdf,
 )
 from servekit.module_utils.node_nccl import (
     bandwidth_gate,
@@ -21,8 +25,10 @@ from servekit.module_utils.node_nccl import (
 from servekit.module_utils.node_preflight import (
     cluster_problems,
     host_problems,
+    host_warnings,
     memlock_ok,
     parse_proc_limits,
+    preflight_report,
 )
 from servekit.module_utils.node_rdma import parse_rdma_link, parse_sysfs_port, roce_v2_gid_index
 
@@ -57,7 +63,38 @@ def test_nvidia_smi_xml_on_h100():
     assert parsed["gpus"] == [{"pci_bus_id": "00000000:00:06.0", "name": "NVIDIA H100 80GB HBM3",
                                "uuid": "GPU-01dadcaa-8683-354a-8d43-82c450a4b357",
                                "minor_number": "0", "memory_total_mib": 81559,
-                               "addressing_mode": "None"}]
+                               "addressing_mode": "None", "fabric_state": None,
+                               "fabric_status": None}]
+
+
+def _hgx_gpu(state: str, status: str) -> dict:
+    """The recorded H100's facts with the fabric block of an HGX node (composed: see
+    tests/fixtures/README.md, nvidia-smi-q-hgx-fabric-in-progress.xml)."""
+    xml = (H100 / "nvidia-smi-q-hgx-fabric-in-progress.xml").read_text()
+    xml = xml.replace("<state>In Progress</state>\n\t\t\t<status>N/A</status>",
+                      f"<state>{state}</state>\n\t\t\t<status>{status}</status>")
+    (gpu,) = parse_nvidia_smi_xml(xml)["gpus"]
+    return dict(parse_gpu_query(probe_section(2))[0], **gpu)
+
+
+def test_fabric_manager_not_done_fails_preflight():
+    """HGX: nvidia-smi lists the GPU while CUDA fails with error 802 until Fabric Manager is done."""
+    gpu = _hgx_gpu("In Progress", "N/A")
+    assert (gpu["fabric_state"], gpu["fabric_status"]) == ("In Progress", None)
+    problems = host_problems("h100-a", _facts(gpus=[gpu]), WANT)
+    assert problems == [
+        "h100-a: GPU 0 (00000000:00:06.0) fabric state is 'In Progress', not 'Completed': Fabric "
+        "Manager has not set up this NVSwitch GPU, and CUDA fails with error 802 (system not yet "
+        "initialized) although nvidia-smi lists it; start nvidia-fabricmanager (`systemctl status "
+        "nvidia-fabricmanager`; its version must equal the driver's)"]
+
+
+@pytest.mark.parametrize(("state", "status", "fails"), [
+    ("Completed", "Success", False), ("N/A", "N/A", False), ("Not Supported", "N/A", False),
+    ("Not Started", "N/A", True), ("Completed", "Unknown Error", True)])
+def test_fabric_states(state, status, fails):
+    problems = host_problems("h100-a", _facts(gpus=[_hgx_gpu(state, status)]), WANT)
+    assert bool(problems) is fails, problems
 
 
 def test_topo_single_gpu_with_ansi_codes():
@@ -220,6 +257,20 @@ def test_nccl_ib_without_gdr_fails_when_gpudirect_is_expected():
     assert nccl_transport_problems(info, expect_gdr=False) == []
 
 
+
+def test_nccl_plugin_network_is_rdma_not_a_socket_fallback():
+    """NCCL prints the net plugin's own name (`Using network IBext_v6`, nccl-tests#294; `via
+    NET/IBext_v8/2`, nccl#1814); only `Socket` is the fallback."""
+    info = nccl_transport((FIXTURES / "nccl" / "plugin-ibext-lines.txt").read_text())
+    assert info["network"] == "IBext_v6" and not info["socket_fallback"]
+    assert info["ib_devices"][0].startswith("[0]mlx5_1:1/IB/SHARP")
+    problems = nccl_transport_problems(info)
+    assert len(problems) == 1 and "NCCL used NET/IBext_v6 without GPUDirect RDMA" in problems[0]
+    assert nccl_transport_problems(info, expect_gdr=False) == []
+    info = nccl_transport((FIXTURES / "nccl" / "vllm-ray-2node-ibext-gdrdma.log").read_text())
+    assert info["gdr_enabled_hcas"] == ["mlx5_0"] and info["gdrdma_channels"] == 8
+    assert nccl_transport_problems(info) == []
+
 def test_gdr_enabled_for_hca_without_gdrdma_channels_is_not_proof():
     """`GPU Direct RDMA enabled for HCA` is the NIC's capability; the channels say what ran."""
     log = (FIXTURES / "nccl" / "vllm-ray-2node-ib-gdrdma.log").read_text().replace("/GDRDMA", "")
@@ -274,3 +325,59 @@ def test_node_facts_module_reads_a_sysfs_tree(tmp_path):
     assert node["rdma"]["roceP2p1s0f0"]["pcie_gbps"] is None  # no device/ link files in the tree
     assert host_problems("spark-01", dict(node, gpus=[]), dict(WANT, gpus_per_node=0,
                                                              min_driver=None)) == []
+
+
+# --- PCIe ACS between a rail NIC and its GPU (issue 24, item 8) -------------------------------
+
+LSPCI_ACS = (FIXTURES / "public" / "lspci-acs-switch.txt").read_text()
+# resolved sysfs paths of the fixture's NIC and GPU (/sys/class/infiniband/<hca>/device,
+# /sys/bus/pci/devices/<bdf>): root port 40:01.1, switch 43:00.0, its downstream ports 44:*
+NIC_PATH = "/sys/devices/pci0000:40/0000:40:01.1/0000:43:00.0/0000:44:00.0/0000:45:00.0"
+GPU_PATH = "/sys/devices/pci0000:40/0000:40:01.1/0000:43:00.0/0000:44:01.0/0000:47:00.0"
+
+
+def test_lspci_acs_and_pci_chains():
+    acs = parse_lspci_acs(LSPCI_ACS)
+    assert sorted(acs) == ["0000:40:01.1", "0000:44:00.0", "0000:44:01.0"]
+    assert acs["0000:44:00.0"].startswith("SrcValid+ TransBlk- ReqRedir+")
+    assert pci_chain(NIC_PATH) == ["0000:40:01.1", "0000:43:00.0", "0000:44:00.0", "0000:45:00.0"]
+    assert sysfs_bdf("00000000:47:00.0") == "0000:47:00.0"
+
+
+def _acs_facts(lspci: str | None = LSPCI_ACS, expect_gdr: bool = True) -> dict:
+    return _facts(pci_chains={"mlx5_0": pci_chain(NIC_PATH), "GPU0": pci_chain(GPU_PATH)},
+                  acs_ctl=parse_lspci_acs(lspci) if lspci is not None else None,
+                  gpudirect={"expect_gdr": expect_gdr})
+
+
+def test_acs_on_the_switch_port_of_a_rail_nic_warns():
+    want = dict(WANT, rdma_hcas=["mlx5_0"])
+    (warning,) = host_warnings("h100-a", _acs_facts(), want)
+    assert warning.startswith("h100-a: PCIe ACS is enabled between mlx5_0 and GPU0 on 0000:44:00.0 "
+                              "(SrcValid+ TransBlk- ReqRedir+")
+    assert "0000:40:01.1" not in warning  # the root port above the switch carries no P2P here
+    report = preflight_report({"h100-a": _acs_facts()}, {"h100-a": want}, 1)
+    assert report["warnings"] == [warning] and report["problems"] == []
+
+
+def test_acs_off_or_no_gdr_expected_says_nothing():
+    off = LSPCI_ACS.replace("ACSCtl:\tSrcValid+ TransBlk- ReqRedir+ CmpltRedir+ UpstreamFwd- ",
+                            "ACSCtl:\tSrcValid- TransBlk- ReqRedir- CmpltRedir- UpstreamFwd- ")
+    want = dict(WANT, rdma_hcas=["mlx5_0"])
+    assert host_warnings("h100-a", _acs_facts(off), want) == []
+    assert host_warnings("h100-a", _acs_facts(expect_gdr=False), want) == []
+    assert host_warnings("h100-a", _acs_facts(lspci=None), want) == [
+        "h100-a: no lspci (pciutils) here: PCIe ACS between the rail NICs and the GPUs was not checked"]
+
+
+def test_only_rail_nics_and_gpus_are_paired():
+    """A storage NIC behind the same switch is no rail: neither it nor the rail pair with it."""
+    chains = {"mlx5_0": pci_chain(NIC_PATH), "GPU0": pci_chain(GPU_PATH),
+              "mlx5_8": ["0000:40:01.1", "0000:43:00.0", "0000:44:00.0", "0000:46:00.0"]}
+    warnings = acs_warnings(chains, parse_lspci_acs(LSPCI_ACS), ["mlx5_0"])
+    assert len(warnings) == 1 and "between mlx5_0 and GPU0" in warnings[0]
+
+
+def test_nic_and_gpu_on_different_root_ports_are_not_judged():
+    chains = {"mlx5_0": ["0000:40:01.1", "0000:45:00.0"], "GPU0": ["0000:c0:01.1", "0000:c1:00.0"]}
+    assert acs_warnings(chains, parse_lspci_acs(LSPCI_ACS), ["mlx5_0"]) == []

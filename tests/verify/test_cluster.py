@@ -10,6 +10,8 @@ import json
 import shlex
 
 import pytest
+from servekit.module_utils.node_gpu import GPU_QUERY, parse_gpu_query
+from servekit.module_utils.node_nccl import engine_transport_problems, parse_nccl_channels
 from servekit.module_utils.node_preflight import parse_proc_limits
 
 VLLM_UNIT = "servekit-vllm.service"
@@ -202,6 +204,35 @@ def test_ray_ranks_keep_this_nodes_settings(host, node):
             f"{node['name']}: vLLM overwrote {overwritten} in rank PID {pid} with the head's values "
             "(v1 Ray executor): list them in vllm_ray_env_not_carried or pin vllm_ray_executor_version: 2")
 
+
+
+def test_ray_ranks_use_rdma_transport(host, node, cluster):
+    """Each vLLM rank's own NCCL channel lines, from its Ray worker log on this node (no driver
+    forwarding, so no Ray log deduplication): NET/IB or a net plugin's IBext, never NET/Socket,
+    and /GDRDMA unless this node's GPU cannot do GPUDirect RDMA (GB10, unified memory)."""
+    node_vars = node["vars"]
+    if not node_vars["cluster_rdma_enabled"]:
+        pytest.skip("cluster_rdma_enabled is false: no RDMA transport to check (the lab's CPU vLLM "
+                    "talks gloo, not NCCL)")
+    if node_vars["cluster_executor"] != "ray":
+        pytest.skip("mp executor: the vLLM stage's transport check reads every node's vLLM journal")
+    if len(cluster) < 2:
+        pytest.skip("single-node inventory: no NCCL channel crosses nodes")
+    ranks = _ray_rank_pids(host, node)
+    if not ranks:
+        pytest.skip(f"no vLLM rank ({', '.join(RAY_RANK_TITLES)}) on this node")
+    names = ({gpu["name"] for gpu in parse_gpu_query(host.check_output(shlex.join(GPU_QUERY)))}
+             if host.exists("nvidia-smi") else set())
+    expect_gdr = not any("GB10" in name.split() for name in names)
+    for pid in ranks:
+        text = _ray_worker_logs(host, node, pid)
+        channels = parse_nccl_channels(text)
+        assert channels, (
+            f"{node['name']}: rank PID {pid} logged no NCCL channel line: the Ray workers need "
+            "NCCL_DEBUG=INFO, NCCL_DEBUG_SUBSYS=INIT,NET (rdma_nccl_debug in the cluster env file)")
+        hosts = {c["host"] for c in channels}
+        problems = engine_transport_problems({node["name"]: text}, dict.fromkeys(hosts, expect_gdr))
+        assert not problems, f"{node['name']}: rank PID {pid}: " + "; ".join(problems)
 
 def test_ray_sees_every_node(host, node, cluster, venv):
     if node["rank"] != 0:
