@@ -1,21 +1,19 @@
 """A cluster as its inventory describes it: head, nodes, API URL and key, ports.
 
-Values come from ``ansible-inventory --list`` (the inventory and its
-group_vars, vault decrypted) over the roles' own ``defaults/main.yml``, so a
-port or an address the inventory leaves unset is the one the roles deploy,
-not a copy of it here. ansible-inventory does not template: a value such as
-``{{ vault_vllm_api_key }}`` or the default ``{{ ansible_host |
-default(inventory_hostname) }}`` is followed one step (``resolve_plain_var``),
-and one such as ``{{ cluster_root }}/venv`` is rendered with plain Jinja2
-over the host's variables (``render_var``; Ansible's own filters and lookups
-are not there: such a value stays as written).
+Every value is what Ansible itself makes of the inventory: ``resolve_inventory``
+(run in its own process by ``ClusterView.load``, with the caller's Ansible
+environment: ansible.cfg, the vault password file) loads the inventory with
+Ansible's InventoryManager and VariableManager, the vault decrypted, over the
+roles' ``defaults/main.yml`` (and their ``vars/main.yml``, which defaults may
+name), and renders each value with Ansible's Templar: lookups (``env``,
+vault), filters and nested templates as a play would see them. One place
+decides "MODEL_NAME, else the default": the cluster role's ``cluster_model``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -23,53 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import yaml
 
 from servekit.lab import Paths as LabPaths
 from servekit.module_utils import placement
 from servekit.module_utils.vllm_registry import load_registry_file
 
-# ``{{ name }}``, ``{{ name | default(None) }}`` or ``{{ name | default(other) }}``
-_ONE_VAR = re.compile(r"\{\{\s*(\w+)\s*(?:\|\s*default\(\s*(\w+)\s*\)\s*)?\}\}")
-
 
 class InventoryError(Exception):
     """The inventory cannot be read or does not describe one cluster."""
-
-
-def resolve_plain_var(hostvars: Mapping[str, Any], name: str) -> Any:
-    """``name`` from ansible-inventory output, following one ``{{ other }}`` indirection.
-
-    ansible-inventory does not template; the lab's ``vllm_api_key`` is
-    ``{{ vault_vllm_api_key }}``, whose value comes decrypted from vault.yml.
-    ``{{ a | default(b) }}`` gives ``a`` where set, else ``b`` (``None``: None).
-    """
-    value = hostvars.get(name)
-    match = _ONE_VAR.fullmatch(value) if isinstance(value, str) else None
-    if not match:
-        return value
-    first, fallback = match.groups()
-    if first in hostvars or fallback in (None, "None"):
-        return hostvars.get(first)
-    return hostvars.get(fallback)
-
-
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - not HTML
-
-
-def render_var(hostvars: Mapping[str, Any], name: str, depth: int = 5) -> Any:
-    """``name`` as ``resolve_plain_var`` gives it, then any template left in it rendered over
-    ``hostvars`` (up to ``depth`` levels); a template plain Jinja2 cannot render stays as is."""
-    value = resolve_plain_var(hostvars, name)
-    for _ in range(depth):
-        if not (isinstance(value, str) and "{{" in value):
-            break
-        try:
-            value = _JINJA.from_string(value).render(hostvars)
-        except jinja2.TemplateError:
-            break
-    return value
 
 
 def role_defaults(root: Path) -> dict[str, Any]:
@@ -80,9 +40,72 @@ def role_defaults(root: Path) -> dict[str, Any]:
     return merged
 
 
+def _plain(value: Any) -> Any:
+    """A templated value as JSON-able data (Ansible's tagged containers and scalars included)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return str(value)
+
+
+def resolve_inventory(inventory: Path, root: Path) -> dict[str, Any]:
+    """The head, the workers and every node's variables (role defaults and the inventory's
+    own), each rendered by Ansible's Templar. A value Ansible cannot render outside a play
+    (one that reads another host's facts, say) stays as written."""
+    from ansible import constants as C
+    from ansible.cli import CLI
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import init_plugin_loader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    init_plugin_loader()  # lookups such as ansible.builtin.env are plugins
+    loader = DataLoader()
+    password_files = [C.DEFAULT_VAULT_PASSWORD_FILE] if C.DEFAULT_VAULT_PASSWORD_FILE else []
+    loader.set_vault_secrets(CLI.setup_vault_secrets(
+        loader, vault_ids=C.DEFAULT_VAULT_IDENTITY_LIST, vault_password_files=password_files,
+        auto_prompt=False))
+    manager = InventoryManager(loader=loader, sources=[str(inventory)])
+    variables = VariableManager(loader=loader, inventory=manager)
+    layers = [{}, {}]  # role defaults, role vars (templates in defaults may name the latter)
+    for layer, kind in zip(layers, ("defaults", "vars"), strict=True):
+        for path in sorted(root.glob(f"roles/*/{kind}/main.yml")):
+            layer.update(loader.load_from_file(str(path), trusted_as_template=True) or {})
+    defaults, role_vars = layers
+    magic = set(variables.get_vars(include_hostvars=False))
+
+    def group(name: str) -> list[str]:
+        found = manager.groups.get(name)
+        return [host.name for host in found.get_hosts()] if found else []
+
+    heads = group("head")
+    if len(heads) != 1:
+        raise InventoryError(f"{inventory}: group 'head' must hold exactly one host, has {heads}")
+    workers = [name for name in group("workers") if name not in heads]
+    hostvars = {}
+    for name in (*heads, *workers):
+        own = variables.get_vars(host=manager.get_host(name), include_hostvars=True)
+        context = {**defaults, **role_vars, **own,
+                   # the roles' paths are relative to the stage playbooks (playbooks/*.yml)
+                   "playbook_dir": str(root / "playbooks")}
+        templar = Templar(loader=loader, variables=context)
+        rendered = {}
+        for key in sorted(set(defaults) | (set(own) - magic)):
+            try:
+                rendered[key] = _plain(templar.template(context[key]))
+            except Exception:  # any value Ansible cannot render here stays as written
+                rendered[key] = _plain(context[key])
+        hostvars[name] = {**rendered, "inventory_hostname": name}
+    return {"head": heads[0], "workers": workers, "hostvars": hostvars}
+
+
 @dataclass(frozen=True)
 class ClusterView:
-    """One cluster's nodes and endpoints; ``hostvars`` are inventory values over role defaults."""
+    """One cluster's nodes and endpoints; ``hostvars`` are the rendered values per node."""
 
     inventory: Path
     head: str
@@ -90,34 +113,28 @@ class ClusterView:
     hostvars: Mapping[str, Mapping[str, Any]]
 
     @classmethod
-    def from_inventory_data(cls, inventory: Path, data: Mapping[str, Any],
-                            defaults: Mapping[str, Any]) -> ClusterView:
-        """From ``ansible-inventory --list`` JSON and the role defaults."""
-        heads = data.get("head", {}).get("hosts", [])
-        if len(heads) != 1:
-            raise InventoryError(f"{inventory}: group 'head' must hold exactly one host, has {heads}")
-        workers = tuple(h for h in _group_hosts(data, "workers") if h not in heads)
-        found = data.get("_meta", {}).get("hostvars", {})
-        hostvars = {name: {**defaults, "inventory_hostname": name, **found.get(name, {})}
-                    for name in (heads[0], *workers)}
-        return cls(inventory=inventory, head=heads[0], workers=workers, hostvars=hostvars)
+    def from_resolved(cls, inventory: Path, data: Mapping[str, Any]) -> ClusterView:
+        """From ``resolve_inventory``'s result."""
+        return cls(inventory=inventory, head=data["head"], workers=tuple(data["workers"]),
+                   hostvars=data["hostvars"])
 
     @classmethod
     def load(cls, inventory: Path, root: Path, env: Mapping[str, str] | None = None) -> ClusterView:
-        """Read ``inventory`` with ansible-inventory (``env``: e.g. ANSIBLE_CONFIG); ``root`` is
-        the project whose roles' defaults fill in what the inventory leaves unset."""
+        """Resolve ``inventory`` in a process of its own (``env``: e.g. ANSIBLE_CONFIG and the
+        vault password file, read when Ansible is imported); ``root`` is the project whose
+        roles' defaults fill in what the inventory leaves unset."""
         if not inventory.exists():
             raise InventoryError(f"{inventory} does not exist (for the lab: servekit lab up)")
-        tool = Path(sys.executable).with_name("ansible-inventory")
-        proc = subprocess.run([str(tool), "-i", str(inventory), "--list"], capture_output=True,
-                              text=True, check=False, env={**os.environ, **(env or {})})
+        proc = subprocess.run([sys.executable, "-m", "servekit.inventory", str(inventory), str(root)],
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, **(env or {})})
         if proc.returncode != 0:
-            detail = (proc.stderr.strip().splitlines() or [""])[-1]
-            if "vault" in detail:
+            detail = (proc.stderr.strip().splitlines() or [""])[-1].removeprefix("servekit: ")
+            if "vault" in detail.lower():
                 detail += (" (set ANSIBLE_VAULT_PASSWORD_FILE; the lab's is "
                            f"{LabPaths.default(root).vault_password})")
-            raise InventoryError(f"{inventory}: {detail}")
-        return cls.from_inventory_data(inventory, json.loads(proc.stdout), role_defaults(root))
+            raise InventoryError(detail if detail.startswith(str(inventory)) else f"{inventory}: {detail}")
+        return cls.from_resolved(inventory, json.loads(proc.stdout))
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -125,12 +142,12 @@ class ClusterView:
         return (self.head, *self.workers)
 
     def var(self, name: str, host: str | None = None) -> Any:
-        """A variable of ``host`` (default: the head), templates rendered (``render_var``)."""
-        return render_var(self.hostvars[host or self.head], name)
+        """A variable of ``host`` (default: the head), as Ansible renders it (None: unset)."""
+        return self.hostvars[host or self.head].get(name)
 
     def resolved_vars(self, host: str | None = None) -> dict[str, Any]:
-        """Every variable of ``host`` (default: the head) as ``var`` gives it."""
-        return {name: self.var(name, host) for name in self.hostvars[host or self.head]}
+        """Every variable of ``host`` (default: the head)."""
+        return dict(self.hostvars[host or self.head])
 
     def address(self, host: str | None = None) -> str:
         """The data-plane address of ``host`` (``cluster_data_address``)."""
@@ -221,10 +238,20 @@ def _flag(value: Any) -> bool:
     return bool(value)
 
 
-def _group_hosts(data: Mapping[str, Any], group: str) -> list[str]:
-    """Hosts of ``group`` and its child groups, in inventory order."""
-    entry = data.get(group, {})
-    hosts = list(entry.get("hosts", []))
-    for child in entry.get("children", []):
-        hosts += [h for h in _group_hosts(data, child) if h not in hosts]
-    return hosts
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m servekit.inventory INVENTORY ROOT``: ``resolve_inventory`` as JSON on stdout."""
+    inventory, root = (argv if argv is not None else sys.argv[1:])
+    try:
+        print(json.dumps(resolve_inventory(Path(inventory), Path(root))))
+    except InventoryError as exc:
+        print(f"servekit: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # Ansible's own errors (a bad file, a vault): one line
+        print(f"servekit: {inventory}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

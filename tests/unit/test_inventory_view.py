@@ -10,31 +10,38 @@ import pytest
 import yaml
 from helpers import ROOT, ansible
 
-from servekit.inventory import ClusterView, InventoryError, render_var, resolve_plain_var, role_defaults
+from servekit.inventory import ClusterView, InventoryError, role_defaults
 
 DEFAULTS = role_defaults(ROOT)
 ROLE = {role: yaml.safe_load((ROOT / f"roles/{role}/defaults/main.yml").read_text())
         for role in ("cluster", "ray", "vllm")}
+ENV = {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
 
 
-def _data(head_vars: dict | None = None, worker_vars: dict | None = None) -> dict:
-    """What ``ansible-inventory --list`` prints for a head and one worker under 'cluster'."""
-    return {
-        "all": {"children": ["ungrouped", "cluster"]},
-        "cluster": {"children": ["head", "workers"]},
-        "head": {"hosts": ["node-a"]},
-        "workers": {"hosts": ["node-b"]},
-        "_meta": {"hostvars": {"node-a": {"ansible_host": "10.0.0.1", **(head_vars or {})},
-                               "node-b": {"ansible_host": "10.0.0.2", **(worker_vars or {})}}},
-    }
+def _inventory(tmp_path: Path, head_vars: dict | None = None, worker_vars: dict | None = None,
+               heads: tuple[str, ...] = ("node-a",)) -> Path:
+    """A head and one worker under 'cluster', written where Ansible reads it."""
+    hosts = {name: {"ansible_host": f"10.0.0.{i}", **(head_vars or {})} for i, name in enumerate(heads, 1)}
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump({"all": {"children": {"cluster": {"children": {
+        "head": {"hosts": hosts},
+        "workers": {"hosts": {"node-b": {"ansible_host": "10.0.0.9", **(worker_vars or {})}}}}}}}}))
+    return path
 
 
-def test_what_the_inventory_leaves_unset_comes_from_the_role_defaults():
-    view = ClusterView.from_inventory_data(ROOT / "x", _data(), DEFAULTS)
+def _pure(head_vars: dict | None = None, worker_vars: dict | None = None) -> ClusterView:
+    """A view over the role defaults without Ansible, for what the view itself decides."""
+    base = {**DEFAULTS, "cluster_data_address": "10.0.0.1"}
+    return ClusterView(inventory=ROOT / "x", head="node-a", workers=("node-b",), hostvars={
+        "node-a": {**base, **(head_vars or {})}, "node-b": {**base, **(worker_vars or {})}})
+
+
+def test_what_the_inventory_leaves_unset_comes_from_the_role_defaults(tmp_path):
+    view = ClusterView.load(_inventory(tmp_path), ROOT, env=ENV)
     assert view.head == "node-a" and view.nodes == ("node-a", "node-b")
     assert view.api_port == ROLE["cluster"]["cluster_api_port"]
     # cluster_data_address defaults to "{{ ansible_host | default(inventory_hostname) }}"
-    assert view.address() == "10.0.0.1" and view.address("node-b") == "10.0.0.2"
+    assert view.address() == "10.0.0.1" and view.address("node-b") == "10.0.0.9"
     # the proxy serves HTTPS by default (vllm_api_tls), verified with servekit's CA
     assert view.api_url == f"https://10.0.0.1:{ROLE['cluster']['cluster_api_port']}"
     state = ROOT / ".cache"
@@ -44,39 +51,32 @@ def test_what_the_inventory_leaves_unset_comes_from_the_role_defaults():
     ports = view.ports()
     assert ports["ray_dashboard_port"] == ROLE["ray"]["ray_dashboard_port"]
     assert ports["vllm_backend_port"] == ROLE["vllm"]["vllm_backend_port"]
+    # a role default built from others, as the roles render it
+    assert view.var("cluster_venv") == f"{ROLE['cluster']['cluster_root']}/venv"
 
 
-def test_inventory_values_win_and_one_indirection_is_followed():
-    view = ClusterView.from_inventory_data(ROOT / "x", _data(
-        {"cluster_api_port": 9000, "cluster_data_address": "192.168.1.1",
-         "vllm_api_key": "{{ vault_vllm_api_key }}", "vault_vllm_api_key": "sk-1"}), DEFAULTS)
-    assert view.api_url == "https://192.168.1.1:9000" and view.api_key == "sk-1"
-    no_host = ClusterView.from_inventory_data(ROOT / "x", {"head": {"hosts": ["h"]}}, DEFAULTS)
-    assert no_host.address() == "h" and no_host.workers == ()
+def test_inventory_values_win_and_render_as_ansible_renders_them(tmp_path, monkeypatch):
+    """Lookups, filters and nested templates: before, the CLI rendered with plain Jinja2 and an
+    env or vault lookup reached `ask` and `status` as the literal template."""
+    monkeypatch.setenv("SERVEKIT_TEST_API_KEY", "sk-from-env")
+    view = ClusterView.load(_inventory(tmp_path, {
+        "cluster_api_port": 9000, "cluster_data_address": "{{ ansible_host }}",
+        "vllm_api_key": "{{ lookup('ansible.builtin.env', 'SERVEKIT_TEST_API_KEY') }}",
+        "extra_ports": "{{ [cluster_api_port, 1] | ansible.builtin.to_json }}",
+        "cluster_default_model": "{{ vault_model }}", "vault_model": "lab-tiny"}), ROOT, env=ENV)
+    assert view.api_url == "https://10.0.0.1:9000" and view.api_key == "sk-from-env"
+    assert view.var("extra_ports") == "[9000, 1]" and view.default_model == "lab-tiny"
+    monkeypatch.setenv("MODEL_NAME", "from-env")
+    assert ClusterView.load(_inventory(tmp_path), ROOT, env=ENV).var("cluster_model") == "from-env"
 
 
-def test_one_head_or_an_error_naming_the_group():
-    data = _data()
-    data["head"]["hosts"] = ["node-a", "node-c"]
+def test_one_head_or_an_error_naming_the_group(tmp_path):
     message = r"group 'head' must hold exactly one host, has \['node-a', 'node-c'\]"
     with pytest.raises(InventoryError, match=message):
-        ClusterView.from_inventory_data(ROOT / "x", data, DEFAULTS)
+        ClusterView.load(_inventory(tmp_path, heads=("node-a", "node-c")), ROOT, env=ENV)
 
 
-@pytest.mark.parametrize(("hostvars", "value"), [
-    ({"k": "{{ v }}", "v": "s"}, "s"),
-    ({"k": "{{ v | default(None) }}", "v": "s"}, "s"),
-    ({"k": "{{ v | default(None) }}"}, None),
-    ({"k": "{{ a | default(b) }}", "b": "fallback"}, "fallback"),
-    ({"k": "{{ a | default(b) }}", "a": "first", "b": "fallback"}, "first"),
-    ({"k": "plain"}, "plain"),
-    ({}, None),
-])
-def test_resolve_plain_var(hostvars, value):
-    assert resolve_plain_var(hostvars, "k") == value
-
-
-def test_load_reads_a_real_inventory_with_ansible_inventory():
+def test_load_reads_a_real_inventory_as_ansible_inventory_lists_it():
     inventory = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
     view = ClusterView.load(inventory, ROOT, env={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")})
     listed = ansible("ansible-inventory", "-i", inventory, "--list", timeout=60)
@@ -91,17 +91,6 @@ def test_load_names_a_missing_inventory(tmp_path):
         ClusterView.load(tmp_path / "nope", ROOT)
 
 
-@pytest.mark.parametrize(("hostvars", "value"), [
-    ({"k": "{{ root }}/venv", "root": "/opt/x"}, "/opt/x/venv"),
-    ({"k": "{{ a }}/b", "a": "{{ root }}/a", "root": "/r"}, "/r/a/b"),  # nested templates
-    ({"k": "{{ v }}", "v": 8265}, 8265),  # one plain indirection keeps the type
-    ({"k": "{{ x | ansible.builtin.to_json }}", "x": 1}, "{{ x | ansible.builtin.to_json }}"),
-    ({"k": "{{ missing }}/venv"}, "{{ missing }}/venv"),
-])
-def test_render_var_renders_what_plain_jinja_can_and_leaves_the_rest(hostvars, value):
-    assert render_var(hostvars, "k") == value
-
-
 def _verify_conftest():
     """tests/verify/conftest.py as a module (it runs only against a live cluster)."""
     spec = importlib.util.spec_from_file_location("verify_conftest", ROOT / "tests/verify/conftest.py")
@@ -110,11 +99,11 @@ def _verify_conftest():
     return module
 
 
-def test_verify_suite_reads_nodes_ports_and_key_from_the_cluster_view():
+def test_verify_suite_reads_nodes_ports_and_key_from_the_cluster_view(tmp_path):
     conftest = _verify_conftest()
-    view = ClusterView.from_inventory_data(ROOT / "x", _data(
-        {"vllm_api_key": "{{ vault_vllm_api_key }}", "vault_vllm_api_key": "sk-1"},
-        {"cluster_data_address": "192.168.1.2"}), DEFAULTS)
+    view = ClusterView.load(_inventory(
+        tmp_path, {"vllm_api_key": "{{ vault_vllm_api_key }}", "vault_vllm_api_key": "sk-1"},
+        {"cluster_data_address": "192.168.1.2"}), ROOT, env=ENV)
     nodes = conftest.cluster_nodes(view)
     assert [(n["name"], n["rank"], n["address"]) for n in nodes.values()] == [
         ("node-a", 0, "10.0.0.1"), ("node-b", 1, "192.168.1.2")]
@@ -148,16 +137,16 @@ def test_every_variable_the_verify_suite_reads_is_a_role_default():
     ids=["tls-off", "proxy-off", "own-cert", "own-ca"],
 )
 def test_api_scheme_and_the_ca_clients_trust(head_vars, scheme, ca):
-    view = ClusterView.from_inventory_data(ROOT / "x", _data(head_vars), DEFAULTS)
+    view = _pure(head_vars)
     assert view.api_url.startswith(f"{scheme}://10.0.0.1:")
     assert view.api_ca_file(ROOT / ".cache") == (ca and Path(ca))
 
 
 def test_deployments_decide_the_served_name_and_the_placement():
-    plain = ClusterView.from_inventory_data(ROOT / "x", _data(), DEFAULTS)
+    plain = _pure()
     assert plain.deployments == [] and plain.served_model == ROLE["cluster"]["cluster_default_model"]
     one = {"cluster_deployments": [{"name": "lab-tiny", "model": "lab-tiny"}], "cluster_devices_per_node": 1}
-    view = ClusterView.from_inventory_data(ROOT / "x", _data(one, one), DEFAULTS)
+    view = _pure(one, one)
     assert view.served_model == "lab-tiny"
     assert view.registry_path(ROOT) == ROOT / "config" / "model_registry.yml"
     assert [r.as_dict()["devices"] for r in view.placement(ROOT)] == [{"node-a": [0], "node-b": [0]}]
