@@ -50,7 +50,12 @@ LAUNCHER_KEYS = {
 }
 
 # Registry-only keys, and keys whose bounds vLLM's parser does not check.
-REGISTRY_ONLY_KEYS = ("description",)
+# ready-timeout: seconds this model may take from its (re)start to its first
+# completion; replaces vllm_ready_timeout for it, and the readiness
+# watchdog's grace is at least as long. Bounds: vllm_ready_timeout's
+# (roles/vllm/meta/input_rules.yml).
+REGISTRY_ONLY_KEYS = ("description", "ready-timeout")
+READY_TIMEOUT_BOUNDS = (10, 86400)
 
 
 class RegistryError(ValueError):
@@ -176,6 +181,9 @@ def validate_entry(name: str, entry: object) -> dict:
     for key, value in entry.items():
         if not isinstance(key, str):
             raise RegistryError(f"model '{name}': key {key!r} must be a string")
+        if key == "ready-timeout":
+            _check_ready_timeout(name, value)
+            continue
         if key in REGISTRY_ONLY_KEYS:
             if not isinstance(value, str):
                 raise RegistryError(f"model '{name}': key '{key}' must be a string")
@@ -195,6 +203,20 @@ def validate_entry(name: str, entry: object) -> dict:
         _check_value(name, key, value)
     _check_bounds(name, entry)
     return entry
+
+
+def _check_ready_timeout(name: str, value: object) -> None:
+    low, high = READY_TIMEOUT_BOUNDS
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RegistryError(
+            f"model '{name}': key 'ready-timeout' is {value!r}; "
+            f"allowed: an integer number of seconds, {low}..{high}"
+        )
+
+
+def ready_timeout(entry: dict, default: int) -> int:
+    """Seconds the model may take to its first completion: its own, else the default."""
+    return int(entry.get("ready-timeout", default))
 
 
 def _check_bounds(name: str, entry: dict) -> None:

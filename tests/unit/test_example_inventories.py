@@ -129,3 +129,12 @@ def test_vllm_unit_is_the_vllm_roles_own(example):
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--port") + 1] == "8001"
     assert "EnvironmentFile=-/etc/servekit/vllm-secrets.env" in unit.splitlines()
+
+
+def test_watchdog_grace_follows_the_models_ready_timeout(example):
+    """DeepSeek-R1's registry ready-timeout (2700 s) reaches the watchdog; gpt-oss-20b keeps the default."""
+    name, spec, out = example
+    head = next(iter(spec["hosts"]))
+    unit = (out / head / "servekit-vllm-watchdog.service").read_text()
+    argv = shlex.split(next(line for line in unit.splitlines() if line.startswith("ExecStart="))[10:])
+    assert argv[argv.index("--grace") + 1] == ("2700" if name == "example-2x8-h100" else "900")
