@@ -476,6 +476,7 @@ def render_unit(
     restart_sec: int = 10,
     start_limit_burst: int = 5,
     start_limit_interval_sec: int = 600,
+    checksums: dict[str, str] | None = None,
 ) -> str:
     """A systemd service running ``exec_argv`` (default: the plan's argv).
 
@@ -483,13 +484,18 @@ def render_unit(
     dies (its collective fails and vLLM shuts down cleanly), so on-failure
     would leave it down. The start limit bounds the loop of a model that
     cannot start; ``exec_start_pre`` (a worker waiting for the head's
-    rendezvous) orders the ranks head first.
+    rendezvous) orders the ranks head first. ``checksums`` (file -> checksum,
+    of files the processes read only when they start, such as an
+    EnvironmentFile=) become comments: a changed file changes the unit, and
+    the caller restarts on a changed unit.
     """
     argv = exec_argv if exec_argv is not None else plan.argv
     ordering = " ".join(["network-online.target", *(after or [])])
     lines = [
         f"# Managed by servekit (vllm_launch): model {plan.model_name}, "
         f"node rank {plan.node_rank}, role {plan.role}",
+        *(f"# {path} sha1 {value}: read at start; a change rewrites this unit"
+          for path, value in sorted((checksums or {}).items())),
         "[Unit]",
         f"{_DESCRIPTION_KEY}{plan.model_name}{_DESCRIPTION_RANK}{plan.node_rank}, {plan.role})",
         f"After={ordering}",

@@ -50,6 +50,7 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
         {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "rails.yml", "public": True},
          "when": "cluster_rdma_enabled"},
         {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "env.yml", "public": True}},
+        {"ansible.builtin.include_role": {"name": "cluster", "tasks_from": "env_checksum.yml"}},
         _template("rdma", "rdma-defaults.sh.j2", "servekit-rdma-defaults", "0755",
                   when="cluster_rdma_enabled"),
         _template("rdma", "servekit-rdma.service.j2", "servekit-rdma.service", when="cluster_rdma_enabled"),

@@ -12,6 +12,7 @@ here with `podman import`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import shutil
@@ -35,7 +36,8 @@ LAUNCH = {
     "nnodes": 2, "head_address": "{{ cluster_head_address }}",
     "host_address": "{{ cluster_data_address }}", "executor": "ray", "runtime": "container",
     "command": "{{ vllm_command }}", "environment": "{{ vllm_environment }}",
-    "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"]}
+    "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"],
+    "checksums": "{{ {cluster_env_file: cluster_env_checksum} }}"}
 
 
 def _render(tmp: Path, *extra: str) -> Path:
@@ -60,6 +62,7 @@ def _render(tmp: Path, *extra: str) -> Path:
              "when": "cluster_rdma_enabled | bool"},
             {"ansible.builtin.copy": {"content": "", "dest": "{{ cluster_env_file }}", "mode": "0644"},
              "when": "not cluster_rdma_enabled | bool"},
+            {"ansible.builtin.include_role": {"name": "cluster", "tasks_from": "env_checksum.yml"}},
             {"name": "Plan the vLLM launch", "vllm_launch": LAUNCH, "register": "__vllm_plan"},
             # the ray role's own task: the compose project and the service `podman run` runs
             {"ansible.builtin.include_role": {"name": "ray", "tasks_from": "compose.yml", "public": True}},
@@ -125,6 +128,21 @@ def test_compose_projects_carry_what_rdma_serving_needs(docker):
         assert service["env_file"] == [str(docker / host / "cluster.env")], host
         assert service["image"] == "vllm/vllm-openai:v0.32.0"
         assert service["container_name"] == "servekit-ray"
+
+
+def test_a_changed_env_file_changes_the_ray_container_and_the_vllm_unit(docker, podman):
+    """The container takes env_file's values when created: the file's SHA-1 is a label (compose) and a
+    --label (Podman), so a changed file changes the project or the unit, and the restart recreates
+    the container; the vLLM unit carries it too, so vLLM restarts (issue 24, item 4)."""
+    for out in (docker, podman):
+        for host in HOSTS:
+            sha1 = hashlib.sha1((out / host / "cluster.env").read_bytes()).hexdigest()  # noqa: S324
+            assert _service(out, host)["labels"] == {"servekit.cluster-env-sha1": sha1}, host
+            if out is podman:
+                assert f"--label=servekit.cluster-env-sha1={sha1}" in _argv(out, host)["ray_exec_start"]
+    unit = (docker / "spark-01" / "servekit-vllm.service").read_text()
+    sha1 = hashlib.sha1((docker / "spark-01" / "cluster.env").read_bytes()).hexdigest()  # noqa: S324
+    assert f"# {docker / 'spark-01' / 'cluster.env'} sha1 {sha1}: read at start" in unit
 
 
 def test_host_ipc_carries_no_shm_size(docker, podman):

@@ -14,11 +14,13 @@ addresses are never contacted (``ansible_connection=local``).
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import ROOT, ansible_playbook
 from rdma_sysfs import H100_GIDS, gid_table, with_ipv4, write_hca
 from render_cluster import COMPOSE, SYSTEMD_ANALYZE, env_lines, render, systemd_verify
@@ -138,3 +140,19 @@ def test_watchdog_grace_follows_the_models_ready_timeout(example):
     unit = (out / head / "servekit-vllm-watchdog.service").read_text()
     argv = shlex.split(next(line for line in unit.splitlines() if line.startswith("ExecStart="))[10:])
     assert argv[argv.index("--grace") + 1] == ("2700" if name == "example-2x8-h100" else "900")
+
+
+def test_env_file_checksum_is_in_the_ray_unit_container_and_vllm_unit(example):
+    """Ray and vLLM read cluster.env only when they start: its SHA-1 in what they run makes a change
+    to it (a rail, NCCL_IB_HCA, TC/SL) rewrite those, which restarts Ray and vLLM (issue 24, item 4)."""
+    _, spec, out = example
+    head = next(iter(spec["hosts"]))
+    for host in spec["hosts"]:
+        env_file = out / host / "cluster.env"
+        sha1 = hashlib.sha1(env_file.read_bytes()).hexdigest()  # noqa: S324 - a fingerprint, not security
+        assert f"# {env_file} sha1 {sha1}:" in (out / host / "servekit-ray.service").read_text()
+        compose = yaml.safe_load((out / host / "compose/servekit-ray/compose.yaml").read_text())
+        assert compose["services"]["ray"]["labels"] == {"servekit.cluster-env-sha1": sha1}
+        if host == head:
+            vllm = (out / host / "servekit-vllm.service").read_text()
+            assert f"# {env_file} sha1 {sha1}: read at start" in vllm

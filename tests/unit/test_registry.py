@@ -271,3 +271,12 @@ def test_unit_carries_env_restart_policy_and_memlock():
     assert "ExecStartPre" not in unit
     assert "StartLimitBurst=5\n" in unit
     assert "ExecStart=vllm serve openai/gpt-oss-20b --dtype bfloat16" in unit
+
+
+def test_unit_carries_the_checksums_of_files_read_at_start():
+    plan = build_launch_plan("gpt-oss-20b", SEED_20B, NodeSpec(nnodes=1, devices_per_node=2))
+    unit = render_unit(plan, environment_files=["/etc/servekit/cluster.env"],
+                       checksums={"/etc/servekit/cluster.env": "da39a3ee5e6b4b0d3255bfef95601890afd80709"})
+    assert ("# /etc/servekit/cluster.env sha1 da39a3ee5e6b4b0d3255bfef95601890afd80709: read at start; "
+            "a change rewrites this unit\n[Unit]\n") in unit
+    assert "sha1" not in render_unit(plan)

@@ -17,7 +17,8 @@ from ansible.errors import AnsibleFilterError
 # compose keys the template renders, and how each becomes podman flags
 _HANDLED = {
     "image", "container_name", "pull_policy", "network_mode", "ipc", "pid", "shm_size", "cap_add",
-    "ulimits", "devices", "volumes", "env_file", "environment", "entrypoint", "command", "restart",
+    "ulimits", "devices", "volumes", "labels", "env_file", "environment", "entrypoint", "command",
+    "restart",
 }
 
 
@@ -54,6 +55,10 @@ def podman_run_argv(service: dict, extra: list | None = None) -> list[str]:
     argv += [f"--ulimit={_ulimit(name, value)}" for name, value in service.get("ulimits", {}).items()]
     argv += [f"--device={device}" for device in service.get("devices", [])]
     argv += [f"--volume={volume}" for volume in service.get("volumes", [])]
+    labels = service.get("labels", {})
+    if isinstance(labels, dict):
+        labels = [f"{key}={value}" for key, value in labels.items()]
+    argv += [f"--label={label}" for label in labels]
     env_files = service.get("env_file", [])
     argv += [f"--env-file={path}" for path in ([env_files] if isinstance(env_files, str) else env_files)]
     environment = service.get("environment", {})
