@@ -98,6 +98,8 @@ def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subpro
         "-e", f"__rdma_sysfs_root={tmp}/sysfs/{{{{ inventory_hostname }}}}",
         "-e", f"__rdma_script={tmp}/out/{{{{ inventory_hostname }}}}/servekit-rdma-defaults",
         "-e", f"cluster_venv={tmp / 'venv'}",
+        # the ray role creates the folders it mounts into the Ray container
+        "-e", f"cluster_vllm_config_root={tmp}/out/{{{{ inventory_hostname }}}}/vllm-config",
         # the vllm role's plan.yml reads the unit running here (none) and writes the new one
         "-e", f"vllm_unit_dir={tmp}/out/{{{{ inventory_hostname }}}}",
         "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',

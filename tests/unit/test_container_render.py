@@ -45,7 +45,7 @@ def _render(tmp: Path, *extra: str) -> Path:
     dump = ("{{ {'ray_exec_start': __ray_exec_start, 'ray_exec_stop': __ray_exec_stop,"
             " 'ray_python': __ray_python, 'vllm_exec_start': __vllm_exec_start,"
             " 'vllm_exec_stop': __vllm_exec_stop} | to_json }}")
-    play = [{
+    play = [{"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "validate.yml")}, {
         "name": "Render the container runtime",
         "hosts": "head:workers",
         "gather_facts": False,
@@ -80,7 +80,9 @@ def _render(tmp: Path, *extra: str) -> Path:
         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
         "-e", "cluster_runtime=container",
         "-e", "cluster_ray_auth_token_file=" + str(tmp / "ray-auth-token"), "-e", f"runtime_hf_cache={tmp}",
-        "-e", "vllm_api_key=sk-not-in-argv", *extra)
+        "-e", "vllm_api_key=sk-not-in-argv",
+        # the ray role creates the folders it mounts into the Ray container
+        "-e", f"cluster_vllm_config_root={tmp}/vllm-config", *extra)
     assert proc.returncode == 0, proc.stdout[-3000:]
     return out
 
@@ -143,6 +145,44 @@ def test_a_changed_env_file_changes_the_ray_container_and_the_vllm_unit(docker, 
     unit = (docker / "spark-01" / "servekit-vllm.service").read_text()
     sha1 = hashlib.sha1((docker / "spark-01" / "cluster.env").read_bytes()).hexdigest()  # noqa: S324
     assert f"# {docker / 'spark-01' / 'cluster.env'} sha1 {sha1}: read at start" in unit
+
+
+def test_vllm_config_root_is_mounted_into_the_ray_container(docker, podman):
+    """vLLM in the container reads ray_non_carry_over_env_vars.json there; without it the head's
+    API key and HF token reach every rank (issue 24, item 9)."""
+    for out in (docker, podman):
+        config_root = out.parent / "vllm-config"
+        for host in HOSTS:
+            assert f"{config_root}:{config_root}:ro" in _service(out, host)["volumes"], host
+            assert config_root.is_dir()
+    assert f"--volume={config_root}:{config_root}:ro" in _argv(podman, "spark-01")["ray_exec_start"]
+
+
+def _registry_with_a_local_model(tmp: Path, path: str) -> Path:
+    registry = yaml.safe_load((ROOT / "config/model_registry.yml").read_text())
+    registry["models"]["gpt-oss-20b"]["model"] = path
+    out = tmp / "registry.yml"
+    out.write_text(yaml.safe_dump(registry))
+    return out
+
+
+def test_a_model_at_a_local_path_is_mounted_with_its_folder(tmp_path):
+    """The staged model's folder reaches the container by itself; a mount the inventory already
+    has for that container path is not doubled (the lab's old hand-written list)."""
+    models = tmp_path / "models"
+    registry = _registry_with_a_local_model(tmp_path, f"{models}/m")
+    out = _render(tmp_path, "-e", f"cluster_registry_path={registry}")
+    assert _service(out, "spark-01")["volumes"][1:3] == [
+        f"{tmp_path}/vllm-config:{tmp_path}/vllm-config:ro", f"{models}:{models}:ro"]
+    assert models.is_dir()
+    # what the lab's inventory listed by hand before: the same mounts, once each
+    again = tmp_path / "again"
+    again.mkdir()
+    out = _render(again, "-e", f"cluster_registry_path={registry}", "-e", json.dumps(
+        {"runtime_container_volumes": [f"{models}:{models}:ro", "/var/cache/x:/var/cache/x"]}))
+    volumes = _service(out, "spark-01")["volumes"]
+    assert volumes[1:4] == [f"{again}/vllm-config:{again}/vllm-config:ro", f"{models}:{models}:ro",
+                           "/var/cache/x:/var/cache/x"]
 
 
 def test_host_ipc_carries_no_shm_size(docker, podman):

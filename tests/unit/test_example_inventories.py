@@ -156,3 +156,13 @@ def test_env_file_checksum_is_in_the_ray_unit_container_and_vllm_unit(example):
         if host == head:
             vllm = (out / host / "servekit-vllm.service").read_text()
             assert f"# {env_file} sha1 {sha1}: read at start" in vllm
+
+
+def test_ray_container_mounts_vllm_config_root(example):
+    """The examples serve hub ids (no model folder to mount) and need VLLM_CONFIG_ROOT in the container."""
+    _, spec, out = example
+    for host in spec["hosts"]:
+        compose = yaml.safe_load((out / host / "compose/servekit-ray/compose.yaml").read_text())
+        root = out / host / "vllm-config"
+        assert compose["services"]["ray"]["volumes"][1] == f"{root}:{root}:ro"
+        assert len(compose["services"]["ray"]["volumes"]) == 3, "hf cache, config root, Ray token"
