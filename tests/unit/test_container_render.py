@@ -128,7 +128,8 @@ def test_compose_projects_carry_what_rdma_serving_needs(docker):
         gpus = service["deploy"]["resources"]["reservations"]["devices"][0]
         assert gpus["driver"] == "nvidia" and gpus["capabilities"] == ["gpu"], host
         assert service["env_file"] == [str(docker / host / "cluster.env")], host
-        assert service["image"] == "vllm/vllm-openai:v0.32.0"
+        # NVIDIA's arm64 vLLM image, the example's (NVIDIA/dgx-spark-playbooks nvidia/vllm/README.md)
+        assert service["image"] == "nvcr.io/nvidia/vllm:26.05-py3"
         assert service["container_name"] == "servekit-ray"
 
 
@@ -265,7 +266,7 @@ def test_podman_accepts_the_ray_container(podman, tiny_image):
     for host in HOSTS:
         argv = _argv(podman, host)["ray_exec_start"]
         assert argv[:2] == ["/usr/bin/podman", "run"] and "--cgroups=disabled" in argv
-        image = argv.index("vllm/vllm-openai:v0.32.0")
+        image = argv.index("nvcr.io/nvidia/vllm:26.05-py3")
         create = [PODMAN, "create", *argv[2:image], tiny_image, *argv[image + 1:]]
         create = [word for word in create if word not in ("--rm", "--cgroups=disabled")]
         proc = subprocess.run(create, capture_output=True, text=True, check=False, timeout=120)

@@ -166,3 +166,13 @@ def test_ray_container_mounts_vllm_config_root(example):
         root = out / host / "vllm-config"
         assert compose["services"]["ray"]["volumes"][1] == f"{root}:{root}:ro"
         assert len(compose["services"]["ray"]["volumes"]) == 3, "hf cache, config root, Ray token"
+
+
+def test_spark_example_names_an_arm64_image(example):
+    """Sparks are aarch64 with GB10 kernels: NVIDIA's NGC vLLM image, the tag of its two-Spark
+    recipe (NVIDIA/dgx-spark-playbooks nvidia/vllm/README.md); the H100s keep vLLM's x86 image."""
+    name, spec, out = example
+    head = next(iter(spec["hosts"]))
+    compose = yaml.safe_load((out / head / "compose/servekit-ray/compose.yaml").read_text())
+    expected = "nvcr.io/nvidia/vllm:26.05-py3" if name == "example-2node-roce" else "vllm/vllm-openai:v0.32.0"
+    assert compose["services"]["ray"]["image"] == expected
