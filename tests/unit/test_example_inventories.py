@@ -176,3 +176,10 @@ def test_spark_example_names_an_arm64_image(example):
     compose = yaml.safe_load((out / head / "compose/servekit-ray/compose.yaml").read_text())
     expected = "nvcr.io/nvidia/vllm:26.05-py3" if name == "example-2node-roce" else "vllm/vllm-openai:v0.32.0"
     assert compose["services"]["ray"]["image"] == expected
+
+
+def test_dgx_os_example_adds_no_second_toolkit_repository():
+    """DGX OS (the Sparks) ships the NVIDIA Container Toolkit; nvidia.github.io's apt source beside it
+    drifts the version or breaks apt ("Conflicting values set for option Signed-By")."""
+    settings = yaml.safe_load((ROOT / "inventory/example-2node-roce/group_vars/all/cluster.yml").read_text())
+    assert settings["runtime_nvidia_toolkit"] is False
