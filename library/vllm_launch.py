@@ -121,6 +121,13 @@ options:
     type: list
     elements: str
     default: []
+  checksums:
+    description:
+      - Checksums of files the processes read only when they start (an O(environment_files) entry),
+        keyed by path; each becomes a comment in the unit, so a changed file changes the unit and the
+        caller restarts vLLM.
+    type: dict
+    default: {}
   dest:
     description:
       - Where to write the unit. Nothing is written when unset.
@@ -264,6 +271,7 @@ def run_module() -> None:
             "environment": {"type": "dict", "default": {}},
             "environment_files": {"type": "list", "elements": "path", "default": []},
             "after": {"type": "list", "elements": "str", "default": []},
+            "checksums": {"type": "dict", "default": {}},
             "dest": {"type": "path"},
             "mode": {"type": "str", "default": "0644"},
         },
@@ -307,6 +315,7 @@ def run_module() -> None:
             start_limit_interval_sec=params["start_limit_interval_sec"],
             environment_files=params["environment_files"],
             after=params["after"],
+            checksums={str(k): str(v) for k, v in params["checksums"].items()},
         )
     result = dict(
         plan.as_dict(),

@@ -216,8 +216,9 @@ def kallsyms_exports(text: str, symbol: str = PEER_MEMORY_SYMBOL) -> str | None:
     Lines read ``<address> <type> <name>\t[<module>]`` (addresses are zeros without
     CAP_SYSLOG). Only a text symbol (``T``/``t``) of exactly that name counts: MLNX_OFED /
     DOCA's ib_core exports ``ib_register_peer_memory_client``; amdgpu carries a data symbol
-    ``pfn_ib_register_peer_memory_client`` that must not (NCCL looks for the same export in
-    src/transport/net_ib.cc before it trusts nvidia_peermem).
+    ``pfn_ib_register_peer_memory_client`` that must not. NCCL itself reads no kallsyms: it trusts
+    peer memory once /sys/module/nvidia_peermem/version (or memory_peers/nv_mem{,_nc}/version)
+    exists (ibGdrSupportInitOnce, src/transport/net_ib); this check explains a load that would fail.
     """
     for line in text.splitlines():
         fields = line.split()

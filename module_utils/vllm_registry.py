@@ -50,7 +50,12 @@ LAUNCHER_KEYS = {
 }
 
 # Registry-only keys, and keys whose bounds vLLM's parser does not check.
-REGISTRY_ONLY_KEYS = ("description",)
+# ready-timeout: seconds this model may take from its (re)start to its first
+# completion; replaces vllm_ready_timeout for it, and the readiness
+# watchdog's grace is at least as long. Bounds: vllm_ready_timeout's
+# (roles/vllm/meta/input_rules.yml).
+REGISTRY_ONLY_KEYS = ("description", "ready-timeout")
+READY_TIMEOUT_BOUNDS = (10, 86400)
 
 
 class RegistryError(ValueError):
@@ -176,6 +181,9 @@ def validate_entry(name: str, entry: object) -> dict:
     for key, value in entry.items():
         if not isinstance(key, str):
             raise RegistryError(f"model '{name}': key {key!r} must be a string")
+        if key == "ready-timeout":
+            _check_ready_timeout(name, value)
+            continue
         if key in REGISTRY_ONLY_KEYS:
             if not isinstance(value, str):
                 raise RegistryError(f"model '{name}': key '{key}' must be a string")
@@ -195,6 +203,20 @@ def validate_entry(name: str, entry: object) -> dict:
         _check_value(name, key, value)
     _check_bounds(name, entry)
     return entry
+
+
+def _check_ready_timeout(name: str, value: object) -> None:
+    low, high = READY_TIMEOUT_BOUNDS
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RegistryError(
+            f"model '{name}': key 'ready-timeout' is {value!r}; "
+            f"allowed: an integer number of seconds, {low}..{high}"
+        )
+
+
+def ready_timeout(entry: dict, default: int) -> int:
+    """Seconds the model may take to its first completion: its own, else the default."""
+    return int(entry.get("ready-timeout", default))
 
 
 def _check_bounds(name: str, entry: dict) -> None:
@@ -454,6 +476,7 @@ def render_unit(
     restart_sec: int = 10,
     start_limit_burst: int = 5,
     start_limit_interval_sec: int = 600,
+    checksums: dict[str, str] | None = None,
 ) -> str:
     """A systemd service running ``exec_argv`` (default: the plan's argv).
 
@@ -461,13 +484,18 @@ def render_unit(
     dies (its collective fails and vLLM shuts down cleanly), so on-failure
     would leave it down. The start limit bounds the loop of a model that
     cannot start; ``exec_start_pre`` (a worker waiting for the head's
-    rendezvous) orders the ranks head first.
+    rendezvous) orders the ranks head first. ``checksums`` (file -> checksum,
+    of files the processes read only when they start, such as an
+    EnvironmentFile=) become comments: a changed file changes the unit, and
+    the caller restarts on a changed unit.
     """
     argv = exec_argv if exec_argv is not None else plan.argv
     ordering = " ".join(["network-online.target", *(after or [])])
     lines = [
         f"# Managed by servekit (vllm_launch): model {plan.model_name}, "
         f"node rank {plan.node_rank}, role {plan.role}",
+        *(f"# {path} sha1 {value}: read at start; a change rewrites this unit"
+          for path, value in sorted((checksums or {}).items())),
         "[Unit]",
         f"{_DESCRIPTION_KEY}{plan.model_name}{_DESCRIPTION_RANK}{plan.node_rank}, {plan.role})",
         f"After={ordering}",

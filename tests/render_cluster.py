@@ -50,6 +50,7 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
         {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "rails.yml", "public": True},
          "when": "cluster_rdma_enabled"},
         {"ansible.builtin.include_role": {"name": "rdma", "tasks_from": "env.yml", "public": True}},
+        {"ansible.builtin.include_role": {"name": "cluster", "tasks_from": "env_checksum.yml"}},
         _template("rdma", "rdma-defaults.sh.j2", "servekit-rdma-defaults", "0755",
                   when="cluster_rdma_enabled"),
         _template("rdma", "servekit-rdma.service.j2", "servekit-rdma.service", when="cluster_rdma_enabled"),
@@ -97,6 +98,8 @@ def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subpro
         "-e", f"__rdma_sysfs_root={tmp}/sysfs/{{{{ inventory_hostname }}}}",
         "-e", f"__rdma_script={tmp}/out/{{{{ inventory_hostname }}}}/servekit-rdma-defaults",
         "-e", f"cluster_venv={tmp / 'venv'}",
+        # the ray role creates the folders it mounts into the Ray container
+        "-e", f"cluster_vllm_config_root={tmp}/out/{{{{ inventory_hostname }}}}/vllm-config",
         # the vllm role's plan.yml reads the unit running here (none) and writes the new one
         "-e", f"vllm_unit_dir={tmp}/out/{{{{ inventory_hostname }}}}",
         "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',

@@ -12,6 +12,7 @@ here with `podman import`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import shutil
@@ -35,7 +36,8 @@ LAUNCH = {
     "nnodes": 2, "head_address": "{{ cluster_head_address }}",
     "host_address": "{{ cluster_data_address }}", "executor": "ray", "runtime": "container",
     "command": "{{ vllm_command }}", "environment": "{{ vllm_environment }}",
-    "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"]}
+    "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"],
+    "checksums": "{{ {cluster_env_file: cluster_env_checksum} }}"}
 
 
 def _render(tmp: Path, *extra: str) -> Path:
@@ -43,7 +45,7 @@ def _render(tmp: Path, *extra: str) -> Path:
     dump = ("{{ {'ray_exec_start': __ray_exec_start, 'ray_exec_stop': __ray_exec_stop,"
             " 'ray_python': __ray_python, 'vllm_exec_start': __vllm_exec_start,"
             " 'vllm_exec_stop': __vllm_exec_stop} | to_json }}")
-    play = [{
+    play = [{"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "validate.yml")}, {
         "name": "Render the container runtime",
         "hosts": "head:workers",
         "gather_facts": False,
@@ -60,6 +62,7 @@ def _render(tmp: Path, *extra: str) -> Path:
              "when": "cluster_rdma_enabled | bool"},
             {"ansible.builtin.copy": {"content": "", "dest": "{{ cluster_env_file }}", "mode": "0644"},
              "when": "not cluster_rdma_enabled | bool"},
+            {"ansible.builtin.include_role": {"name": "cluster", "tasks_from": "env_checksum.yml"}},
             {"name": "Plan the vLLM launch", "vllm_launch": LAUNCH, "register": "__vllm_plan"},
             # the ray role's own task: the compose project and the service `podman run` runs
             {"ansible.builtin.include_role": {"name": "ray", "tasks_from": "compose.yml", "public": True}},
@@ -77,7 +80,9 @@ def _render(tmp: Path, *extra: str) -> Path:
         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
         "-e", "cluster_runtime=container",
         "-e", "cluster_ray_auth_token_file=" + str(tmp / "ray-auth-token"), "-e", f"runtime_hf_cache={tmp}",
-        "-e", "vllm_api_key=sk-not-in-argv", *extra)
+        "-e", "vllm_api_key=sk-not-in-argv",
+        # the ray role creates the folders it mounts into the Ray container
+        "-e", f"cluster_vllm_config_root={tmp}/vllm-config", *extra)
     assert proc.returncode == 0, proc.stdout[-3000:]
     return out
 
@@ -123,8 +128,62 @@ def test_compose_projects_carry_what_rdma_serving_needs(docker):
         gpus = service["deploy"]["resources"]["reservations"]["devices"][0]
         assert gpus["driver"] == "nvidia" and gpus["capabilities"] == ["gpu"], host
         assert service["env_file"] == [str(docker / host / "cluster.env")], host
-        assert service["image"] == "vllm/vllm-openai:v0.32.0"
+        # NVIDIA's arm64 vLLM image, the example's (NVIDIA/dgx-spark-playbooks nvidia/vllm/README.md)
+        assert service["image"] == "nvcr.io/nvidia/vllm:26.05-py3"
         assert service["container_name"] == "servekit-ray"
+
+
+def test_a_changed_env_file_changes_the_ray_container_and_the_vllm_unit(docker, podman):
+    """The container takes env_file's values when created: the file's SHA-1 is a label (compose) and a
+    --label (Podman), so a changed file changes the project or the unit, and the restart recreates
+    the container; the vLLM unit carries it too, so vLLM restarts (issue 24, item 4)."""
+    for out in (docker, podman):
+        for host in HOSTS:
+            sha1 = hashlib.sha1((out / host / "cluster.env").read_bytes()).hexdigest()  # noqa: S324
+            assert _service(out, host)["labels"] == {"servekit.cluster-env-sha1": sha1}, host
+            if out is podman:
+                assert f"--label=servekit.cluster-env-sha1={sha1}" in _argv(out, host)["ray_exec_start"]
+    unit = (docker / "spark-01" / "servekit-vllm.service").read_text()
+    sha1 = hashlib.sha1((docker / "spark-01" / "cluster.env").read_bytes()).hexdigest()  # noqa: S324
+    assert f"# {docker / 'spark-01' / 'cluster.env'} sha1 {sha1}: read at start" in unit
+
+
+def test_vllm_config_root_is_mounted_into_the_ray_container(docker, podman):
+    """vLLM in the container reads ray_non_carry_over_env_vars.json there; without it the head's
+    API key and HF token reach every rank (issue 24, item 9)."""
+    for out in (docker, podman):
+        config_root = out.parent / "vllm-config"
+        for host in HOSTS:
+            assert f"{config_root}:{config_root}:ro" in _service(out, host)["volumes"], host
+            assert config_root.is_dir()
+    assert f"--volume={config_root}:{config_root}:ro" in _argv(podman, "spark-01")["ray_exec_start"]
+
+
+def _registry_with_a_local_model(tmp: Path, path: str) -> Path:
+    registry = yaml.safe_load((ROOT / "config/model_registry.yml").read_text())
+    registry["models"]["gpt-oss-20b"]["model"] = path
+    out = tmp / "registry.yml"
+    out.write_text(yaml.safe_dump(registry))
+    return out
+
+
+def test_a_model_at_a_local_path_is_mounted_with_its_folder(tmp_path):
+    """The staged model's folder reaches the container by itself; a mount the inventory already
+    has for that container path is not doubled (the lab's old hand-written list)."""
+    models = tmp_path / "models"
+    registry = _registry_with_a_local_model(tmp_path, f"{models}/m")
+    out = _render(tmp_path, "-e", f"cluster_registry_path={registry}")
+    assert _service(out, "spark-01")["volumes"][1:3] == [
+        f"{tmp_path}/vllm-config:{tmp_path}/vllm-config:ro", f"{models}:{models}:ro"]
+    assert models.is_dir()
+    # what the lab's inventory listed by hand before: the same mounts, once each
+    again = tmp_path / "again"
+    again.mkdir()
+    out = _render(again, "-e", f"cluster_registry_path={registry}", "-e", json.dumps(
+        {"runtime_container_volumes": [f"{models}:{models}:ro", "/var/cache/x:/var/cache/x"]}))
+    volumes = _service(out, "spark-01")["volumes"]
+    assert volumes[1:4] == [f"{again}/vllm-config:{again}/vllm-config:ro", f"{models}:{models}:ro",
+                           "/var/cache/x:/var/cache/x"]
 
 
 def test_host_ipc_carries_no_shm_size(docker, podman):
@@ -207,7 +266,7 @@ def test_podman_accepts_the_ray_container(podman, tiny_image):
     for host in HOSTS:
         argv = _argv(podman, host)["ray_exec_start"]
         assert argv[:2] == ["/usr/bin/podman", "run"] and "--cgroups=disabled" in argv
-        image = argv.index("vllm/vllm-openai:v0.32.0")
+        image = argv.index("nvcr.io/nvidia/vllm:26.05-py3")
         create = [PODMAN, "create", *argv[2:image], tiny_image, *argv[image + 1:]]
         create = [word for word in create if word not in ("--rm", "--cgroups=disabled")]
         proc = subprocess.run(create, capture_output=True, text=True, check=False, timeout=120)

@@ -12,6 +12,7 @@ from servekit.module_utils.vllm_registry import (
     closest_flag,
     load_registry_file,
     load_registry_text,
+    ready_timeout,
     registry_args,
     render_unit,
     select_model,
@@ -67,8 +68,10 @@ def test_seed_entry_renders_the_seed_flags_in_order():
          ["--hf-overrides", '{"rope_scaling":{"factor":4}}']),
         ({"description": "skipped"}, []),
         ({"max-model-len": 4096}, ["--max-model-len", "4096"]),
+        ({"ready-timeout": 3600}, []),
     ],
-    ids=["true-is-bare-flag", "false-omitted", "nargs-list", "dict-json", "description", "int"],
+    ids=["true-is-bare-flag", "false-omitted", "nargs-list", "dict-json", "description", "int",
+         "ready-timeout-is-servekits"],
 )
 def test_key_to_flag_mapping(entry, expected):
     assert registry_args({"model": "m", **entry}) == expected
@@ -121,16 +124,31 @@ def test_malformed_registry_text(text, message):
         ({"headless": True}, "key 'headless' is set by the launcher"),
         ({"max_num_seqs": None, "max-num-seqs": None, "dtype": None, "model": None},
          "key 'model' is required"),
+        ({"ready_timeout": 5},
+         "model 'gpt-oss-20b': key 'ready-timeout' is 5; allowed: an integer number of seconds, 10..86400"),
+        ({"ready_timeout": 90000},
+         "key 'ready-timeout' is 90000; allowed: an integer number of seconds, 10..86400"),
+        ({"ready_timeout": "1h"}, "key 'ready-timeout' is '1h'; allowed: an integer number of seconds"),
+        ({"ready_timeout": True}, "key 'ready-timeout' is True; allowed: an integer number of seconds"),
     ],
     ids=["unknown-key", "str-for-int", "bool-for-int", "tp-zero", "pp-negative", "gmu-zero",
          "gmu-above-one", "gmu-string", "mml-zero", "mml-negative", "float-for-int",
          "bad-dtype-choice", "bool-as-string", "description-type", "launcher-port", "launcher-executor",
-         "launcher-api-key", "launcher-headless", "no-model"],
+         "launcher-api-key", "launcher-headless", "no-model", "ready-timeout-short",
+         "ready-timeout-long", "ready-timeout-string", "ready-timeout-bool"],
 )
 def test_bad_entry_names_model_key_and_allowed_values(overrides, message):
     with pytest.raises(RegistryError) as err:
         validate_registry(_registry(**overrides))
     assert message in str(err.value)
+
+
+def test_ready_timeout_is_the_entrys_own_else_the_default(registry_path):
+    models = load_registry_file(str(registry_path))
+    assert ready_timeout(models["gpt-oss-20b"], 900) == 900
+    # DeepSeek-R1 on 2 x 8 H100 loads ~345 GB per pipeline stage, then runs
+    # DeepGEMM's warmup, torch.compile and CUDA-graph capture (registry comment).
+    assert ready_timeout(models["deepseek-r1"], 900) >= 2400
 
 
 def test_unknown_key_suggests_the_closest_vllm_flag():
@@ -253,3 +271,12 @@ def test_unit_carries_env_restart_policy_and_memlock():
     assert "ExecStartPre" not in unit
     assert "StartLimitBurst=5\n" in unit
     assert "ExecStart=vllm serve openai/gpt-oss-20b --dtype bfloat16" in unit
+
+
+def test_unit_carries_the_checksums_of_files_read_at_start():
+    plan = build_launch_plan("gpt-oss-20b", SEED_20B, NodeSpec(nnodes=1, devices_per_node=2))
+    unit = render_unit(plan, environment_files=["/etc/servekit/cluster.env"],
+                       checksums={"/etc/servekit/cluster.env": "da39a3ee5e6b4b0d3255bfef95601890afd80709"})
+    assert ("# /etc/servekit/cluster.env sha1 da39a3ee5e6b4b0d3255bfef95601890afd80709: read at start; "
+            "a change rewrites this unit\n[Unit]\n") in unit
+    assert "sha1" not in render_unit(plan)

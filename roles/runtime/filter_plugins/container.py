@@ -17,7 +17,8 @@ from ansible.errors import AnsibleFilterError
 # compose keys the template renders, and how each becomes podman flags
 _HANDLED = {
     "image", "container_name", "pull_policy", "network_mode", "ipc", "pid", "shm_size", "cap_add",
-    "ulimits", "devices", "volumes", "env_file", "environment", "entrypoint", "command", "restart",
+    "ulimits", "devices", "volumes", "labels", "env_file", "environment", "entrypoint", "command",
+    "restart",
 }
 
 
@@ -54,6 +55,10 @@ def podman_run_argv(service: dict, extra: list | None = None) -> list[str]:
     argv += [f"--ulimit={_ulimit(name, value)}" for name, value in service.get("ulimits", {}).items()]
     argv += [f"--device={device}" for device in service.get("devices", [])]
     argv += [f"--volume={volume}" for volume in service.get("volumes", [])]
+    labels = service.get("labels", {})
+    if isinstance(labels, dict):
+        labels = [f"{key}={value}" for key, value in labels.items()]
+    argv += [f"--label={label}" for label in labels]
     env_files = service.get("env_file", [])
     argv += [f"--env-file={path}" for path in ([env_files] if isinstance(env_files, str) else env_files)]
     environment = service.get("environment", {})
@@ -70,6 +75,38 @@ def podman_run_argv(service: dict, extra: list | None = None) -> list[str]:
     return argv
 
 
+def image_probe_problems(stdout: str, image: str, pins: dict | None = None) -> dict:
+    """What files/image_probe.py, run in ``image``, found missing, and versions that differ from ``pins``.
+
+    Returns ``{"missing": [...], "differs": [...], "versions": {...}}``; each message names the
+    image. vLLM's import may log to stdout first, so the report is the last line that is JSON.
+    """
+    report = None
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            break
+    if not isinstance(report, dict) or not isinstance(report.get("packages"), dict):
+        return {"missing": [f"{image}: python3 in the image printed no probe report (is there a python3?)"],
+                "differs": [], "versions": {}}
+    missing, differs, versions = [], [], {}
+    for name, entry in sorted(report["packages"].items()):
+        if "error" in entry:
+            missing.append(f"{image}: `import {name}` fails: {entry['error']}")
+            continue
+        versions[name] = entry.get("version")
+        if not entry.get("command"):
+            missing.append(f"{image}: `import {name}` works but the `{name}` command is not on the "
+                           "image's PATH (or in runtime_container_bin_dir)")
+        pin = (pins or {}).get(name)
+        if pin and entry.get("version") != pin:
+            differs.append(f"{image}: {name} {entry.get('version')}, servekit pins {pin}")
+    return {"missing": missing, "differs": differs, "versions": versions}
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"podman_run_argv": podman_run_argv}
+        return {"podman_run_argv": podman_run_argv, "image_probe_problems": image_probe_problems}
