@@ -512,6 +512,19 @@ def test_the_watch_loop_counts_probes_and_failures_in_its_metrics_file(tmp_path)
 # --------------------------------------------------------------------------
 
 
+def test_the_operators_cidrs_reach_prometheus_and_alertmanager_through_the_extra_ports(tmp_path):
+    """docs/monitoring.md: firewall_extra_tcp_ports/cidrs, the firewall's one way to open a port beyond the cluster."""
+    from test_firewall_render import input_rules
+    from test_firewall_render import render as render_firewall
+
+    rulesets = render_firewall(tmp_path, "198.51.100.7 50022 192.168.100.1 22",
+                               firewall_extra_tcp_ports=[9090, 9093], firewall_extra_cidrs=["203.0.113.0/24"])
+    for text in rulesets.values():
+        opened = [r for r in input_rules(text) if re.search(r"dport 909[03] accept$", r)]
+        assert opened == ["ip saddr 203.0.113.0/24 tcp dport 9090 accept",
+                          "ip saddr 203.0.113.0/24 tcp dport 9093 accept"]
+
+
 def test_the_firewall_opens_scrape_ports_only_to_cluster_nodes(tmp_path):
     from test_firewall_render import input_rules
     from test_firewall_render import render as render_firewall
@@ -520,7 +533,8 @@ def test_the_firewall_opens_scrape_ports_only_to_cluster_nodes(tmp_path):
     defaults = yaml.safe_load((ROOT / "roles/monitoring/defaults/main.yml").read_text())
     ray = yaml.safe_load((ROOT / "roles/ray/defaults/main.yml").read_text())
     scrape_ports = {defaults["monitoring_prometheus_port"], defaults["monitoring_node_exporter_port"],
-                    defaults["monitoring_gpu_exporter_port"], ray["ray_metrics_export_port"]}
+                    defaults["monitoring_gpu_exporter_port"], ray["ray_metrics_export_port"],
+                    defaults["monitoring_alertmanager_port"]}
     allowed_generic = {'iif "lo" accept', "ct state established,related accept", "ct state invalid drop",
                        "meta l4proto icmp accept", "meta l4proto ipv6-icmp accept",
                        "ip saddr @cluster4 accept", "ip6 saddr @cluster6 accept"}
