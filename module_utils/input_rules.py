@@ -351,43 +351,16 @@ def _record_problems(name: str, items: list, records: Mapping[str, Any]) -> list
 
     Field values are never shown (they may be vault secrets); names of fields and kinds are.
     """
-    key, kinds = records["key"], records["kinds"]
-    common = list(records.get("fields") or [])
-    allowed_kinds = ", ".join(kinds)
-    problems, seen = [], {}
+    problems: list[str] = []
+    seen: dict[Any, int] = {}
     for index, item in enumerate(items):
         where = f"{name}[{index}]"
         if not isinstance(item, Mapping):
-            problems.append(f"{where}: must be a mapping with {', '.join(common + [key])}")
+            fields = ", ".join([*(records.get("fields") or []), records["key"]])
+            problems.append(f"{where}: must be a mapping with {fields}")
             continue
         label = f"{where} ({item['name']})" if isinstance(item.get("name"), str) else where
-        for needed in common + [key]:
-            if item.get(needed) in (None, ""):
-                problems.append(f"{label}: field '{needed}' is missing; every entry needs "
-                                f"{', '.join(common + [key])} ({key}: one of {allowed_kinds})")
-        kind = item.get(key)
-        if kind in (None, ""):
-            continue
-        if kind not in kinds:
-            hint = closest(str(kind), list(kinds))
-            problems.append(f"{label}: {key} = {kind!r}: must be one of {allowed_kinds}"
-                            + (f" (did you mean {hint}?)" if hint else ""))
-            continue
-        needs, may = list(kinds[kind].get("needs") or []), list(kinds[kind].get("may") or [])
-        takes = common + [key] + needs + may
-        for needed in needs:
-            if item.get(needed) in (None, ""):
-                problems.append(f"{label}: field '{needed}' is missing; {key} {kind} needs "
-                                f"{', '.join(needs)}" + (f" (and may have {', '.join(may)})" if may else ""))
-        for extra in sorted(set(item) - set(takes)):
-            hint = closest(str(extra), takes)
-            problems.append(f"{label}: unknown field '{extra}'" + (f" (did you mean {hint}?)" if hint else "")
-                            + f"; {key} {kind} takes {', '.join(takes)}")
-        for field_name, fmt in (records.get("formats") or {}).items():
-            if item.get(field_name) not in (None, "") and field_name in takes:
-                check, form = FORMATS[fmt]
-                if not check(item[field_name]):
-                    problems.append(f"{label}: {field_name} = {HIDDEN}: must be {form}")
+        problems += _one_record_problems(label, item, records)
         if item.get("name") in (records.get("reserved_names") or []):
             problems.append(f"{label}: name {item['name']!r} is taken by servekit; choose another")
         if isinstance(item.get("name"), str):
@@ -395,6 +368,34 @@ def _record_problems(name: str, items: list, records: Mapping[str, Any]) -> list
                 problems.append(f"{label}: name {item['name']!r} is also {name}[{seen[item['name']]}]'s; "
                                 "names must be unique")
             seen.setdefault(item["name"], index)
+    return problems
+
+
+def _one_record_problems(label: str, item: Mapping[str, Any], records: Mapping[str, Any]) -> list[str]:
+    key, kinds = records["key"], records["kinds"]
+    common = [*(records.get("fields") or []), key]
+    problems = [f"{label}: field '{needed}' is missing; every entry needs {', '.join(common)} "
+                f"({key}: one of {', '.join(kinds)})" for needed in common if item.get(needed) in (None, "")]
+    kind = item.get(key)
+    if kind in (None, ""):
+        return problems
+    if kind not in kinds:
+        hint = closest(str(kind), list(kinds))
+        return [*problems, f"{label}: {key} = {kind!r}: must be one of {', '.join(kinds)}"
+                + (f" (did you mean {hint}?)" if hint else "")]
+    needs, may = list(kinds[kind].get("needs") or []), list(kinds[kind].get("may") or [])
+    takes = [*common, *needs, *may]
+    problems += [f"{label}: field '{needed}' is missing; {key} {kind} needs {', '.join(needs)}"
+                 + (f" (and may have {', '.join(may)})" if may else "")
+                 for needed in needs if item.get(needed) in (None, "")]
+    for extra in sorted(set(item) - set(takes)):
+        hint = closest(str(extra), takes)
+        problems.append(f"{label}: unknown field '{extra}'" + (f" (did you mean {hint}?)" if hint else "")
+                        + f"; {key} {kind} takes {', '.join(takes)}")
+    for field_name, fmt in (records.get("formats") or {}).items():
+        value = item.get(field_name)
+        if field_name in takes and value not in (None, "") and not FORMATS[fmt][0](value):
+            problems.append(f"{label}: {field_name} = {HIDDEN}: must be {FORMATS[fmt][1]}")
     return problems
 
 

@@ -513,7 +513,7 @@ def test_the_watch_loop_counts_probes_and_failures_in_its_metrics_file(tmp_path)
 
 
 def test_the_operators_cidrs_reach_prometheus_and_alertmanager_through_the_extra_ports(tmp_path):
-    """docs/monitoring.md: firewall_extra_tcp_ports/cidrs, the firewall's one way to open a port beyond the cluster."""
+    """docs/monitoring.md: firewall_extra_tcp_ports/cidrs, the firewall's one way to open a port further."""
     from test_firewall_render import input_rules
     from test_firewall_render import render as render_firewall
 
