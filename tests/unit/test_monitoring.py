@@ -294,7 +294,7 @@ def test_alertmanager_can_be_turned_off(tmp_path):
 def test_a_wildcard_alertmanager_address_is_refused(tmp_path):
     proc = render(tmp_path, "lab", tasks_from="check.yml", monitoring_alertmanager_address="::")
     assert proc.returncode != 0
-    assert 'monitoring_alertmanager_address = "::"' in proc.stdout
+    assert 'monitoring_alertmanager_address = "::": Alertmanager has no authentication' in proc.stdout
 
 
 # --------------------------------------------------------------------------
