@@ -335,6 +335,16 @@ def test_validate_play_hides_secrets(tmp_path):
     assert "s3cr3t" not in proc.stdout + proc.stderr
 
 
+def test_validate_play_names_a_bad_receiver_field_and_hides_its_secrets(tmp_path):
+    receivers = [{"name": "ops", "type": "slack", "api_url": "https://chat.example.net/hooks/T0K3N",
+                  "chanel": "#ops"}]
+    proc = _validate(_inventory(tmp_path, {"monitoring_alert_receivers": receivers}))
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert ("monitoring_alert_receivers[0] (ops): unknown field 'chanel' (did you mean channel?)"
+            in proc.stdout), proc.stdout[-3000:]
+    assert "T0K3N" not in proc.stdout + proc.stderr
+
+
 def test_validate_play_warns_on_a_typo_and_fails_when_strict(tmp_path):
     loose = _validate(_inventory(tmp_path, {"network_mut": 9000, "netwrok_mtu": 9000}))
     assert loose.returncode == 0, loose.stdout[-3000:]
