@@ -50,9 +50,18 @@ $(PROMTOOL):
 	for f in .cache/tools/deb-prometheus/*.deb; do dpkg -x "$$f" .cache/tools/prometheus; done
 	test -x $@
 
-unit: venv $(NGINX) $(PROMTOOL)
+# amtool (Alertmanager's config check) from Debian's prometheus-alertmanager, the same way.
+AMTOOL := .cache/tools/alertmanager/usr/bin/amtool
+$(AMTOOL):
+	mkdir -p .cache/tools/deb-alertmanager
+	cd .cache/tools/deb-alertmanager && { apt-get download -q prometheus-alertmanager \
+	  || { apt-get update -q && apt-get download -q prometheus-alertmanager; }; }
+	for f in .cache/tools/deb-alertmanager/*.deb; do dpkg -x "$$f" .cache/tools/alertmanager; done
+	test -x $@
+
+unit: venv $(NGINX) $(PROMTOOL) $(AMTOOL)
 	PATH="$(abspath $(BIN)):$$PATH" SERVEKIT_NGINX="$(abspath $(NGINX))" \
-	  SERVEKIT_PROMTOOL="$(abspath $(PROMTOOL))" $(BIN)/pytest
+	  SERVEKIT_PROMTOOL="$(abspath $(PROMTOOL))" SERVEKIT_AMTOOL="$(abspath $(AMTOOL))" $(BIN)/pytest
 
 
 # --- the local lab: two systemd-nspawn nodes serving lab-tiny (TP 2) -------------

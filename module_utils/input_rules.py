@@ -188,15 +188,30 @@ def load_rules(roles_dir: str | Path) -> RuleSet:
 def _check_rule(path: Path, name: str, rule: Any) -> None:
     if not isinstance(rule, Mapping) or not rule:
         raise RulesError(f"{path}: rule for {name} must be a mapping of min/max/format/pattern")
-    unknown = set(rule) - {"min", "max", "format", "pattern", "form"}
+    unknown = set(rule) - {"min", "max", "format", "pattern", "form", "records"}
     if unknown:
         raise RulesError(f"{path}: rule for {name} has unknown keys {sorted(unknown)}")
+    if "records" in rule:
+        _check_records_rule(path, name, rule["records"])
     if "format" in rule and rule["format"] not in FORMATS:
         raise RulesError(f"{path}: {name}: unknown format {rule['format']!r}; known: {', '.join(FORMATS)}")
     if "pattern" in rule:
         if "form" not in rule:
             raise RulesError(f"{path}: {name}: a pattern needs 'form', its description for people")
         re.compile(rule["pattern"])
+
+
+def _check_records_rule(path: Path, name: str, records: Any) -> None:
+    kinds = records.get("kinds") if isinstance(records, Mapping) else None
+    if not isinstance(records, Mapping) or not isinstance(records.get("key"), str) \
+            or not isinstance(kinds, Mapping) or not kinds \
+            or not all(isinstance(k, Mapping) and isinstance(k.get("needs", []), list)
+                       and isinstance(k.get("may", []), list) for k in kinds.values()):
+        raise RulesError(f"{path}: {name}: 'records' needs 'key' (the field naming the kind) and 'kinds' "
+                         "({kind: {needs: [fields], may: [fields]}})")
+    for field_name, fmt in (records.get("formats") or {}).items():
+        if fmt not in FORMATS:
+            raise RulesError(f"{path}: {name}: field {field_name}: unknown format {fmt!r}")
 
 
 def _check_relation(path: Path, relation: Any) -> None:
@@ -331,6 +346,59 @@ def _rule_problem(rule: Mapping[str, Any], value: Any) -> str | None:
     return None
 
 
+def _record_problems(name: str, items: list, records: Mapping[str, Any]) -> list[str]:
+    """Problems of a list of records, {key: kind, ...}, each with the fields its kind needs.
+
+    Field values are never shown (they may be vault secrets); names of fields and kinds are.
+    """
+    problems: list[str] = []
+    seen: dict[Any, int] = {}
+    for index, item in enumerate(items):
+        where = f"{name}[{index}]"
+        if not isinstance(item, Mapping):
+            fields = ", ".join([*(records.get("fields") or []), records["key"]])
+            problems.append(f"{where}: must be a mapping with {fields}")
+            continue
+        label = f"{where} ({item['name']})" if isinstance(item.get("name"), str) else where
+        problems += _one_record_problems(label, item, records)
+        if item.get("name") in (records.get("reserved_names") or []):
+            problems.append(f"{label}: name {item['name']!r} is taken by servekit; choose another")
+        if isinstance(item.get("name"), str):
+            if item["name"] in seen:
+                problems.append(f"{label}: name {item['name']!r} is also {name}[{seen[item['name']]}]'s; "
+                                "names must be unique")
+            seen.setdefault(item["name"], index)
+    return problems
+
+
+def _one_record_problems(label: str, item: Mapping[str, Any], records: Mapping[str, Any]) -> list[str]:
+    key, kinds = records["key"], records["kinds"]
+    common = [*(records.get("fields") or []), key]
+    problems = [f"{label}: field '{needed}' is missing; every entry needs {', '.join(common)} "
+                f"({key}: one of {', '.join(kinds)})" for needed in common if item.get(needed) in (None, "")]
+    kind = item.get(key)
+    if kind in (None, ""):
+        return problems
+    if kind not in kinds:
+        hint = closest(str(kind), list(kinds))
+        return [*problems, f"{label}: {key} = {kind!r}: must be one of {', '.join(kinds)}"
+                + (f" (did you mean {hint}?)" if hint else "")]
+    needs, may = list(kinds[kind].get("needs") or []), list(kinds[kind].get("may") or [])
+    takes = [*common, *needs, *may]
+    problems += [f"{label}: field '{needed}' is missing; {key} {kind} needs {', '.join(needs)}"
+                 + (f" (and may have {', '.join(may)})" if may else "")
+                 for needed in needs if item.get(needed) in (None, "")]
+    for extra in sorted(set(item) - set(takes)):
+        hint = closest(str(extra), takes)
+        problems.append(f"{label}: unknown field '{extra}'" + (f" (did you mean {hint}?)" if hint else "")
+                        + f"; {key} {kind} takes {', '.join(takes)}")
+    for field_name, fmt in (records.get("formats") or {}).items():
+        value = item.get(field_name)
+        if field_name in takes and value not in (None, "") and not FORMATS[fmt][0](value):
+            problems.append(f"{label}: {field_name} = {HIDDEN}: must be {FORMATS[fmt][1]}")
+    return problems
+
+
 def describe_range(low: Any, high: Any) -> str:
     if low is not None and high is not None:
         return f"from {low} to {high}"
@@ -395,6 +463,9 @@ def check_value(ruleset: RuleSet, name: str, value: Any) -> tuple[list[str], Any
         value = items
     problems = _choice_problems(ruleset, name, items, spec["choices"]) if spec.get("choices") else []
     rule = ruleset.rules.get(name)
+    if rule and "records" in rule:
+        problems += _record_problems(name, items, rule["records"])
+        rule = {k: v for k, v in rule.items() if k != "records"} or None
     for index, item in enumerate(items if rule else []):
         problem = _rule_problem(rule, item)
         if problem:

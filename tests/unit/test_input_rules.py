@@ -53,7 +53,8 @@ def _allowed(rule: dict) -> str:
     return input_rules.describe_range(rule.get("min"), rule.get("max"))
 
 
-RULED = sorted(RULES.rules)
+# records (lists of typed mappings) have their own tests below
+RULED = sorted(n for n, rule in RULES.rules.items() if "records" not in rule)
 CHOICES = sorted(n for n, spec in RULES.options.items() if spec.get("choices"))
 
 
@@ -334,6 +335,16 @@ def test_validate_play_hides_secrets(tmp_path):
     assert "s3cr3t" not in proc.stdout + proc.stderr
 
 
+def test_validate_play_names_a_bad_receiver_field_and_hides_its_secrets(tmp_path):
+    receivers = [{"name": "ops", "type": "slack", "api_url": "https://chat.example.net/hooks/T0K3N",
+                  "chanel": "#ops"}]
+    proc = _validate(_inventory(tmp_path, {"monitoring_alert_receivers": receivers}))
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert ("monitoring_alert_receivers[0] (ops): unknown field 'chanel' (did you mean channel?)"
+            in proc.stdout), proc.stdout[-3000:]
+    assert "T0K3N" not in proc.stdout + proc.stderr
+
+
 def test_validate_play_warns_on_a_typo_and_fails_when_strict(tmp_path):
     loose = _validate(_inventory(tmp_path, {"network_mut": 9000, "netwrok_mtu": 9000}))
     assert loose.returncode == 0, loose.stdout[-3000:]
@@ -393,3 +404,72 @@ def test_a_ray_port_clash_is_reported_once():
     clash = [p for p in problems if "ray_dashboard_port = " in p]
     assert len(clash) == 1, problems
     assert f"ray_dashboard_port = {values['ray_port']} must differ from ray_port" in clash[0]
+
+
+# --------------------------------------------------------------------------
+# records: monitoring_alert_receivers
+# --------------------------------------------------------------------------
+
+HOOK = "https://hooks.example.net/T0K3N"
+
+
+def _receivers(*entries: dict) -> list[str]:
+    return check_values(RULES, {"monitoring_alert_receivers": list(entries)})
+
+
+def test_receivers_of_every_type_pass():
+    assert _receivers() == []
+    assert _receivers({"name": "a", "type": "webhook", "url": HOOK},
+                      {"name": "b", "type": "email", "to": "o@example.net", "from": "s@example.net",
+                       "smarthost": "smtp.example.net:587", "auth_username": "u", "auth_password": "pw"},
+                      {"name": "c", "type": "slack", "api_url": HOOK, "channel": "#ops"}) == []
+
+
+def test_an_unknown_receiver_type_names_the_allowed_ones():
+    assert _receivers({"name": "a", "type": "slak", "api_url": HOOK}) == [
+        "monitoring_alert_receivers[0] (a): type = 'slak': must be one of webhook, email, slack "
+        "(did you mean slack?)"]
+
+
+def test_a_receiver_missing_a_field_names_it_and_what_its_type_needs():
+    assert _receivers({"name": "m", "type": "email", "to": "o@example.net", "from": "s@example.net"}) == [
+        "monitoring_alert_receivers[0] (m): field 'smarthost' is missing; type email needs to, from, "
+        "smarthost (and may have auth_username, auth_password)"]
+    assert _receivers({"type": "webhook", "url": HOOK}) == [
+        "monitoring_alert_receivers[0]: field 'name' is missing; every entry needs name, type "
+        "(type: one of webhook, email, slack)"]
+
+
+def test_a_misspelt_receiver_field_gets_the_closest_name():
+    problems = _receivers({"name": "c", "type": "slack", "api_url": HOOK, "chanel": "#ops"})
+    assert problems == [
+        "monitoring_alert_receivers[0] (c): field 'channel' is missing; type slack needs api_url, channel",
+        "monitoring_alert_receivers[0] (c): unknown field 'chanel' (did you mean channel?); "
+        "type slack takes name, type, api_url, channel"]
+
+
+def test_receiver_urls_are_checked_and_never_shown():
+    problems = _receivers({"name": "a", "type": "webhook", "url": "T0K3N-not-a-url"})
+    assert problems == [f"monitoring_alert_receivers[0] (a): url = <hidden>: must be {FORMATS['url'][1]}"]
+    assert not any("T0K3N" in p for p in _receivers({"name": "a", "type": "pager", "url": "T0K3N"}))
+
+
+def test_receiver_names_are_unique_and_null_is_servekits():
+    assert _receivers({"name": "a", "type": "webhook", "url": HOOK},
+                      {"name": "a", "type": "webhook", "url": HOOK}) == [
+        "monitoring_alert_receivers[1] (a): name 'a' is also monitoring_alert_receivers[0]'s; "
+        "names must be unique"]
+    assert _receivers({"name": "null", "type": "webhook", "url": HOOK}) == [
+        "monitoring_alert_receivers[0] (null): name 'null' is taken by servekit; choose another"]
+
+
+def test_a_receiver_that_is_not_a_mapping_is_refused_hidden():
+    assert _receivers("T0K3N") == ["monitoring_alert_receivers[0] = <hidden>: must be a mapping"]
+
+
+def test_a_malformed_records_rule_is_refused(tmp_path):
+    (tmp_path / "demo" / "meta").mkdir(parents=True)
+    (tmp_path / "demo" / "meta" / "input_rules.yml").write_text(
+        "rules:\n  demo_list: {records: {key: type}}\n")
+    with pytest.raises(input_rules.RulesError, match="'records' needs 'key'"):
+        load_rules(tmp_path)

@@ -10,11 +10,13 @@ metrics``, and its loop is run against a stand-in API. The lab runs the
 same files for real (.ci/monitoring-check).
 
 promtool comes from Debian's prometheus package, unpacked by ``make unit``
-($SERVEKIT_PROMTOOL); without it these tests fail and say how to get it.
+($SERVEKIT_PROMTOOL), amtool from Debian's prometheus-alertmanager the same
+way ($SERVEKIT_AMTOOL); without them these tests fail and say how to get them.
 """
 
 from __future__ import annotations
 
+import grp
 import importlib.util
 import json
 import os
@@ -47,6 +49,22 @@ def _promtool() -> str:
                     ".cache/tools/prometheus, "
                     "or set SERVEKIT_PROMTOOL")
     return found
+
+
+def _amtool() -> str:
+    named = os.environ.get("SERVEKIT_AMTOOL")
+    found = named or shutil.which("amtool") or next(
+        (str(p) for p in (ROOT / ".cache/tools/alertmanager/usr/bin/amtool", Path("/usr/bin/amtool"))
+         if p.is_file()), None)
+    if not found or not os.access(found, os.X_OK):
+        pytest.fail(f"amtool not found ({'$SERVEKIT_AMTOOL=' + named if named else 'not on PATH'}): "
+                    "run `make unit`, which unpacks Debian's prometheus-alertmanager package into "
+                    ".cache/tools/alertmanager, or set SERVEKIT_AMTOOL")
+    return found
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([_amtool(), *args], capture_output=True, text=True, check=False, timeout=60)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -92,7 +110,9 @@ def render(tmp: Path, inventory: str, tasks_from: str = "files.yml",
         ]),
     }]
     values = {"__monitoring_config_dir": out, "__monitoring_promtool": _promtool(),
-              "__monitoring_reload": False,
+              "__monitoring_amtool": _amtool(), "__monitoring_reload": False,
+              # Alertmanager's config goes to the prometheus group on a node; here, ours
+              "__monitoring_alertmanager_group": grp.getgrgid(os.getgid()).gr_name,
               "monitoring_grafana_provisioning_dir": out + "/grafana",
               "monitoring_grafana_dashboards_dir": out + "/dashboards", **extra_vars}
     args = ["-i", _inventory(tmp, inventory), write_play(tmp / "render.yml", play),
@@ -157,6 +177,7 @@ def test_lab_targets_come_from_the_inventory(tmp_path):
     assert _targets(config, "ray") == {f"{head}:6384": "lab-head", f"{worker}:6384": "lab-worker-1"}
     assert _targets(config, "vllm") == {f"{head}:8000": "lab-head"}
     assert _targets(config, "prometheus") == {f"{head}:9090": "lab-head"}, "Prometheus on the data address"
+    assert config["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": [f"{head}:9093"]}]}]}
     assert _targets(config, "dcgm") == {}, "no GPU on the lab: no DCGM exporter"
     vllm = next(s for s in config["scrape_configs"] if s["job_name"] == "vllm")
     assert vllm["scheme"] == "http"  # the lab's API has no TLS (inventory/lab vllm_api_tls: false)
@@ -188,6 +209,93 @@ def test_a_monitoring_host_outside_the_cluster_is_refused(tmp_path):
     proc = render(tmp_path, "lab", tasks_from="check.yml", monitoring_host="elsewhere")
     assert proc.returncode != 0
     assert "monitoring_host = \"elsewhere\"" in proc.stdout and "lab-head, lab-worker-1" in proc.stdout
+
+
+# --------------------------------------------------------------------------
+# Alertmanager's configuration, checked by amtool
+# --------------------------------------------------------------------------
+
+# Secrets as a vault would give them: none may reach the play's output.
+SECRETS = {"hook": "https://hooks.example.net/T0K3N-webhook", "pw": "s3cr3t-smtp-pw",
+           "slack": "https://chat.example.net/hooks/T0K3N-slack"}
+RECEIVERS = [
+    {"name": "ops-hook", "type": "webhook", "url": SECRETS["hook"]},
+    {"name": "ops-mail", "type": "email", "to": "oncall@example.net", "from": "servekit@example.net",
+     "smarthost": "smtp.example.net:587", "auth_username": "servekit", "auth_password": SECRETS["pw"]},
+    {"name": "ops-chat", "type": "slack", "api_url": SECRETS["slack"], "channel": "#gpu-alerts"},
+]
+
+
+def _alertmanager(out: Path) -> dict:
+    return yaml.safe_load((out / "alertmanager.yml").read_text())
+
+
+def test_amtool_checks_alertmanager_config_with_no_receivers(rendered):
+    name, out = rendered
+    path = out / "alertmanager.yml"
+    proc = amtool("check-config", str(path))
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert oct(path.stat().st_mode & 0o777) == "0o640", "may hold receivers' secrets: not world-readable"
+    config = _alertmanager(out)
+    assert config["receivers"] == [{"name": "null"}] and config["route"]["receiver"] == "null"
+    assert "routes" not in config["route"]
+    # every alert grouped per alert and per node: the label the rules put the node in
+    assert config["route"]["group_by"] == ["alertname", "node"]
+    assert (config["route"]["group_wait"], config["route"]["group_interval"],
+            config["route"]["repeat_interval"]) == (("5s", "30s") if name == "lab" else ("30s", "300s")) + (
+                "14400s",), "the role's defaults; the lab's short ones (inventory/lab monitoring.yml)"
+    node_down, critical = config["inhibit_rules"]
+    assert node_down["source_matchers"] == ['alertname="NodeDown"'] and node_down["equal"] == ["node"]
+    silenced = set(re.fullmatch(r'alertname=~"(.*)"', node_down["target_matchers"][0]).group(1).split("|"))
+    assert silenced == set(_alerts(out)) - {"NodeDown"}, "NodeDown silences every other alert of its node"
+    assert critical == {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
+                        "equal": ["alertname", "node"]}
+    # Prometheus's config with the alerting block still passes promtool (test_promtool_checks_...)
+    assert _config(out)["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0].endswith(":9093")
+
+
+def test_every_receiver_type_passes_amtool_and_no_secret_reaches_the_output(tmp_path):
+    proc = render(tmp_path, "lab", monitoring_alert_receivers=RECEIVERS)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    for secret in SECRETS.values():
+        assert secret not in proc.stdout + proc.stderr
+    out = tmp_path / "out" / "lab-head"
+    assert amtool("check-config", str(out / "alertmanager.yml")).returncode == 0
+    config = _alertmanager(out)
+    assert config["route"]["routes"] == [{"receiver": r["name"], "continue": True} for r in RECEIVERS]
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert receivers["null"] == {"name": "null"}
+    assert receivers["ops-hook"]["webhook_configs"] == [{"url": SECRETS["hook"], "send_resolved": True}]
+    assert receivers["ops-mail"]["email_configs"] == [{
+        "to": "oncall@example.net", "from": "servekit@example.net", "smarthost": "smtp.example.net:587",
+        "auth_username": "servekit", "auth_password": SECRETS["pw"], "send_resolved": True}]
+    assert receivers["ops-chat"]["slack_configs"] == [
+        {"api_url": SECRETS["slack"], "channel": "#gpu-alerts", "send_resolved": True}]
+
+
+def test_amtool_refuses_a_receiver_it_cannot_use_and_the_failure_shows_no_secret(tmp_path):
+    """The validate step can fail: an email receiver with no smarthost (the validate stage's rule skipped)."""
+    broken = [dict(RECEIVERS[1], smarthost="")]
+    proc = render(tmp_path, "lab", monitoring_alert_receivers=broken)
+    assert proc.returncode != 0
+    assert "Write Alertmanager's configuration" in proc.stdout
+    assert SECRETS["pw"] not in proc.stdout + proc.stderr
+    assert not (tmp_path / "out" / "lab-head" / "alertmanager.yml").exists()
+
+
+def test_alertmanager_can_be_turned_off(tmp_path):
+    proc = render(tmp_path, "lab", monitoring_alertmanager_enabled=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    out = tmp_path / "out" / "lab-head"
+    assert not (out / "alertmanager.yml").exists()
+    assert "alerting" not in _config(out)
+    assert promtool("check", "config", str(out / "prometheus.yml")).returncode == 0
+
+
+def test_a_wildcard_alertmanager_address_is_refused(tmp_path):
+    proc = render(tmp_path, "lab", tasks_from="check.yml", monitoring_alertmanager_address="::")
+    assert proc.returncode != 0
+    assert 'monitoring_alertmanager_address = "::": Alertmanager has no authentication' in proc.stdout
 
 
 # --------------------------------------------------------------------------
@@ -405,6 +513,19 @@ def test_the_watch_loop_counts_probes_and_failures_in_its_metrics_file(tmp_path)
 # --------------------------------------------------------------------------
 
 
+def test_the_operators_cidrs_reach_prometheus_and_alertmanager_through_the_extra_ports(tmp_path):
+    """docs/monitoring.md: firewall_extra_tcp_ports/cidrs, the firewall's one way to open a port further."""
+    from test_firewall_render import input_rules
+    from test_firewall_render import render as render_firewall
+
+    rulesets = render_firewall(tmp_path, "198.51.100.7 50022 192.168.100.1 22",
+                               firewall_extra_tcp_ports=[9090, 9093], firewall_extra_cidrs=["203.0.113.0/24"])
+    for text in rulesets.values():
+        opened = [r for r in input_rules(text) if re.search(r"dport 909[03] accept$", r)]
+        assert opened == ["ip saddr 203.0.113.0/24 tcp dport 9090 accept",
+                          "ip saddr 203.0.113.0/24 tcp dport 9093 accept"]
+
+
 def test_the_firewall_opens_scrape_ports_only_to_cluster_nodes(tmp_path):
     from test_firewall_render import input_rules
     from test_firewall_render import render as render_firewall
@@ -413,7 +534,8 @@ def test_the_firewall_opens_scrape_ports_only_to_cluster_nodes(tmp_path):
     defaults = yaml.safe_load((ROOT / "roles/monitoring/defaults/main.yml").read_text())
     ray = yaml.safe_load((ROOT / "roles/ray/defaults/main.yml").read_text())
     scrape_ports = {defaults["monitoring_prometheus_port"], defaults["monitoring_node_exporter_port"],
-                    defaults["monitoring_gpu_exporter_port"], ray["ray_metrics_export_port"]}
+                    defaults["monitoring_gpu_exporter_port"], ray["ray_metrics_export_port"],
+                    defaults["monitoring_alertmanager_port"]}
     allowed_generic = {'iif "lo" accept', "ct state established,related accept", "ct state invalid drop",
                        "meta l4proto icmp accept", "meta l4proto ipv6-icmp accept",
                        "ip saddr @cluster4 accept", "ip6 saddr @cluster6 accept"}
