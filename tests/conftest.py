@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT
+from render_cluster import ExampleRenders
 
 # ansible.cfg's default inventory is the lab, whose vaulted group_vars exist
 # while a lab is up: plays the tests run on the implicit localhost must not
@@ -22,3 +23,10 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def registry_path() -> Path:
     return ROOT / "config" / "model_registry.yml"
+
+
+@pytest.fixture(scope="session")
+def example_render(tmp_path_factory) -> ExampleRenders:
+    """``example_render(name, runtime=None)``: the folder of the one full render (tests/render_cluster.py)
+    of ``inventory/<name>`` this session, shared by every test that reads it."""
+    return ExampleRenders(tmp_path_factory)
