@@ -18,7 +18,6 @@ import shlex
 import subprocess
 
 import pytest
-from helpers import ansible_playbook
 from render_cluster import COMPOSE, EXAMPLE_SYSFS, SYSTEMD_ANALYZE, env_lines, systemd_verify
 
 EXAMPLES = {
@@ -39,8 +38,8 @@ def example(request, example_render):
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_validate_stage_passes_on_localhost(name):
-    proc = ansible_playbook("-i", f"inventory/{name}", "playbooks/validate.yml", timeout=300)
+def test_validate_stage_passes_on_localhost(name, example_validate):
+    proc = example_validate(name)  # one run per session, shared (tests/conftest.py)
     assert proc.returncode == 0, proc.stdout[-3000:]
     spec = EXAMPLES[name]
     assert f"model {spec['model']}: {spec['devices']} device(s) over 2 of 2 node(s)" in proc.stdout
