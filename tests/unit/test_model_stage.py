@@ -34,6 +34,8 @@ from servekit.module_utils.model_stage import (
 FIXTURES = ROOT / "tests" / "fixtures" / "rsync"
 RSYNC = shutil.which("rsync")
 needs_rsync = pytest.mark.skipif(RSYNC is None, reason="rsync is not installed here (apt-get install rsync)")
+# A real rsync daemon, or the whole model stage played twice: `make test-slow` (CI runs it).
+slow = pytest.mark.slow
 HF = Path(sys.executable).parent / "hf"
 TOKEN = "hf_secret_value"  # noqa: S105 - a test value that must never show up in argv or results
 
@@ -204,6 +206,7 @@ def _daemon(conf: Path, port: int):
     pytest.fail("the rsync daemon did not listen")
 
 
+@slow
 @needs_rsync
 def test_nodes_pull_from_the_heads_share_once(tmp_path, share_root):
     size = _model(share_root / "lab-tiny")
@@ -228,6 +231,7 @@ def test_nodes_pull_from_the_heads_share_once(tmp_path, share_root):
         daemon.wait(10)
 
 
+@slow
 @needs_rsync
 def test_the_share_refuses_addresses_outside_the_cluster(tmp_path, share_root):
     _model(share_root / "m", 1000)
@@ -394,6 +398,7 @@ def _stage_play(tmp: Path, nodes: dict[str, str], *flags: str) -> subprocess.Com
                             "-e", json.dumps(extra), *flags, env={"MODEL_NAME": ""}, timeout=240)
 
 
+@slow
 @needs_rsync
 def test_the_head_stages_once_and_a_second_run_changes_nothing(tmp_path):
     size = _model(tmp_path / "src")
