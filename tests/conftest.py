@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, ansible_playbook
+from render_cluster import ExampleRenders
 
 # ansible.cfg's default inventory is the lab, whose vaulted group_vars exist
 # while a lab is up: plays the tests run on the implicit localhost must not
@@ -27,3 +29,27 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def registry_path() -> Path:
     return ROOT / "config" / "model_registry.yml"
+
+
+@pytest.fixture(scope="session")
+def example_render(tmp_path_factory) -> ExampleRenders:
+    """``example_render(name, runtime=None)``: the folder of the one full render (tests/render_cluster.py)
+    of ``inventory/<name>`` this session, shared by every test that reads it."""
+    return ExampleRenders(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def example_validate():
+    """``example_validate(name)``: the one run this session of the validate stage
+    (playbooks/validate.yml) on the shipped ``inventory/<name>``, as shipped. No host is contacted
+    (the play runs on localhost; ssh is /bin/false should anything try)."""
+    done: dict[str, subprocess.CompletedProcess] = {}
+
+    def validate(name: str) -> subprocess.CompletedProcess:
+        if name not in done:
+            done[name] = ansible_playbook(
+                "-i", ROOT / "inventory" / name / "hosts.yml", ROOT / "playbooks" / "validate.yml",
+                env={"ANSIBLE_NOCOLOR": "1", "ANSIBLE_SSH_EXECUTABLE": "/bin/false", "ANSIBLE_TIMEOUT": "1"},
+                timeout=300)
+        return done[name]
+    return validate

@@ -69,6 +69,29 @@ def run_task(tmp_path: Path, task: dict, *flags: str) -> tuple[int, dict]:
     return proc.returncode, json.loads((tmp_path / "result.json").read_text())
 
 
+def run_tasks(tmp_path: Path, tasks: list[dict], *flags: str) -> list[dict]:
+    """Module tasks on localhost in one ansible-playbook run, in order; each task's result.
+
+    Where ``run_task`` per case would start Ansible again for each: a task that
+    fails does not stop the ones after it (its result has ``failed: true``,
+    what makes ``run_task``'s rc non-zero), and the run itself must pass.
+    """
+    names = [f"__out{i}" for i in range(len(tasks))]
+    play = [{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "tasks": [*(dict(task, register=name, ignore_errors=True)
+                    for task, name in zip(tasks, names, strict=True)),
+                  {"ansible.builtin.copy": {"content": "{{ [" + ", ".join(names) + "] | to_json }}",
+                                            "dest": str(tmp_path / "results.json")},
+                   "check_mode": False}],
+    }]
+    proc = ansible_playbook(write_play(tmp_path / "play.yml", play), *flags, timeout=180,
+                            env={"ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+                                 "ANSIBLE_LOCALHOST_WARNING": "false"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return json.loads((tmp_path / "results.json").read_text())
+
+
 def copy_lab_project(dest: Path) -> None:
     """The project's playbooks, roles and modules and the lab inventory's own group_vars
     (not the files `servekit lab up` writes) under ``dest``, for a lab inventory written there."""

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from helpers import ROOT, ansible_playbook, write_play
+from rdma_sysfs import H100_GIDS, gid_table, with_ipv4, write_hca
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 COMPOSE = shutil.which("docker-compose")
@@ -105,6 +106,62 @@ def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subpro
         "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
         "-e", f"runtime_container_engine_bin={bin_dir / 'docker'}",
         *extra, timeout=300)
+
+
+TABLE = gid_table(H100_GIDS.read_text())
+
+
+def sparks(root: Path, n: int) -> None:
+    """A DGX Spark: both halves of the cabled port up and addressed (NVIDIA's "Connect Two
+    Sparks" layout), the other port's halves present and down."""
+    write_hca(root, "rocep1s0f0", ["enp1s0f0np0"], with_ipv4(TABLE, f"192.168.100.{n}"))
+    write_hca(root, "roceP2p1s0f0", ["enP2p1s0f0np0"], with_ipv4(TABLE, f"192.168.101.{n}"))
+    for hca, netdev in (("rocep1s0f1", "enp1s0f1np1"), ("roceP2p1s0f1", "enP2p1s0f1np1")):
+        write_hca(root, hca, [netdev], with_ipv4(TABLE, None), state="1: DOWN", phys_state="3: Disabled")
+
+
+def h100s(root: Path, n: int) -> None:
+    """An 8-rail H100 node, with a storage NIC beside the rails: present, not in NCCL_IB_HCA,
+    not configured."""
+    for rail in range(8):
+        write_hca(root, f"mlx5_{rail}", [f"gpu{rail}_eth"], with_ipv4(TABLE, f"10.200.{rail}.{10 + n}"))
+    write_hca(root, "mlx5_8", ["ens8f0np0"], with_ipv4(TABLE, None), state="1: DOWN",
+              phys_state="3: Disabled")
+
+
+# Each shipped example inventory: its hosts (host -> n, the last octet of its addresses) and sysfs.
+EXAMPLE_SYSFS = {
+    "example-2node-roce": ({"spark-01": 1, "spark-02": 2}, sparks),
+    "example-2x8-h100": ({"h100-01": 1, "h100-02": 2}, h100s),
+}
+
+
+class ExampleRenders:
+    """One full render per (shipped example inventory, runtime) per test session, shared by the
+    render tests (tests/conftest.py's ``example_render``). Readers must not change what it wrote:
+    copy a file before breaking it."""
+
+    def __init__(self, tmp_path_factory) -> None:
+        self._factory = tmp_path_factory
+        self._done: dict[tuple[str, str | None], tuple[Path, subprocess.CompletedProcess]] = {}
+
+    def __call__(self, name: str, runtime: str | None = None) -> Path:
+        """The render's folder: ``sysfs/<host>`` and ``out/<host>`` (``runtime`` None: the inventory's)."""
+        return self.run(name, runtime)[0]
+
+    def run(self, name: str, runtime: str | None = None) -> tuple[Path, subprocess.CompletedProcess]:
+        """The render's folder and its ansible-playbook run (the validate play's output included)."""
+        key = (name, runtime)
+        if key not in self._done:
+            tmp = self._factory.mktemp(f"{name}-{runtime or 'inventory'}-runtime")
+            hosts, sysfs = EXAMPLE_SYSFS[name]
+            for host, n in hosts.items():
+                sysfs(tmp / "sysfs" / host, n)
+            extra = ("-e", f"cluster_runtime={runtime}") if runtime else ()
+            proc = render(ROOT / "inventory" / name / "hosts.yml", tmp, *extra)
+            assert proc.returncode == 0, proc.stdout[-4000:]
+            self._done[key] = (tmp, proc)
+        return self._done[key]
 
 
 def env_lines(path: Path) -> dict[str, str]:

@@ -261,6 +261,7 @@ def test_first_request_error_from_real_logs(log, error):
     assert bench.first_request_error("Error: boom\n") is None
 
 
+@pytest.mark.slow  # a real `vllm bench serve`: `make test-slow` (CI: beside the lab, which makes the model)
 @pytest.mark.skipif(not LAB_MODEL.is_dir(), reason=f"no lab model at {LAB_MODEL} (servekit lab up makes it)")
 def test_a_run_against_no_server_fails_and_names_its_log(tmp_path):
     """The real `vllm bench serve` against a closed port: exit 1, the level's log named, no key anywhere."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, ansible_playbook
+from helpers import ROOT
 
 SERVEKIT = str(Path(sys.executable).with_name("servekit"))
 
@@ -287,9 +287,8 @@ def test_up_refuses_the_example_inventory_before_any_node():
     assert recap == [("localhost", "1")], recap
 
 
-def test_example_inventory_still_passes_the_validate_stage():
-    playbook = ansible_playbook("-i", ROOT / EXAMPLE, ROOT / "playbooks" / "validate.yml", env=NO_SSH,
-                                timeout=120)
+def test_example_inventory_still_passes_the_validate_stage(example_validate):
+    playbook = example_validate("example-2node-roce")  # with NO_SSH's settings (tests/conftest.py)
     assert playbook.returncode == 0, playbook.stdout[-2000:]
     # and with any other stage asked for, the guard stops the run
     proc = servekit("up", "-i", EXAMPLE, "--tags", "validate,preflight", env=NO_SSH)

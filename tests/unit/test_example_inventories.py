@@ -17,57 +17,32 @@ from __future__ import annotations
 import hashlib
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, ansible_playbook
-from rdma_sysfs import H100_GIDS, gid_table, with_ipv4, write_hca
-from render_cluster import COMPOSE, SYSTEMD_ANALYZE, env_lines, render, systemd_verify
-
-TABLE = gid_table(H100_GIDS.read_text())
-
-
-def sparks(root: Path, host: str, n: int) -> None:
-    write_hca(root, "rocep1s0f0", ["enp1s0f0np0"], with_ipv4(TABLE, f"192.168.100.{n}"))
-    write_hca(root, "roceP2p1s0f0", ["enP2p1s0f0np0"], with_ipv4(TABLE, f"192.168.101.{n}"))
-    for hca, netdev in (("rocep1s0f1", "enp1s0f1np1"), ("roceP2p1s0f1", "enP2p1s0f1np1")):
-        write_hca(root, hca, [netdev], with_ipv4(TABLE, None), state="1: DOWN", phys_state="3: Disabled")
-
-
-def h100s(root: Path, host: str, n: int) -> None:
-    for rail in range(8):
-        write_hca(root, f"mlx5_{rail}", [f"gpu{rail}_eth"], with_ipv4(TABLE, f"10.200.{rail}.{10 + n}"))
-    # a storage NIC beside the rails: present, not in NCCL_IB_HCA, not configured
-    write_hca(root, "mlx5_8", ["ens8f0np0"], with_ipv4(TABLE, None), state="1: DOWN",
-              phys_state="3: Disabled")
-
+from helpers import ROOT
+from render_cluster import COMPOSE, EXAMPLE_SYSFS, SYSTEMD_ANALYZE, env_lines, systemd_verify
 
 EXAMPLES = {
-    "example-2node-roce": {"hosts": {"spark-01": 1, "spark-02": 2}, "sysfs": sparks, "model": "gpt-oss-20b",
+    "example-2node-roce": {"hosts": EXAMPLE_SYSFS["example-2node-roce"][0], "model": "gpt-oss-20b",
                            "devices": 2, "hca": "=rocep1s0f0,roceP2p1s0f0",
                            "netdevs": ["enp1s0f0np0", "enP2p1s0f0np0"], "address": "192.168.100.{n}"},
-    "example-2x8-h100": {"hosts": {"h100-01": 1, "h100-02": 2}, "sysfs": h100s, "model": "deepseek-r1",
+    "example-2x8-h100": {"hosts": EXAMPLE_SYSFS["example-2x8-h100"][0], "model": "deepseek-r1",
                          "devices": 16, "hca": "=" + ",".join(f"mlx5_{i}" for i in range(8)),
                          "netdevs": [f"gpu{i}_eth" for i in range(8)], "address": "10.200.0.1{n}"},
 }
 
 
-@pytest.fixture(scope="module", params=sorted(EXAMPLES))
-def example(request, tmp_path_factory):
+@pytest.fixture(params=sorted(EXAMPLES))
+def example(request, example_render):
+    """The session's one render of the example (tests/conftest.py), as its inventory sets the runtime."""
     name = request.param
-    spec = EXAMPLES[name]
-    tmp = tmp_path_factory.mktemp(name)
-    for host, n in spec["hosts"].items():
-        spec["sysfs"](tmp / "sysfs" / host, host, n)
-    proc = render(ROOT / "inventory" / name / "hosts.yml", tmp)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    return name, spec, tmp / "out"
+    return name, EXAMPLES[name], example_render(name) / "out"
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_validate_stage_passes_on_localhost(name):
-    proc = ansible_playbook("-i", f"inventory/{name}", "playbooks/validate.yml", timeout=300)
+def test_validate_stage_passes_on_localhost(name, example_validate):
+    proc = example_validate(name)  # one run per session, shared (tests/conftest.py)
     assert proc.returncode == 0, proc.stdout[-3000:]
     spec = EXAMPLES[name]
     assert f"model {spec['model']}: {spec['devices']} device(s) over 2 of 2 node(s)" in proc.stdout

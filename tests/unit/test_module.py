@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ansible, run_task
+from helpers import ansible, run_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,87 +21,124 @@ def launch(**params):
     return {"vllm_launch": dict(base, **params)}
 
 
-def test_writes_unit_then_is_idempotent(tmp_path):
-    dest = tmp_path / "units" / "vllm.service"
-    task = launch(model="lab-tiny", node_rank=1, nnodes=2, executor="mp",
-                  head_address="10.0.0.1", host_address="10.0.0.2", dest=str(dest))
-    rc, first = run_task(tmp_path, task)
-    assert rc == 0 and first["changed"] is True
+# The module's cases below in two ansible-playbook runs (tests/helpers.py run_tasks)
+# instead of one per task: the sequence on one unit file (write, again, switch,
+# retire, a foreign unit), then the independent cases, each on its own file.
+BAD_INPUT = [
+    ({"model": "nope"}, "unknown model 'nope'; available models: deepseek-r1, gpt-oss-120b, gpt-oss-20b"),
+    ({"model": "gpt-oss-20b", "nnodes": 1}, "but the inventory offers 1"),
+    ({"model": "gpt-oss-20b", "nnodes": 2, "executor": "slurm"},
+     "value of executor must be one of: ray, mp, got: slurm"),
+]
+BAD_YAML = "models:\n  a:\n    model: x\n   dtype: auto\n"
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    """Unit files through their life, in one run: what each step returned, and the worker's file."""
+    tmp = tmp_path_factory.mktemp("sequence")
+    worker = tmp / "units" / "worker.service"
+    dest = tmp / "vllm.service"
+    worker_task = launch(model="lab-tiny", node_rank=1, nnodes=2, executor="mp",
+                         head_address="10.0.0.1", host_address="10.0.0.2", dest=str(worker))
+    switch = launch(model="gpt-oss-20b", nnodes=2, dest=str(dest))
+    steps = {
+        "worker": worker_task, "worker-again": worker_task,
+        "fresh": launch(model="lab-tiny", nnodes=2, executor="mp", dest=str(dest)),
+        "switch-check": dict(switch, check_mode=True),
+        "switch": switch,
+        "again": switch,
+        # a worker that no longer runs the model: its unit is removed, the model it ran still named
+        "retired": launch(model="gpt-oss-20b", node_rank=1, nnodes=2, dest=str(dest)),
+        "foreign-unit": {"ansible.builtin.copy": {"content": "[Unit]\nDescription=someone else's vLLM\n",
+                                                  "dest": str(dest), "mode": "0644"}},
+        "foreign": switch,
+    }
+    results = run_tasks(tmp, list(steps.values()))
+    return dict(zip(steps, results, strict=True)), worker
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    """The independent cases, each on its own file, in one run: name -> (result, its unit file)."""
+    tmp = tmp_path_factory.mktemp("cases")
+    (tmp / "reg.yml").write_text(BAD_YAML)
+    (tmp / "old.service").write_text("old unit\n")
+    registry = yaml.safe_load((ROOT / "config" / "model_registry.yml").read_text())
+    tasks = {  # name -> (task, the unit file it writes or removes)
+        # the dry run with --diff: check mode and diff on this task alone
+        "check-diff": (dict(launch(model="gpt-oss-20b", nnodes=2, dest=str(tmp / "check.service")),
+                            check_mode=True, diff=True), tmp / "check.service"),
+        "inactive": (launch(model="gpt-oss-20b", node_rank=1, nnodes=2, dest=str(tmp / "old.service")),
+                     tmp / "old.service"),
+        "registry-dict": ({"vllm_launch": {"registry": registry, "model": "gpt-oss-20b", "nnodes": 2}}, None),
+        "bad-yaml": ({"vllm_launch": {"registry_path": str(tmp / "reg.yml"), "model": "a"}}, None),
+        **{f"bad-{i}": (launch(dest=str(tmp / f"bad-{i}.service"), **params), tmp / f"bad-{i}.service")
+           for i, (params, _) in enumerate(BAD_INPUT)},
+    }
+    results = run_tasks(tmp, [task for task, _ in tasks.values()])
+    return {name: (result, path) for (name, (_, path)), result in zip(tasks.items(), results, strict=True)}
+
+
+def test_writes_unit_then_is_idempotent(sequence):
+    steps, dest = sequence
+    first, second = steps["worker"], steps["worker-again"]
+    assert not first.get("failed") and first["changed"] is True
     assert dest.read_text() == first["unit"]
     assert "--headless" in first["argv"] and first["role"] == "worker"
     assert oct(dest.stat().st_mode & 0o777) == "0o644"
-    rc, second = run_task(tmp_path, task)
-    assert rc == 0 and second["changed"] is False
+    assert not second.get("failed") and second["changed"] is False
 
 
-def test_check_mode_reports_diff_without_writing(tmp_path):
-    dest = tmp_path / "vllm.service"
-    rc, result = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)),
-                          "--check", "--diff")
-    assert rc == 0 and result["changed"] is True
+def test_check_mode_reports_diff_without_writing(cases):
+    result, dest = cases["check-diff"]
+    assert not result.get("failed") and result["changed"] is True
     assert not dest.exists()
     assert result["diff"]["before"] == "" and "ExecStart=vllm serve" in result["diff"]["after"]
 
 
-def test_inactive_node_retires_an_old_unit(tmp_path):
-    dest = tmp_path / "vllm.service"
-    dest.write_text("old unit\n")
-    rc, result = run_task(tmp_path, launch(model="gpt-oss-20b", node_rank=1, nnodes=2,
-                                           dest=str(dest)))
-    assert rc == 0 and result["changed"] and not result["active"]
+def test_inactive_node_retires_an_old_unit(cases):
+    result, dest = cases["inactive"]
+    assert not result.get("failed") and result["changed"] and not result["active"]
     assert not dest.exists()
 
 
-def test_returns_the_model_the_unit_ran_before_a_switch(tmp_path):
+def test_returns_the_model_the_unit_ran_before_a_switch(sequence):
     """The rollback restores and probes this model: read from the unit before it is rewritten."""
-    dest = tmp_path / "vllm.service"
-    rc, fresh = run_task(tmp_path, launch(model="lab-tiny", nnodes=2, executor="mp", dest=str(dest)))
-    assert rc == 0 and fresh["previous_model"] is None, "no unit there before"
-    rc, switch = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)), "--check")
-    assert rc == 0 and switch["changed"] and switch["previous_model"] == "lab-tiny"
-    rc, switch = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)))
-    assert rc == 0 and switch["previous_model"] == "lab-tiny"
-    rc, again = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)))
-    assert rc == 0 and again["previous_model"] == "gpt-oss-20b" and not again["changed"]
+    steps, _ = sequence
+    assert not any(step.get("failed") for step in steps.values()), steps
+    assert steps["fresh"]["previous_model"] is None, "no unit there before"
+    switch = steps["switch-check"]
+    assert switch["changed"] and switch["previous_model"] == "lab-tiny"
+    assert steps["switch"]["previous_model"] == "lab-tiny"
+    again = steps["again"]
+    assert again["previous_model"] == "gpt-oss-20b" and not again["changed"]
     # a worker that no longer runs the model: its unit is removed, the model it ran still named
-    rc, retired = run_task(tmp_path, launch(model="gpt-oss-20b", node_rank=1, nnodes=2, dest=str(dest)))
-    assert rc == 0 and not retired["active"] and retired["previous_model"] == "gpt-oss-20b"
-    dest.write_text("[Unit]\nDescription=someone else's vLLM\n")
-    rc, foreign = run_task(tmp_path, launch(model="gpt-oss-20b", nnodes=2, dest=str(dest)))
-    assert rc == 0 and foreign["previous_model"] is None
+    retired = steps["retired"]
+    assert not retired["active"] and retired["previous_model"] == "gpt-oss-20b"
+    assert steps["foreign"]["previous_model"] is None
 
 
-def test_registry_dict_is_accepted_and_returned(tmp_path):
+def test_registry_dict_is_accepted_and_returned(cases):
     registry = yaml.safe_load((ROOT / "config" / "model_registry.yml").read_text())
-    rc, result = run_task(tmp_path, {"vllm_launch": {"registry": registry, "model": "gpt-oss-20b",
-                                                     "nnodes": 2}})
-    assert rc == 0
+    result, _ = cases["registry-dict"]
+    assert not result.get("failed")
     assert result["registry"] == registry
     assert result["models"] == sorted(registry["models"])
 
 
-@pytest.mark.parametrize(
-    ("params", "message"),
-    [
-        ({"model": "nope"}, "unknown model 'nope'; available models: deepseek-r1, gpt-oss-120b, gpt-oss-20b"),
-        ({"model": "gpt-oss-20b", "nnodes": 1}, "but the inventory offers 1"),
-        ({"model": "gpt-oss-20b", "nnodes": 2, "executor": "slurm"},
-         "value of executor must be one of: ray, mp, got: slurm"),
-    ],
-)
-def test_bad_input_fails_with_named_field(tmp_path, params, message):
-    dest = tmp_path / "vllm.service"
-    rc, result = run_task(tmp_path, launch(dest=str(dest), **params))
-    assert rc != 0 and result["failed"]
+@pytest.mark.parametrize(("case", "message"),
+                         [(f"bad-{i}", message) for i, (_, message) in enumerate(BAD_INPUT)])
+def test_bad_input_fails_with_named_field(cases, case, message):
+    result, dest = cases[case]
+    assert result["failed"]
     assert message in result["msg"]
     assert not dest.exists()
 
 
-def test_yaml_error_reports_line(tmp_path):
-    bad = tmp_path / "reg.yml"
-    bad.write_text("models:\n  a:\n    model: x\n   dtype: auto\n")
-    rc, result = run_task(tmp_path, {"vllm_launch": {"registry_path": str(bad), "model": "a"}})
-    assert rc != 0 and "YAML syntax error at line 4" in result["msg"]
+def test_yaml_error_reports_line(cases):
+    result, _ = cases["bad-yaml"]
+    assert result["failed"] and "YAML syntax error at line 4" in result["msg"]
 
 
 def test_every_module_documents_itself_and_its_check_and_diff_support():

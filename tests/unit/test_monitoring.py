@@ -138,15 +138,27 @@ def _head(inventory: str) -> str:
     return find(hosts)
 
 
-@pytest.fixture(scope="module", params=INVENTORIES)
-def rendered(request, tmp_path_factory) -> tuple[str, Path]:
-    """(inventory, the Prometheus host's output dir); GPU exporters on for the GPU examples."""
-    inventory = request.param
-    tmp = tmp_path_factory.mktemp(inventory)
-    extra = {} if inventory == "lab" else {"monitoring_gpu_exporter": "enabled"}
-    proc = render(tmp, inventory, **extra)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    return inventory, tmp / "out" / _head(inventory)
+@pytest.fixture(scope="module")
+def renders(tmp_path_factory):
+    """``renders(inventory)``: the folder of this module's one render of ``inventory``; GPU exporters
+    on for the GPU examples."""
+    done: dict[str, Path] = {}
+
+    def get(inventory: str) -> Path:
+        if inventory not in done:
+            tmp = tmp_path_factory.mktemp(inventory)
+            extra = {} if inventory == "lab" else {"monitoring_gpu_exporter": "enabled"}
+            proc = render(tmp, inventory, **extra)
+            assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+            done[inventory] = tmp
+        return done[inventory]
+    return get
+
+
+@pytest.fixture(params=INVENTORIES)
+def rendered(request, renders) -> tuple[str, Path]:
+    """(inventory, the Prometheus host's output dir)."""
+    return request.param, renders(request.param) / "out" / _head(request.param)
 
 
 def _config(out: Path) -> dict:
@@ -168,9 +180,8 @@ def test_promtool_checks_the_rendered_config_and_rules(rendered):
     assert _config(out)["rule_files"] == [str(out / "servekit-rules.yml")]
 
 
-def test_lab_targets_come_from_the_inventory(tmp_path):
-    proc = render(tmp_path, "lab")
-    assert proc.returncode == 0, proc.stdout[-4000:]
+def test_lab_targets_come_from_the_inventory(renders):
+    tmp_path = renders("lab")  # the module's one render of the lab inventory
     config = _config(tmp_path / "out" / "lab-head")
     head, worker = LAB_HOSTS["lab-head"], LAB_HOSTS["lab-worker-1"]
     assert _targets(config, "node") == {f"{head}:9100": "lab-head", f"{worker}:9100": "lab-worker-1"}

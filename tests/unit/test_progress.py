@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from helpers import ROOT, ansible_playbook, write_play
 
 from servekit.runner import up_env
@@ -31,10 +32,16 @@ def _run(tmp_path, env: dict[str, str]):
                             timeout=120)
 
 
-def test_a_wait_shows_elapsed_remaining_and_the_last_line_instead_of_retrying(tmp_path):
+@pytest.fixture(scope="module")
+def up_run(tmp_path_factory):
+    """One run with `servekit up`'s environment (colour off, to match lines), read by two tests."""
     env = dict(up_env(ROOT), ANSIBLE_NOCOLOR="1")
     env.pop("ANSIBLE_FORCE_COLOR", None)
-    proc = _run(tmp_path, env)
+    return _run(tmp_path_factory.mktemp("up"), env)
+
+
+def test_a_wait_shows_elapsed_remaining_and_the_last_line_instead_of_retrying(up_run):
+    proc = up_run
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "FAILED - RETRYING" not in proc.stdout
     waits = re.findall(r"waiting: Wait for a unit to come up \[localhost\] (\d+)s elapsed, "
@@ -44,8 +51,8 @@ def test_a_wait_shows_elapsed_remaining_and_the_last_line_instead_of_retrying(tm
     assert int(waits[1][0]) >= 1
 
 
-def test_timings_list_the_slowest_task_first_and_the_total(tmp_path):
-    proc = _run(tmp_path, up_env(ROOT))
+def test_timings_list_the_slowest_task_first_and_the_total(up_run):
+    proc = up_run
     tail = proc.stdout.split("TASK TIMINGS (slowest first)")[1].strip().splitlines()[1:]
     names = [line.rsplit(None, 1)[0].strip() for line in tail]
     assert names[:2] == ["Wait for a unit to come up", "A quick task"], tail

@@ -11,6 +11,7 @@ that requires the RoCE unit).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,12 +36,11 @@ def spark_sysfs(tmp: Path, *, second_half_ipv4: bool = True, netdev_suffix: str 
             write_hca(root, hca, [netdev], with_ipv4(TABLE, None), state="1: DOWN", phys_state="3: Disabled")
 
 
-@pytest.fixture(scope="module")
-def sparks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sparks")
-    spark_sysfs(tmp)
-    proc = render(INVENTORY, tmp, full=False)
-    assert proc.returncode == 0, proc.stdout[-3000:]
+@pytest.fixture
+def sparks(example_render):
+    """The session's one full render of the example, native runtime (tests/conftest.py): its RoCE
+    files are this role's, the same as an rdma-only render writes (test_env_file_is_idempotent)."""
+    tmp = example_render("example-2node-roce", "native")
     return tmp, tmp / "out"
 
 
@@ -109,11 +109,12 @@ def test_lossless_fabric_sets_dscp_trust_and_pfc_with_dcb(tmp_path):
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
-def test_ray_unit_wants_the_roce_unit_and_both_pass_systemd_analyze(tmp_path):
-    spark_sysfs(tmp_path)
-    proc = render(INVENTORY, tmp_path, "-e", "cluster_runtime=native")
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    out = tmp_path / "out" / "spark-02"
+def test_ray_unit_wants_the_roce_unit_and_both_pass_systemd_analyze(sparks, tmp_path):
+    _, rendered = sparks
+    out = tmp_path / "spark-02"  # a copy: the session's render stays whole for other tests
+    out.mkdir()
+    for name in ("servekit-ray.service", "servekit-rdma.service"):
+        shutil.copy(rendered / "spark-02" / name, out / name)
     ray = (out / "servekit-ray.service").read_text()
     # Wants=, not Requires=: a restart or failure of the RoCE unit leaves Ray running
     # (systemd.unit(5): Requires= stops or restarts this unit with the other one)

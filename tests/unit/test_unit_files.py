@@ -16,12 +16,9 @@ import re
 from pathlib import Path
 
 import pytest
-from rdma_sysfs import H100_GIDS, gid_table, with_ipv4, write_hca
-from render_cluster import ROOT, SYSTEMD_ANALYZE, render, systemd_verify
+from render_cluster import EXAMPLE_SYSFS, SYSTEMD_ANALYZE, systemd_verify
 
-INVENTORY = ROOT / "inventory" / "example-2node-roce" / "hosts.yml"
-TABLE = gid_table(H100_GIDS.read_text())
-HOSTS = {"spark-01": 1, "spark-02": 2}
+HOSTS = EXAMPLE_SYSFS["example-2node-roce"][0]
 UNITS = {
     "spark-01": {"servekit-rdma.service", "servekit-ray.service", "servekit-vllm.service",
                  "servekit-vllm-watchdog.service", "servekit-api-proxy.service", "servekit-firewall.service"},
@@ -45,16 +42,10 @@ def complaints(stderr: str) -> tuple[list[str], set[str]]:
     return other, missing
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("units")
-    for host, n in HOSTS.items():
-        root = tmp / "sysfs" / host
-        write_hca(root, "rocep1s0f0", ["enp1s0f0np0"], with_ipv4(TABLE, f"192.168.100.{n}"))
-        write_hca(root, "roceP2p1s0f0", ["enP2p1s0f0np0"], with_ipv4(TABLE, f"192.168.101.{n}"))
-    proc = render(INVENTORY, tmp, "-e", "cluster_runtime=native")
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    return tmp / "out"
+@pytest.fixture
+def rendered(example_render) -> Path:
+    """The session's one render of the example under the native runtime (tests/conftest.py)."""
+    return example_render("example-2node-roce", "native") / "out"
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")

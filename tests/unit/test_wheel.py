@@ -25,6 +25,8 @@ import pytest
 from helpers import ROOT, run
 
 PIP = [sys.executable, "-m", "pip"]
+# a pip wheel build and a fresh venv: `make test-slow` (pyproject's markers)
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,7 @@ def _outside(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@slow
 def test_wheel_carries_the_project(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("site.yml", "ansible.cfg", "config/model_registry.yml", "playbooks/validate.yml",
@@ -86,6 +89,7 @@ def test_wheel_carries_the_project(wheel):
     assert not leaked, f"the wheel carries files written on the build machine: {leaked}"
 
 
+@slow
 def test_installed_cli_runs_from_another_directory(installed, tmp_path):
     env = _outside(tmp_path)
     where = run([installed / "python", "-c",
@@ -103,6 +107,7 @@ def test_installed_cli_runs_from_another_directory(installed, tmp_path):
     assert up.stdout.startswith("usage: servekit up") and "--inventory" in up.stdout
 
 
+@slow
 def test_servekit_home_still_overrides(installed, tmp_path):
     env = dict(_outside(tmp_path), SERVEKIT_HOME=str(tmp_path / "elsewhere"))
     proc = run([installed / "servekit", "models"], cwd=tmp_path, env=env)
