@@ -38,29 +38,27 @@ INVENTORIES = ["lab", "example-2node-roce", "example-2x8-h100"]
 LAB_HOSTS = {"lab-head": "10.77.0.2", "lab-worker-1": "10.77.0.3"}
 
 
-def _promtool() -> str:
-    named = os.environ.get("SERVEKIT_PROMTOOL")
-    found = named or shutil.which("promtool") or next(
-        (str(p) for p in (ROOT / ".cache/tools/prometheus/usr/bin/promtool", Path("/usr/bin/promtool"))
-         if p.is_file()), None)
+def _debian_tool(name: str, package: str) -> str:
+    """``name`` from $SERVEKIT_<NAME>, PATH, what `make unit` unpacked from Debian's ``package``
+    into .cache/tools, or /usr/bin; fails saying how to get it."""
+    env = f"SERVEKIT_{name.upper()}"
+    named = os.environ.get(env)
+    unpacked = ROOT / ".cache/tools" / package.removeprefix("prometheus-") / "usr/bin" / name
+    found = named or shutil.which(name) or next(
+        (str(p) for p in (unpacked, Path("/usr/bin") / name) if p.is_file()), None)
     if not found or not os.access(found, os.X_OK):
-        pytest.fail(f"promtool not found ({'$SERVEKIT_PROMTOOL=' + named if named else 'not on PATH'}): "
-                    "run `make unit`, which unpacks Debian's prometheus package into "
-                    ".cache/tools/prometheus, "
-                    "or set SERVEKIT_PROMTOOL")
+        pytest.fail(f"{name} not found ({'$' + env + '=' + named if named else 'not on PATH'}): "
+                    f"run `make unit`, which unpacks Debian's {package} package into "
+                    f"{unpacked.parent.parent.parent.relative_to(ROOT)}, or set {env}")
     return found
+
+
+def _promtool() -> str:
+    return _debian_tool("promtool", "prometheus")
 
 
 def _amtool() -> str:
-    named = os.environ.get("SERVEKIT_AMTOOL")
-    found = named or shutil.which("amtool") or next(
-        (str(p) for p in (ROOT / ".cache/tools/alertmanager/usr/bin/amtool", Path("/usr/bin/amtool"))
-         if p.is_file()), None)
-    if not found or not os.access(found, os.X_OK):
-        pytest.fail(f"amtool not found ({'$SERVEKIT_AMTOOL=' + named if named else 'not on PATH'}): "
-                    "run `make unit`, which unpacks Debian's prometheus-alertmanager package into "
-                    ".cache/tools/alertmanager, or set SERVEKIT_AMTOOL")
-    return found
+    return _debian_tool("amtool", "prometheus-alertmanager")
 
 
 def amtool(*args: str) -> subprocess.CompletedProcess:
