@@ -289,7 +289,9 @@ def test_the_stage_passes_its_settings_and_keeps_the_key_out_of_its_output(tmp_p
     (tmp_path / "playbooks").mkdir()
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
              "vars_files": [str(ROOT / "roles/bench/defaults/main.yml")],
-             "vars": {"cluster_head_address": "127.0.0.1", "__bench_tokenizer": "", "cluster_api_port": 9,
+             # the cluster role's state dir (cluster_control_dir), as plain ansible-playbook sets it
+             "vars": {"cluster_control_dir": str(tmp_path / ".cache"),
+                      "cluster_head_address": "127.0.0.1", "__bench_tokenizer": "", "cluster_api_port": 9,
                       "__bench_api_scheme": "http", "__bench_api_ca": "",
                       "cluster_model": "not-in-registry", "bench_serving_label": "ci",
                       "cluster_registry_path": str(ROOT / "config/model_registry.yml"),
