@@ -93,10 +93,11 @@ def render_placement(args: argparse.Namespace) -> int:
     return 0
 
 
-def cluster_view(inventory: Path) -> ClusterView:
-    """The cluster of ``inventory`` (a path from ``_up_inventory``), or a UsageError naming -i."""
+def cluster_view(inventory: str | Path) -> ClusterView:
+    """The cluster of ``inventory`` (relative to the current directory, as ``-i`` is), or a
+    UsageError naming -i. The .ci scripts call it too, with a string."""
     root = project_root()
-    path = inventory
+    path = Path(inventory).resolve()
     try:
         return ClusterView.load(path, root, env=runner.ansible_env(root, path))
     except InventoryError as exc:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from helpers import ROOT, ansible
 
+from servekit.commands import cluster_view
 from servekit.inventory import ClusterView, InventoryError, role_defaults
 
 DEFAULTS = role_defaults(ROOT)
@@ -150,3 +151,11 @@ def test_deployments_decide_the_served_name_and_the_placement():
     assert view.served_model == "lab-tiny"
     assert view.registry_path(ROOT) == ROOT / "config" / "model_registry.yml"
     assert [r.as_dict()["devices"] for r in view.placement(ROOT)] == [{"node-a": [0], "node-b": [0]}]
+
+
+def test_cluster_view_takes_the_relative_string_the_ci_scripts_pass(monkeypatch):
+    """.ci/serving and .ci/edge-check pass -i as a string relative to the checkout (the CI run
+    that found this: AttributeError: 'str' object has no attribute 'exists')."""
+    monkeypatch.chdir(ROOT)
+    view = cluster_view("inventory/example-2node-roce/hosts.yml")
+    assert view.head == "spark-01" and view.inventory == ROOT / "inventory/example-2node-roce/hosts.yml"
