@@ -8,10 +8,12 @@ the lab proves the serving path, not the model.
 
     python -m servekit.tinymodel OUTPUT_DIR
     python -m servekit.tinymodel --preset lab-staging OUTPUT_DIR   # ~300 MB, the staging benchmark's
+    python -m servekit.tinymodel --seed 20261127 OUTPUT_DIR        # lab-tiny-b: same shape, other weights
 
 The ``lab-staging`` preset is the same kind of model, larger (hidden 1024, 16 layers, weights in
 100 MB shards with an index, as hub models ship): benchmarks/staging.sh stages it to measure
-the bytes moved on a first and a second run. The lab itself only ever generates lab-tiny.
+the bytes moved on a first and a second run. The lab generates lab-tiny and lab-tiny-b (the
+same shape and tokenizer, another seed: ``SEEDS``), so two deployments' answers can be told apart.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ PRESETS = {
     "lab-staging": Shape(1024, 16, 8, 16, max_shard_size="100MB"),
 }
 SEED = 20261126
+# The lab's models: lab-tiny and a second one with other weights (issue 21's two deployments).
+SEEDS = {"lab-tiny": SEED, "lab-tiny-b": SEED + 1}
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 SPECIAL = [UNK, BOS, EOS]
 CHAT_TEMPLATE = (
@@ -61,7 +65,7 @@ def _corpus() -> list[str]:
     return texts
 
 
-def generate(out: Path, shape: Shape = PRESETS["lab-tiny"]) -> Path:
+def generate(out: Path, shape: Shape = PRESETS["lab-tiny"], seed: int = SEED) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -82,7 +86,7 @@ def generate(out: Path, shape: Shape = PRESETS["lab-tiny"]) -> Path:
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=tok.get_vocab_size(), hidden_size=shape.hidden, intermediate_size=2 * shape.hidden,
         num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, num_hidden_layers=shape.layers,
@@ -99,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m servekit.tinymodel", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="lab-tiny",
                         help="model shape (default lab-tiny, the lab's model)")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"the weights' random seed (default {SEED}; lab-tiny-b: {SEEDS['lab-tiny-b']})")
     parser.add_argument("output_dir", type=Path)
     args = parser.parse_args(argv)
-    print(generate(args.output_dir, PRESETS[args.preset]))
+    print(generate(args.output_dir, PRESETS[args.preset], args.seed))
     return 0
 
 

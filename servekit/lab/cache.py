@@ -16,6 +16,7 @@ from servekit.lab.base import (
     BASE_PACKAGES,
     LAB_INSTALLER,
     LAB_REQUIREMENTS,
+    LAB_ROUTER,
     PLATFORM_PLUGIN_DIR,
     SUITE,
     Paths,
@@ -94,6 +95,18 @@ class Cache:
         marker.write_text(wanted + "\n")
         log(f"wheelhouse ready in {time.monotonic() - started:.0f} s")
 
+    def ensure_router_wheels(self) -> None:
+        """The router's wheels (LAB_ROUTER) beside the rest; a marker of their own keeps the big download."""
+        paths = self.paths
+        marker = paths.wheelhouse / ".servekit-router"
+        wanted = stamp(LAB_ROUTER)
+        if marker.is_file() and marker.read_text().strip() == wanted:
+            return
+        log(f"downloading {' '.join(LAB_ROUTER)} and their dependencies into {paths.wheelhouse}")
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+             "--dest", str(paths.wheelhouse), *LAB_ROUTER])
+        marker.write_text(wanted + "\n")
+
     def ensure_platform_wheel(self) -> None:
         """Build the lab-only vLLM platform plugin (lab/vllm-lab-platform) into the wheelhouse.
 
@@ -120,14 +133,15 @@ class Cache:
         log(f"lab platform plugin built into {paths.wheelhouse}")
 
     def ensure_model(self) -> None:
-        paths = self.paths
-        if (paths.model / "model.safetensors").is_file():
-            log(f"lab model cached at {paths.model}")
-            return
-        from servekit.tinymodel import generate
+        """lab-tiny and lab-tiny-b (servekit/tinymodel.py SEEDS), generated once."""
+        from servekit.tinymodel import SEEDS, generate
 
-        log(f"generating the lab model into {paths.model}")
-        generate(paths.model)
+        for name, path in (("lab-tiny", self.paths.model), ("lab-tiny-b", self.paths.model_b)):
+            if (path / "model.safetensors").is_file():
+                log(f"lab model {name} cached at {path}")
+                continue
+            log(f"generating the lab model {name} into {path}")
+            generate(path, seed=SEEDS[name])
 
     def container_image(self, build: bool) -> Path | None:
         """The container runtime's image archive (servekit/lab_image.py): built when asked, else if cached."""

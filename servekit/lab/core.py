@@ -97,6 +97,7 @@ class Lab:
         paths.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.cache.ensure_base()
         self.cache.ensure_wheelhouse()
+        self.cache.ensure_router_wheels()
         self.cache.ensure_platform_wheel()
         self.cache.ensure_model()
         image = self.cache.container_image(build=container_image)

@@ -45,6 +45,7 @@ class LabFiles:
                 f"-o UserKnownHostsFile={paths.known_hosts} -o StrictHostKeyChecking=yes",
             "lab_wheelhouse": NODE_WHEELHOUSE,
             "lab_model_source": str(paths.model),
+            "lab_model_b_source": str(paths.model_b),
         }
         if container_image:
             lab_vars["lab_container_image_archive"] = str(container_image)
