@@ -15,9 +15,12 @@ description:
     input problem at once, each naming its field, or with the first replica that does not fit,
     naming the deployment, the devices it needs and what is free.
   - Refuses MODEL_NAME together with deployments (O(model_name)).
-  - Returns RV(not_served), what the serving side does not run yet (more than one vLLM engine,
-    or a served name other than the registry entry), for the validate role to refuse after
-    every other rule; this module itself does not fail on it.
+  - Returns RV(not_served), what the serving side does not run yet (a replica across nodes
+    beside other engines, a served name other than the registry entry on such a replica, replica
+    engines on the container runtime), for the validate role to refuse after every other rule;
+    this module itself does not fail on it.
+  - When every replica fits inside one node, RV(replica_engines) lists one engine per replica
+    with its node, devices, port and unit (the vllm role runs them behind the head's router).
   - With no deployments it checks nothing and returns an empty placement.
 options:
   deployments:
@@ -41,6 +44,14 @@ options:
     description: The MODEL_NAME environment variable of the run (empty when unset).
     type: str
     default: ""
+  runtime:
+    description: C(cluster_runtime); replica engines run on C(native) only.
+    type: str
+    default: native
+  port_base:
+    description: A replica engine's port is this plus its first device index on its node.
+    type: int
+    default: 8100
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -81,6 +92,13 @@ engines:
   description: vLLM engines the placement needs (one per replica).
   returned: always
   type: int
+replica_engines:
+  description:
+    - One record per replica engine (C(deployment), C(replica) 0-based, C(model), C(node),
+      C(devices), C(port), C(unit)); empty when the set runs as the cluster's single engine.
+  returned: always
+  type: list
+  elements: dict
 not_served:
   description: Why the serving side cannot run this set yet; empty when it can.
   returned: always
@@ -96,6 +114,8 @@ from ansible.module_utils.placement import (  # noqa: E402
     format_table,
     not_served_yet,
     plan,
+    replica_engines,
+    serves_replicas,
 )
 from ansible.module_utils.vllm_registry import RegistryError, load_registry_file  # noqa: E402
 
@@ -108,12 +128,15 @@ def run_module() -> None:
             "nodes": {"type": "list", "elements": "str", "required": True},
             "devices": {"type": "dict", "required": True},
             "model_name": {"type": "str", "default": ""},
+            "runtime": {"type": "str", "default": "native"},
+            "port_base": {"type": "int", "default": 8100},
         },
         supports_check_mode=True,
     )
     params = module.params
     raw = params["deployments"]
-    result = {"changed": False, "placement": [], "table": "", "engines": 0, "not_served": []}
+    result = {"changed": False, "placement": [], "table": "", "engines": 0, "not_served": [],
+              "replica_engines": []}
     if isinstance(raw, list) and not raw:
         module.exit_json(**result)
     problems = conflicts_with_model_name(raw, params["model_name"])
@@ -125,7 +148,10 @@ def run_module() -> None:
     except (PlacementError, RegistryError) as exc:
         module.fail_json(msg=str(exc), **result)
     result.update(placement=[r.as_dict() for r in replicas], table=format_table(replicas),
-                  engines=engines(replicas), not_served=not_served_yet(raw, replicas))
+                  engines=engines(replicas),
+                  not_served=not_served_yet(raw, replicas, params["runtime"]),
+                  replica_engines=(replica_engines(replicas, params["port_base"])
+                                   if serves_replicas(raw, replicas) else []))
     module.exit_json(**result)
 
 

@@ -244,20 +244,79 @@ def conflicts_with_model_name(raw: Any, model_name: str | None) -> list[str]:
     return []
 
 
-def not_served_yet(raw: Any, replicas: Sequence[Replica]) -> list[str]:
-    """What a placed deployment set asks that the serving side does not run yet (issue 21: one
-    engine per replica, the router and rolling changes are still to come): more than one vLLM
-    engine, or one engine under a served name other than its registry entry (the readiness
-    probe, watchdog, rollback and status address the engine by its registry name)."""
+def serves_replicas(raw: Any, replicas: Sequence[Replica]) -> bool:
+    """Whether the placement runs as replica engines (one vLLM engine per replica, each inside one
+    node, behind the head's router) rather than as today's single engine of ``cluster_model``:
+    deployments are set and no replica spans nodes."""
+    return bool(raw) and bool(replicas) and all(len(r.nodes) == 1 for r in replicas)
+
+
+def unit_slug(name: str) -> str:
+    """A served name as it appears in a systemd unit name: lower case, [a-z0-9] runs kept, '-' between."""
+    out, dash = [], False
+    for char in name.lower():
+        if char.isascii() and char.isalnum():
+            out.append(char)
+            dash = False
+        elif not dash and out:
+            out.append("-")
+            dash = True
+    return "".join(out).rstrip("-") or "model"
+
+
+def replica_engines(replicas: Sequence[Replica], port_base: int,
+                    unit_stem: str = "servekit-vllm") -> list[dict[str, Any]]:
+    """One record per replica engine: deployment, replica (0-based), model, node, devices, port, unit.
+
+    The port is ``port_base`` + the replica's first device index on its node: distinct on a node
+    (replicas there hold distinct devices) and unchanged when other deployments are added or removed.
+    """
+    out = []
+    for r in replicas:
+        (node, devices), = r.devices
+        out.append({"deployment": r.deployment, "replica": r.index, "model": r.model, "node": node,
+                    "devices": list(devices), "port": port_base + devices[0],
+                    "unit": f"{unit_stem}-{unit_slug(r.deployment)}-{r.index + 1}.service"})
+    return out
+
+
+def not_served_yet(raw: Any, replicas: Sequence[Replica], runtime: str = "native") -> list[str]:
+    """What a placed deployment set asks that the serving side does not run yet (issue 21).
+
+    Replicas inside one node each run as their own engine behind the router. A replica that spans
+    nodes still runs only as the cluster's one engine (a Ray placement group per replica is not
+    done), under its registry name (the single-engine probe, watchdog, rollback and status ask for
+    it), and replica engines run on the native runtime only.
+    """
     if not raw:
         return []
+    spanning = [r for r in replicas if len(r.nodes) > 1]
+    if spanning:
+        return _spanning_problems(replicas, spanning)
+    if runtime != "native":
+        return [f"cluster_runtime = {runtime!r}: replica engines ({FIELD} with replicas inside one node) "
+                f"run on the native runtime only; allowed with {FIELD}: native"]
+    seen: dict[str, str] = {}
+    for r in replicas:
+        slug = unit_slug(r.deployment)
+        if seen.setdefault(slug, r.deployment) != r.deployment:
+            return [f"{FIELD}: names {seen[slug]!r} and {r.deployment!r} give the same unit name "
+                    f"(servekit-vllm-{slug}-N.service); rename one"]
+    return []
+
+
+def _spanning_problems(replicas: Sequence[Replica], spanning: Sequence[Replica]) -> list[str]:
+    """A replica across nodes: served only alone, as the single engine, under its registry name."""
     if engines(replicas) > 1:
-        return [f"{FIELD}: this set needs {engines(replicas)} vLLM engines (one per replica); more than "
-                f"one engine is not served yet: serve one deployment with replicas: 1 for now. "
-                f"The placement it would get:\n{format_table(replicas)}"]
+        first = spanning[0]
+        return [f"{FIELD}: replica {first.index + 1} of {first.deployment!r} spans nodes "
+                f"{', '.join(first.nodes)}; a replica across nodes is served only as the cluster's one "
+                f"engine (this set needs {engines(replicas)}): give it replicas: 1 and no other deployment, "
+                f"or use a registry entry that fits one node. The placement it would get:\n"
+                f"{format_table(replicas)}"]
     only = replicas[0]
     if only.deployment != only.model:
-        return [f"{FIELD}[0].name = {only.deployment!r}: a served name other than its registry entry "
-                f"is not served yet (the readiness probe, watchdog, rollback and status ask the engine "
-                f"for {only.model!r}); set name: {only.model}"]
+        return [f"{FIELD}[0].name = {only.deployment!r}: a replica across nodes is served under its "
+                f"registry name (the readiness probe, watchdog, rollback and status ask the engine for "
+                f"{only.model!r}); set name: {only.model}"]
     return []

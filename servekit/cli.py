@@ -89,7 +89,11 @@ def _add_day2_parsers(sub) -> None:
     logs.add_argument("node", nargs="?", help="one node (default: every node)")
     logs.add_argument("--inventory", "-i", help=inventory_help)
     logs.add_argument("--unit", "-u", action="append", choices=tuple(cmd.LOG_UNITS),
-                      help="repeatable (default: all of ray, vllm, watchdog, proxy)")
+                      help="repeatable (default: all of ray, vllm, watchdog, proxy, router, and every "
+                           "replica engine)")
+    logs.add_argument("--deployment", "-d",
+                      help="only this deployment's replica engines (cluster_deployments)")
+    logs.add_argument("--replica", "-r", type=int, help="with --deployment: only its replica N (1-based)")
     logs.add_argument("--lines", "-n", type=int, default=50, help="last lines per node (default 50)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     logs.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)

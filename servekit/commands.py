@@ -80,7 +80,7 @@ def render_placement(args: argparse.Namespace) -> int:
         replicas = view.placement(project_root(), args.model or os.environ.get("MODEL_NAME"))
     except PlacementError as exc:
         raise UsageError(str(exc)) from exc
-    unserved = not_served_yet(view.deployments, replicas)
+    unserved = not_served_yet(view.deployments, replicas, str(view.var("cluster_runtime") or "native"))
     if args.format == "json":
         print(json.dumps({"placement": [r.as_dict() for r in replicas], "engines": engines(replicas),
                           "not_served": unserved}, indent=2))
@@ -89,7 +89,7 @@ def render_placement(args: argparse.Namespace) -> int:
           + ("" if view.deployments else " (no cluster_deployments: one replica of the model)"))
     print(format_table(replicas))
     if unserved:
-        print("# not served yet: the validate stage refuses this set until one engine per replica lands")
+        print("# not served: the validate stage refuses this set: " + "; ".join(unserved))
     return 0
 
 
@@ -242,7 +242,9 @@ def cmd_lab_vault_path(args: argparse.Namespace) -> int:
 
 # `servekit logs --unit`: the inventory variable naming each unit (None: fixed name).
 LOG_UNITS = {"ray": None, "vllm": "vllm_unit_name", "watchdog": "vllm_watchdog_unit",
-             "proxy": "vllm_api_proxy_unit"}
+             "proxy": "vllm_api_proxy_unit", "router": "vllm_router_unit"}
+# Replica engines' units (roles/vllm/tasks/replicas.yml): servekit-vllm-<name>-<n>.service.
+REPLICA_UNIT_STEM = "servekit-vllm"
 
 
 def _day2_cluster(given: str | None) -> tuple[Path, Path, ClusterView]:
@@ -286,6 +288,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if result.serving else 1
 
 
+def log_units(args: argparse.Namespace, names: dict[str, str]) -> list[str]:
+    """The units (or journalctl -u patterns) `servekit logs` reads."""
+    if args.deployment:  # a deployment's replica engines, on whichever node runs them
+        return [replica_unit_pattern(args.deployment, args.replica)]
+    if args.replica is not None:
+        raise UsageError("--replica: needs --deployment NAME")
+    units = [names[kind] for kind in (args.unit or LOG_UNITS)]
+    return units if args.unit else [*units, replica_unit_pattern(None, None)]
+
+
+def replica_unit_pattern(deployment: str | None, replica: int | None) -> str:
+    """The unit (or journalctl -u pattern) of a deployment's replica N (1-based), of all its
+    replicas, or of every replica engine."""
+    from servekit.module_utils.placement import unit_slug
+
+    if deployment is None:
+        return f"{REPLICA_UNIT_STEM}-*-[0-9]*.service"
+    return f"{REPLICA_UNIT_STEM}-{unit_slug(deployment)}-{replica if replica else '[0-9]*'}.service"
+
+
 def journal_argv(units: list[str], lines: int, cursor: str | None = None) -> list[str]:
     """journalctl for ``units``: the last ``lines``, or what came after ``cursor`` (follow)."""
     argv = ["journalctl", "--no-pager", "-o", "short-iso", "--show-cursor"]
@@ -307,8 +329,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     root, inventory, view = _day2_cluster(args.inventory)
     if args.node and args.node not in view.nodes:
         raise UsageError(f"node {args.node!r} is not in the inventory; nodes: {', '.join(view.nodes)}")
-    names = unit_names(view)
-    units = [names[kind] for kind in (args.unit or LOG_UNITS)]
+    units = log_units(args, unit_names(view))
     targets = [args.node] if args.node else list(view.nodes)
     width = max(len(n) for n in targets)
     cursors: dict[str, str | None] = {}

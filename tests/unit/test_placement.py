@@ -20,6 +20,9 @@ from servekit.module_utils.placement import (
     parse_deployments,
     place,
     plan,
+    replica_engines,
+    serves_replicas,
+    unit_slug,
 )
 from servekit.module_utils.vllm_registry import load_registry_file
 
@@ -176,31 +179,67 @@ def test_the_table_has_one_row_per_node_of_each_replica():
     ]
 
 
+FOUR_NODES = {"a": 8, "b": 8, "c": 8, "d": 8}
+
+
 @pytest.mark.parametrize(
-    ("raw", "message"),
+    ("raw", "devices", "runtime", "message"),
     [
-        ([{"name": "m", "model": "tp4", "replicas": 4}],
-         "cluster_deployments: this set needs 4 vLLM engines (one per replica); more than one engine is "
-         "not served yet: serve one deployment with replicas: 1 for now. The placement it would get:\n"
-         "DEPLOYMENT  REPLICA  MODEL  NODE     DEVICES\nm           1        tp4    h100-01  0,1,2,3\n"
-         "m           2        tp4    h100-02  0,1,2,3\n"),
-        ([{"name": "a", "model": "tp4"}, {"name": "b", "model": "tp2pp2"}],
-         "this set needs 2 vLLM engines"),
-        ([{"name": "chat", "model": "tp4"}],
-         "cluster_deployments[0].name = 'chat': a served name other than its registry entry is not "
-         "served yet"),
+        # a replica across nodes runs only as the cluster's one engine
+        ([{"name": "r1", "model": "deepseek-r1"}, {"name": "m", "model": "tp4"}], FOUR_NODES, "native",
+         "cluster_deployments: replica 1 of 'r1' spans nodes a, b; a replica across nodes is served only "
+         "as the cluster's one engine (this set needs 2): give it replicas: 1 and no other deployment, or "
+         "use a registry entry that fits one node. The placement it would get:\n"
+         "DEPLOYMENT  REPLICA  MODEL        NODE  DEVICES\n"),
+        # ... under its registry name
+        ([{"name": "chat", "model": "deepseek-r1"}], H100x2, "native",
+         "cluster_deployments[0].name = 'chat': a replica across nodes is served under its registry name"),
+        # replica engines on the native runtime only
+        ([{"name": "m", "model": "tp4", "replicas": 4}], H100x2, "container",
+         "cluster_runtime = 'container': replica engines (cluster_deployments with replicas inside one "
+         "node) run on the native runtime only; allowed with cluster_deployments: native"),
+        # two names, one unit name
+        ([{"name": "a/b", "model": "tp4"}, {"name": "A-B", "model": "tp4"}], H100x2, "native",
+         "cluster_deployments: names 'a/b' and 'A-B' give the same unit name (servekit-vllm-a-b-N.service); "
+         "rename one"),
     ],
-    ids=["replicas", "two-deployments", "renamed"],
+    ids=["spanning-beside-others", "spanning-renamed", "container", "same-unit"],
 )
-def test_what_the_serving_side_cannot_run_yet_is_refused_with_the_placement(raw, message):
-    problems = not_served_yet(raw, plan(raw, SIZED, H100x2))
+def test_what_the_serving_side_cannot_run_yet_is_refused_with_the_placement(raw, devices, runtime, message):
+    problems = not_served_yet(raw, plan(raw, SIZED, devices), runtime)
     assert len(problems) == 1 and message in problems[0], problems
 
 
-@pytest.mark.parametrize("raw", [[], [{"name": "tp4", "model": "tp4"}], [{"name": "deepseek-r1",
-                                                                        "model": "deepseek-r1"}]])
-def test_one_deployment_of_one_replica_under_its_registry_name_is_served(raw):
+@pytest.mark.parametrize("raw", [[], [{"name": "tp4", "model": "tp4"}],
+                                 [{"name": "deepseek-r1", "model": "deepseek-r1"}],
+                                 [{"name": "m", "model": "tp4", "replicas": 4}],
+                                 [{"name": "chat", "model": "tp4"}, {"name": "b", "model": "tp2pp2"}]])
+def test_a_spanning_engine_alone_or_replicas_inside_nodes_are_served(raw):
     assert not_served_yet(raw, plan(raw, SIZED, H100x2)) == []
+
+
+def test_replicas_inside_nodes_run_as_replica_engines_with_their_own_unit_and_port():
+    raw = [{"name": "m", "model": "tp4", "replicas": 4},
+           {"name": "org/Small.v2", "model": "llama-3.1-8b-instruct"}]
+    placed = plan(raw, SIZED, {"h100-01": 8, "h100-02": 9})
+    assert serves_replicas(raw, placed)
+    assert [(e["unit"], e["node"], e["devices"], e["port"]) for e in replica_engines(placed, 8100)] == [
+        ("servekit-vllm-m-1.service", "h100-01", [0, 1, 2, 3], 8100),
+        ("servekit-vllm-m-2.service", "h100-02", [0, 1, 2, 3], 8100),
+        ("servekit-vllm-m-3.service", "h100-01", [4, 5, 6, 7], 8104),
+        ("servekit-vllm-m-4.service", "h100-02", [4, 5, 6, 7], 8104),
+        ("servekit-vllm-org-small-v2-1.service", "h100-02", [8], 8108),
+    ]
+    # without deployments, or with a replica across nodes: the single engine
+    assert not serves_replicas([], plan([{"name": "tp4", "model": "tp4"}], SIZED, H100x2))
+    spanning = [{"name": "deepseek-r1", "model": "deepseek-r1"}]
+    assert not serves_replicas(spanning, plan(spanning, SIZED, H100x2))
+
+
+@pytest.mark.parametrize(("name", "slug"), [("lab-tiny", "lab-tiny"), ("org/Model_v1.5", "org-model-v1-5"),
+                                            ("--x--", "x"), ("ü", "model")])
+def test_a_served_name_becomes_a_unit_name_word(name, slug):
+    assert unit_slug(name) == slug
 
 
 def test_model_name_with_deployments_is_refused_and_alone_is_not():
@@ -220,12 +259,15 @@ EXAMPLE = ROOT / "inventory" / "example-2x8-h100"
 
 
 def _validate(tmp_path, deployments, env: dict | None = None):
+    """The validate play on a copy of the example with these deployments; env's "vars" (a dict) go
+    into the inventory beside them, the rest into the environment."""
+    env = dict(env or {})
     inv = tmp_path / "inv"
     shutil.copytree(EXAMPLE, inv)
     (inv / "group_vars" / "all" / "deployments.yml").write_text(
-        yaml.safe_dump({"cluster_deployments": deployments}))
+        yaml.safe_dump({"cluster_deployments": deployments, **env.pop("vars", {})}))
     return ansible_playbook("-i", inv, "playbooks/validate.yml", unset=("MODEL_NAME",),
-                            env={"ANSIBLE_NOCOLOR": "1", **(env or {})})
+                            env={"ANSIBLE_NOCOLOR": "1", **env})
 
 
 @pytest.mark.parametrize(
@@ -239,13 +281,16 @@ def _validate(tmp_path, deployments, env: dict | None = None):
          "cluster_deployments[1].model = 'gpt-oss-2b': must be a model registry entry"),
         ([{"name": "r1", "model": "deepseek-r1", "replicas": 2}], None,
          "cluster_deployments: deployment 'r1' replica 2 of 2 needs 16 device(s)"),
-        ([{"name": "gpt-oss-120b", "model": "gpt-oss-120b", "replicas": 8}], None,
-         "cluster_deployments: this set needs 8 vLLM engines (one per replica); more than one engine is "
-         "not served yet"),
+        ([{"name": "r1", "model": "deepseek-r1"}], None,
+         "cluster_deployments[0].name = 'r1': a replica across nodes is served under its registry name"),
+        ([{"name": "chat", "model": "gpt-oss-120b", "replicas": 2}],
+         {"vars": {"cluster_runtime": "container"}},
+         "cluster_runtime = 'container': replica engines (cluster_deployments with replicas inside one node) "
+         "run on the native runtime only"),
         ([{"name": "deepseek-r1", "model": "deepseek-r1"}], {"MODEL_NAME": "gpt-oss-120b"},
          "MODEL_NAME = 'gpt-oss-120b' is set, but cluster_deployments decides what is served"),
     ],
-    ids=["input-rules", "does-not-fit", "not-served-yet", "model-name"],
+    ids=["input-rules", "does-not-fit", "spanning-renamed", "container", "model-name"],
 )
 def test_the_validate_play_refuses_before_the_registry_check(tmp_path, deployments, env, message):
     proc = _validate(tmp_path, deployments, env)
@@ -260,6 +305,18 @@ def test_the_validate_play_serves_one_deployment_as_cluster_model_and_shows_wher
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "model gpt-oss-120b: 2 device(s) over 1 of 2 node(s)" in proc.stdout
     assert "gpt-oss-120b  1        gpt-oss-120b  h100-01  0,1" in proc.stdout
+
+
+def test_the_validate_play_places_replica_engines_and_needs_the_api_proxy(tmp_path):
+    deployments = [{"name": "chat", "model": "gpt-oss-120b", "replicas": 2},
+                   {"name": "small", "model": "llama-3.1-8b-instruct", "replicas": 3}]
+    proc = _validate(tmp_path / "ok", deployments)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "small       3        llama-3.1-8b-instruct  h100-01  2" in proc.stdout, proc.stdout[-3000:]
+    refused = _validate(tmp_path / "no-proxy", deployments, {"vars": {"vllm_api_proxy": False}})
+    assert refused.returncode == 2
+    assert ("vllm_api_proxy = false: replica engines (5 from cluster_deployments) are served through the "
+            "API proxy and the router behind it; allowed with replica engines: true") in refused.stdout
 
 
 # --------------------------------------------------------------------------
@@ -284,7 +341,7 @@ def test_render_shows_the_default_placement_of_an_inventory_without_deployments(
     ]
 
 
-def test_render_shows_the_deployments_placement_and_says_what_is_not_served(tmp_path):
+def test_render_shows_the_deployments_placement(tmp_path):
     inv = tmp_path / "inv"
     shutil.copytree(EXAMPLE, inv)
     (inv / "group_vars" / "all" / "deployments.yml").write_text(yaml.safe_dump({"cluster_deployments": [
@@ -294,9 +351,9 @@ def test_render_shows_the_deployments_placement_and_says_what_is_not_served(tmp_
     found = json.loads(proc.stdout)
     assert [(r["replica"], r["devices"]) for r in found["placement"]] == [
         (0, {"h100-01": [0, 1]}), (1, {"h100-02": [0, 1]})]
-    assert found["engines"] == 2 and found["not_served"]
+    assert found["engines"] == 2 and found["not_served"] == []
     text = _render(inv)
-    assert "# not served yet" in text.stdout
+    assert "# not served yet" not in text.stdout
     refused = _render(inv, env={"MODEL_NAME": "lab-tiny"})
     assert refused.returncode == 2
     assert refused.stderr.startswith(
@@ -317,7 +374,7 @@ def _commented_deployments() -> list[list]:
     return [yaml.safe_load("\n".join(block))["cluster_deployments"] for block in blocks]
 
 
-def test_the_h100_example_deployments_use_all_16_gpus_and_the_one_engine_passes_validate(tmp_path):
+def test_the_h100_example_deployments_use_all_16_gpus_and_pass_validate(tmp_path):
     one_engine, replicas = _commented_deployments()
     devices = {"h100-01": 8, "h100-02": 8}
     for deployments in (one_engine, replicas):
@@ -327,7 +384,5 @@ def test_the_h100_example_deployments_use_all_16_gpus_and_the_one_engine_passes_
     passes = _validate(tmp_path / "one", one_engine)
     assert passes.returncode == 0, passes.stdout[-3000:]
     assert "model deepseek-r1: 16 device(s) over 2 of 2 node(s)" in passes.stdout
-    refused = _validate(tmp_path / "eight", replicas)
-    assert refused.returncode == 2
-    assert "this set needs 8 vLLM engines (one per replica); more than one engine is not served yet" \
-        in refused.stdout, refused.stdout[-3000:]
+    eight = _validate(tmp_path / "eight", replicas)
+    assert eight.returncode == 0, eight.stdout[-3000:]
