@@ -33,6 +33,16 @@ options:
     description: Registry name of the model to launch (for example C(gpt-oss-20b)).
     type: str
     required: true
+  served_name:
+    description:
+      - The name clients ask for (C(--served-model-name)); a deployment's C(name). Default: the
+        entry's own C(served-model-name), else O(model).
+    type: str
+  extra_args:
+    description: Flags appended to the vLLM argv after the registry's (the role's own, not a model's).
+    type: list
+    elements: str
+    default: []
   node_rank:
     description: This host's rank; 0 is the head.
     type: int
@@ -252,6 +262,8 @@ def run_module() -> None:
             "registry": {"type": "dict"},
             "registry_path": {"type": "path"},
             "model": {"type": "str", "required": True},
+            "served_name": {"type": "str"},
+            "extra_args": {"type": "list", "elements": "str", "default": []},
             "node_rank": {"type": "int", "default": 0},
             "nnodes": {"type": "int", "default": 1},
             "devices_per_node": {"type": "int", "default": 1},
@@ -299,10 +311,12 @@ def run_module() -> None:
             master_port=params["master_port"],
         )
         plan = build_launch_plan(
-            params["model"], entry, node, params["command"], params["environment"]
+            params["model"], entry, node, params["command"], params["environment"],
+            served_name=params["served_name"],
         )
     except RegistryError as exc:
         module.fail_json(msg=str(exc))
+    plan.argv.extend(params["extra_args"] if plan.active else [])
 
     unit = ""
     if plan.active:

@@ -397,8 +397,13 @@ def build_launch_plan(
     node: NodeSpec,
     command: list[str] | None = None,
     environment: dict | None = None,
+    *,
+    served_name: str | None = None,
 ) -> LaunchPlan:
-    """The vLLM process one node runs for one model (or that it runs none)."""
+    """The vLLM process one node runs for one model (or that it runs none).
+
+    ``served_name`` (a deployment's name) replaces the entry's own served-model-name, if any.
+    """
     node.check()
     topo = plan_topology(name, entry, node)
     head = node.node_rank == 0
@@ -413,9 +418,11 @@ def build_launch_plan(
                           False, [], env, topo)
 
     argv = [*(command or ["vllm"]), "serve", entry["model"]]
+    if served_name:
+        entry = {key: value for key, value in entry.items() if key != "served-model-name"}
     argv += registry_args(entry)
-    if "served-model-name" not in entry:
-        argv += ["--served-model-name", name]
+    if served_name or "served-model-name" not in entry:
+        argv += ["--served-model-name", served_name or name]
     argv += ["--distributed-executor-backend", node.executor]
     if node.executor == "mp" and topo.nodes_used > 1:
         argv += [

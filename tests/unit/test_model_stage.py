@@ -321,7 +321,7 @@ def decisions(tmp_path_factory) -> dict[str, dict]:
     """What the vllm role decides for each case's model path and inventory inputs."""
     tmp = tmp_path_factory.mktemp("decisions")
     names = ["__vllm_stage_mode", "__vllm_hub_env", "__vllm_hf_command", "vllm_ray_env_not_carried",
-             "__vllm_model_revision"]
+             "__vllm_model_revision", "__vllm_rsync_cluster"]
     plays = []
     for case, (model, inputs) in DECISION_CASES.items():
         # the inputs as the last vars file: it outranks the roles' defaults as -e did in a run per case
@@ -348,6 +348,8 @@ def decisions(tmp_path_factory) -> dict[str, dict]:
 def test_local_files_are_rsynced_and_no_rank_gets_the_hf_token(decisions):
     got = decisions["rsync"]
     assert got["__vllm_stage_mode"] == "rsync" and got["__vllm_hub_env"] == {}
+    # the head opens its share for the other nodes' pulls (a path string once read as false here)
+    assert got["__vllm_rsync_cluster"] is True
     assert "HF_TOKEN" in got["vllm_ray_env_not_carried"]
 
 
@@ -373,6 +375,7 @@ def test_containers_download_inside_the_ray_container_into_the_mounted_cache(dec
 def test_nothing_is_staged_otherwise(decisions, case):
     got = decisions[case]
     assert got["__vllm_stage_mode"] == "none" and got["__vllm_hub_env"] == {}
+    assert got["__vllm_rsync_cluster"] is False
     assert "HF_TOKEN" not in got["vllm_ray_env_not_carried"]
 
 
@@ -423,10 +426,10 @@ def test_a_dry_run_of_fresh_nodes_previews_the_head_and_touches_no_node(tmp_path
     _model(tmp_path / "src")
     dry = _stage_play(tmp_path, {"node-a": "head", "node-b": "workers"}, "--check", "--diff")
     assert dry.returncode == 0, dry.stdout[-4000:]
-    for task in ("Open the head's model share for the pulls", "Pull the model from the head"):
+    for task in ("Open the head's model share for the pulls", "Pull the models from the head"):
         result = dry.stdout.split(f"TASK [vllm : {task}]", 1)[1].split("TASK [", 1)[0]
         assert "skipping:" in result and "changed:" not in result and "ok:" not in result, result
-    assert "changed: [node-a -> localhost]" in dry.stdout.split("Stage the model onto the head", 1)[1]
+    assert "changed: [node-a -> localhost]" in dry.stdout.split("Stage the models onto the head", 1)[1]
     assert not (tmp_path / "node").exists(), "a dry run created the model directory"
 
 
