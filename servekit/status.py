@@ -71,19 +71,77 @@ class NodeStatus:
 
 
 @dataclass
+class ReplicaStatus:
+    deployment: str
+    replica: int  # 1-based, as the placement table shows it
+    model: str
+    node: str
+    devices: list[int]
+    port: int
+    unit: str
+    unit_state: str
+    ready: bool
+    in_rotation: bool | None  # None: the router's list could not be read
+
+
+@dataclass
 class ClusterStatus:
     nodes: list[NodeStatus]
     serving: bool
     problems: list[str] = field(default_factory=list)
     # where cluster_deployments' replicas run (Replica.as_dict); None without deployments
     placement: list[dict[str, Any]] | None = None
+    replicas: list[ReplicaStatus] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         found = {"serving": self.serving, "problems": self.problems,
                  "nodes": [asdict(node) for node in self.nodes]}
         if self.placement is not None:
             found["placement"] = self.placement
+        if self.replicas:
+            found["replicas"] = [asdict(replica) for replica in self.replicas]
         return found
+
+
+def _router_rotation(raw_nodes: list[dict[str, Any]]) -> dict[str, bool] | None:
+    """The head's router: worker URL -> healthy; None when it was not read."""
+    for raw in raw_nodes:
+        text = ((raw.get("vllm") or {}).get("router_workers") or "").strip() if raw.get("head") else ""
+        if text:
+            return {w["url"]: bool(w.get("is_healthy")) for w in json.loads(text).get("workers", [])}
+    return None
+
+
+def replica_statuses(raw_nodes: list[dict[str, Any]]) -> list[ReplicaStatus]:
+    """Every node's replica engines, with their unit, readiness and place in the router's rotation."""
+    rotation = _router_rotation(raw_nodes)
+    found = []
+    for raw in raw_nodes:
+        vllm = raw.get("vllm") or {}
+        units = parse_systemctl_show(vllm.get("replica_units") or "")
+        for r in vllm.get("replicas") or []:
+            found.append(ReplicaStatus(
+                deployment=r["deployment"], replica=int(r["replica"]) + 1, model=r["model"], node=raw["name"],
+                devices=list(r.get("devices", [])), port=int(r["port"]), unit=r["unit"],
+                unit_state=unit_state(units.get(r["unit"])), ready=str(r.get("ready_status")) == "200",
+                in_rotation=None if rotation is None else rotation.get(r["url"], False)))
+    return sorted(found, key=lambda r: (r.deployment, r.replica))
+
+
+def _replica_problems(replicas: list[ReplicaStatus]) -> list[str]:
+    problems = []
+    for r in replicas:
+        where = f"{r.deployment} replica {r.replica} ({r.unit} on {r.node})"
+        if not r.ready:
+            problems.append(f"{where}: no completion (unit {r.unit_state})")
+        if r.in_rotation is False:
+            problems.append(f"{where}: out of the router's rotation")
+    if replicas and replicas[0].in_rotation is None:
+        problems.append("the router's workers could not be read on the head")
+    for name in sorted({r.deployment for r in replicas}):
+        if not any(r.ready and r.in_rotation for r in replicas if r.deployment == name):
+            problems.append(f"deployment {name}: no replica serves")
+    return problems
 
 
 def node_status(raw: dict[str, Any], units: dict[str, str], ray_nodes: dict[str, float] | None) -> NodeStatus:
@@ -128,9 +186,15 @@ def cluster_status(document: dict[str, Any], units: dict[str, str], executor: st
     nodes = [node_status(raw, units, ray_nodes) for raw in document["nodes"]]
     problems = [f"{n.name}: unreachable" for n in nodes if not n.reachable]
     head = next((n for n in nodes if n.head), None)
-    serving = bool(head and head.ready)
-    if head and head.reachable and not head.ready:
-        problems.append(f"{head.name}: no completion ({head.ready_detail})")
+    replicas = replica_statuses(document["nodes"])
+    if replicas:
+        replica_problems = _replica_problems(replicas)
+        serving = not any(p.startswith("deployment ") for p in replica_problems)
+        problems += replica_problems
+    else:
+        serving = bool(head and head.ready)
+        if head and head.reachable and not head.ready:
+            problems.append(f"{head.name}: no completion ({head.ready_detail})")
     for node in nodes:
         if node.reachable and node.rank is not None and not node.vllm_unit.startswith("active"):
             problems.append(f"{node.name}: vLLM unit {node.vllm_unit}")
@@ -139,7 +203,7 @@ def cluster_status(document: dict[str, Any], units: dict[str, str], executor: st
         if node.watchdog_restarts_1h:
             problems.append(f"{node.name}: the watchdog restarted vLLM {node.watchdog_restarts_1h} time(s) "
                             "in the last hour")
-    return ClusterStatus(nodes=nodes, serving=serving, problems=problems)
+    return ClusterStatus(nodes=nodes, serving=serving, problems=problems, replicas=replicas)
 
 
 def _cell(value: Any) -> str:
@@ -163,11 +227,23 @@ def format_table(status: ClusterStatus) -> str:
             n.ready, n.model)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    if status.placement:
+    if status.replicas:
+        lines += ["", "replica engines (cluster_deployments):", _replica_table(status.replicas), ""]
+    elif status.placement:
         lines += ["", "placement (cluster_deployments):", format_placement(status.placement), ""]
     lines.append("serving: " + ("yes" if status.serving else "NO"))
     lines.extend(f"  {problem}" for problem in status.problems)
     return "\n".join(lines)
+
+
+def _replica_table(replicas: list[ReplicaStatus]) -> str:
+    header = ("DEPLOYMENT", "REPLICA", "MODEL", "NODE", "DEVICES", "PORT", "UNIT", "READY", "IN ROTATION")
+    rows = [header] + [tuple(_cell(v) for v in (
+        r.deployment, r.replica, r.model, r.node, ",".join(map(str, r.devices)), r.port, r.unit_state,
+        r.ready, r.in_rotation)) for r in replicas]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
 
 
 def format_json(status: ClusterStatus) -> str:

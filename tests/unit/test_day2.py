@@ -13,6 +13,7 @@ lead's lab commands in the report).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -229,3 +230,90 @@ def test_status_json_carries_the_placement_of_the_inventory_deployments(tmp_path
     assert json.loads(proc.stdout)["placement"] == [
         {"deployment": "llama-3.1-8b-instruct", "replica": 0, "model": "llama-3.1-8b-instruct",
          "nodes": ["local-head"], "devices": {"local-head": [0]}}]
+
+
+# --------------------------------------------------------------------------
+# replica engines: the records each node keeps, the router's GET /workers
+# (in vllm-router 0.1.17's own format, as the lab's router answered it)
+# --------------------------------------------------------------------------
+
+
+def _router_workers(healthy: dict[str, bool]) -> str:
+    return json.dumps({"workers": [
+        {"id": f"id-{i}", "url": url, "model_id": "lab-tiny", "priority": 50, "cost": 1.0,
+         "worker_type": "regular", "is_healthy": ok, "load": 0, "connection_mode": "Http",
+         "metadata": {"model_id": "lab-tiny"}} for i, (url, ok) in enumerate(healthy.items())],
+        "total": len(healthy), "stats": {"total_workers": len(healthy)}})
+
+
+def _replica(deployment, index, node_address, port, ready_status=200):
+    unit = f"servekit-vllm-{deployment}-{index + 1}.service"
+    return {"deployment": deployment, "replica": index, "model": "lab-tiny-tp1", "node": "x", "devices": [0],
+            "port": port, "unit": unit, "url": f"http://{node_address}:{port}", "argv": ["vllm", "serve"],
+            "ready_status": ready_status}
+
+
+def _replica_document(head_ready=200, worker_ready=200, rotation=None) -> dict:
+    doc = _document(ready_status=None)
+    head, worker = doc["nodes"]
+    replicas = {"lab-head": [_replica("lab-tiny", 0, "10.0.0.1", 8100, head_ready),
+                             _replica("lab-tiny-b", 0, "10.0.0.1", 8101)],
+                "lab-worker-1": [_replica("lab-tiny", 1, "10.0.0.2", 8100, worker_ready)]}
+    for node in (head, worker):
+        node["vllm"]["replicas"] = replicas[node["name"]]
+        node["vllm"]["replica_units"] = "\n".join(_show(r["unit"]) for r in replicas[node["name"]])
+    rotation = rotation or {}
+    head["vllm"]["router_workers"] = _router_workers(
+        {r["url"]: rotation.get(r["url"], True) for rs in replicas.values() for r in rs})
+    return doc
+
+
+def test_replica_engines_serve_when_every_deployment_has_one_in_rotation():
+    result = status.cluster_status(_replica_document(), UNITS, "ray")
+    assert result.serving and result.problems == [], result.problems
+    assert [(r.deployment, r.replica, r.node, r.port, r.ready, r.in_rotation) for r in result.replicas] == [
+        ("lab-tiny", 1, "lab-head", 8100, True, True), ("lab-tiny", 2, "lab-worker-1", 8100, True, True),
+        ("lab-tiny-b", 1, "lab-head", 8101, True, True)]
+    table = status.format_table(result)
+    header = ("DEPLOYMENT  REPLICA  MODEL         NODE          DEVICES  PORT  UNIT            READY  "
+              "IN ROTATION")
+    assert header in table, table
+    assert json.loads(status.format_json(result))["replicas"][1]["unit"] == "servekit-vllm-lab-tiny-2.service"
+
+
+def test_a_replica_out_of_rotation_is_named_and_a_deployment_without_one_is_not_serving():
+    doc = _replica_document(worker_ready=-1, rotation={"http://10.0.0.2:8100": False})
+    one_down = status.cluster_status(doc, UNITS, "ray")
+    assert one_down.serving, "lab-tiny's other replica still serves"
+    assert one_down.problems == [
+        "lab-tiny replica 2 (servekit-vllm-lab-tiny-2.service on lab-worker-1): no completion "
+        "(unit active/running)",
+        "lab-tiny replica 2 (servekit-vllm-lab-tiny-2.service on lab-worker-1): out of the router's rotation"]
+    b_out = status.cluster_status(_replica_document(rotation={"http://10.0.0.1:8101": False}), UNITS, "ray")
+    assert not b_out.serving
+    assert b_out.problems[-1] == "deployment lab-tiny-b: no replica serves"
+
+
+def test_logs_select_a_deployments_replica_engines_by_their_unit_names(tmp_path):
+    parser = build_parser()
+    names = {"ray": "servekit-ray.service", "vllm": "servekit-vllm.service",
+             "watchdog": "servekit-vllm-watchdog.service", "proxy": "servekit-api-proxy.service",
+             "router": "servekit-router.service"}
+
+    def units(*argv):
+        return commands.log_units(parser.parse_args(["logs", *argv]), names)
+
+    assert units("--deployment", "org/Chat.v2", "--replica", "3") == ["servekit-vllm-org-chat-v2-3.service"]
+    assert units("-d", "lab-tiny") == ["servekit-vllm-lab-tiny-[0-9]*.service"]
+    assert units("-u", "router") == ["servekit-router.service"]
+    assert units()[-2:] == ["servekit-router.service", "servekit-vllm-*-[0-9]*.service"]
+    with pytest.raises(commands.UsageError, match="--replica: needs --deployment NAME"):
+        units("--replica", "1")
+    # the patterns as journalctl -u matches them (fnmatch): lab-tiny's replicas, not lab-tiny-b's
+    # nor the watchdog
+
+    present = ["servekit-vllm-lab-tiny-1.service", "servekit-vllm-lab-tiny-2.service",
+               "servekit-vllm-lab-tiny-b-1.service", "servekit-vllm-watchdog.service",
+               "servekit-vllm.service"]
+    assert fnmatch.filter(present, units("-d", "lab-tiny")[0]) == present[:2]
+    assert fnmatch.filter(present, units()[-1]) == present[:3]
