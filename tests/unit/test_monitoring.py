@@ -348,6 +348,16 @@ def _rules_test(out: Path) -> dict:
         {"series": f'servekit_watchdog_unit_start_time_seconds{{node="worker",{unit}}}',
          "values": f"100x{steps}"},
         {"series": 'DCGM_FI_DEV_XID_ERRORS{gpu="0",node="head"}', "values": f"0x3 79x{steps}"},
+        # replica engines: deployment d's replica 2 (on worker) answers scrapes but the router keeps
+        # it out of rotation; deployment e's only replica stops answering altogether
+        *({"series": f'vllm_router_worker_health{{job="router",node="head",worker="{w}"}}', "values": v}
+          for w, v in (("http://h:8100", f"1x{steps}"), ("http://w:8100", f"1 0x{steps}"),
+                       ("http://h:8101", f"1 0x{steps}"))),
+        *({"series": f'up{{job="vllm_replica",node="{n}",deployment="{d}",replica="{r}",worker="{w}"}}',
+           "values": v}
+          for n, d, r, w, v in (("head", "d", "1", "http://h:8100", f"1x{steps}"),
+                                ("worker", "d", "2", "http://w:8100", f"1x{steps}"),
+                                ("head", "e", "1", "http://h:8101", f"1 0x{steps}"))),
     ]
     fired = [
         {"alertname": "VllmNotReady", "exp_alerts": [{
@@ -365,6 +375,14 @@ def _rules_test(out: Path) -> dict:
         {"alertname": "ScrapeTargetDown", "exp_alerts": [{
             "exp_labels": {"severity": "warning", "node": "worker", "job": "ray"},
             "exp_annotations": {"summary": "ray on worker does not answer scrapes"}}]},
+        {"alertname": "ReplicaOutOfRotation", "exp_alerts": [
+            {"exp_labels": {"severity": "warning", "job": "router", "node": "head", "worker": w,
+                            "deployment": d, "replica": r, "replica_node": n},
+             "exp_annotations": {"summary": f"{d} replica {r} on {n} is out of rotation"}}
+            for w, d, r, n in (("http://w:8100", "d", "2", "worker"), ("http://h:8101", "e", "1", "head"))]},
+        {"alertname": "DeploymentUnavailable", "exp_alerts": [{
+            "exp_labels": {"severity": "critical", "deployment": "e"},
+            "exp_annotations": {"summary": "no replica of e is in rotation"}}]},
         {"alertname": "GpuXidError", "exp_alerts": [{
             "exp_labels": {"severity": "critical", "node": "head", "gpu": "0"},
             "exp_annotations": {"summary": "GPU 0 on head reported Xid 79"}}]},
