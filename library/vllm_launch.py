@@ -35,7 +35,7 @@ options:
     required: true
   served_name:
     description:
-      - The name clients ask for (C(--served-model-name)); a deployment's C(name). Default: the
+      - The name clients ask for (C(--served-model-name)); a deployment's C(name). By default the
         entry's own C(served-model-name), else O(model).
     type: str
   extra_args:

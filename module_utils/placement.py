@@ -246,9 +246,13 @@ def conflicts_with_model_name(raw: Any, model_name: str | None) -> list[str]:
 
 def serves_replicas(raw: Any, replicas: Sequence[Replica]) -> bool:
     """Whether the placement runs as replica engines (one vLLM engine per replica, each inside one
-    node, behind the head's router) rather than as today's single engine of ``cluster_model``:
-    deployments are set and no replica spans nodes."""
-    return bool(raw) and bool(replicas) and all(len(r.nodes) == 1 for r in replicas)
+    node, behind the head's router) rather than as the single engine of ``cluster_model``:
+    deployments are set, no replica spans nodes, and there is more than one engine or one served
+    under another name than its registry entry (one engine under its own name is the single engine,
+    as without deployments)."""
+    if not raw or not replicas or any(len(r.nodes) > 1 for r in replicas):
+        return False
+    return engines(replicas) > 1 or replicas[0].deployment != replicas[0].model
 
 
 def unit_slug(name: str) -> str:
@@ -293,6 +297,8 @@ def not_served_yet(raw: Any, replicas: Sequence[Replica], runtime: str = "native
     spanning = [r for r in replicas if len(r.nodes) > 1]
     if spanning:
         return _spanning_problems(replicas, spanning)
+    if not serves_replicas(raw, replicas):
+        return []
     if runtime != "native":
         return [f"cluster_runtime = {runtime!r}: replica engines ({FIELD} with replicas inside one node) "
                 f"run on the native runtime only; allowed with {FIELD}: native"]

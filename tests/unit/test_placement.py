@@ -105,8 +105,8 @@ def test_the_default_is_one_deployment_of_the_model_one_replica():
          "served names must be unique"),
         ([{"name": "a", "model": "gpt-oss-2b"}],
          "cluster_deployments[0].model = 'gpt-oss-2b': must be a model registry entry; entries: "
-         "deepseek-r1, gpt-oss-120b, gpt-oss-20b, lab-staging, lab-tiny, llama-3.1-8b-instruct, "
-         "qwen2.5-32b-instruct, tp12, tp2pp2, tp4"),
+         "deepseek-r1, gpt-oss-120b, gpt-oss-20b, lab-staging, lab-tiny, lab-tiny-b, lab-tiny-tp1, "
+         "llama-3.1-8b-instruct, qwen2.5-32b-instruct, tp12, tp2pp2, tp4"),
         ([{"name": "a", "model": "tp4", "replicas": 0}],
          "cluster_deployments[0].replicas = 0: must be an integer >= 1"),
         ([{"name": "a", "model": "tp4", "replicas": "2"}],
@@ -230,8 +230,14 @@ def test_replicas_inside_nodes_run_as_replica_engines_with_their_own_unit_and_po
         ("servekit-vllm-m-4.service", "h100-02", [4, 5, 6, 7], 8104),
         ("servekit-vllm-org-small-v2-1.service", "h100-02", [8], 8108),
     ]
-    # without deployments, or with a replica across nodes: the single engine
+    # without deployments, one engine under its registry name, or a replica across nodes: the single
+    # engine (any runtime); one engine under another name: a replica engine behind the router
     assert not serves_replicas([], plan([{"name": "tp4", "model": "tp4"}], SIZED, H100x2))
+    alone = [{"name": "tp4", "model": "tp4"}]
+    assert not serves_replicas(alone, plan(alone, SIZED, H100x2))
+    assert not_served_yet(alone, plan(alone, SIZED, H100x2), "container") == []
+    renamed = [{"name": "chat", "model": "tp4"}]
+    assert serves_replicas(renamed, plan(renamed, SIZED, H100x2))
     spanning = [{"name": "deepseek-r1", "model": "deepseek-r1"}]
     assert not serves_replicas(spanning, plan(spanning, SIZED, H100x2))
 
@@ -310,10 +316,13 @@ def test_the_validate_play_serves_one_deployment_as_cluster_model_and_shows_wher
 def test_the_validate_play_places_replica_engines_and_needs_the_api_proxy(tmp_path):
     deployments = [{"name": "chat", "model": "gpt-oss-120b", "replicas": 2},
                    {"name": "small", "model": "llama-3.1-8b-instruct", "replicas": 3}]
-    proc = _validate(tmp_path / "ok", deployments)
+    native = {"vars": {"cluster_runtime": "native"}}  # the example runs containers
+    proc = _validate(tmp_path / "ok", deployments, native)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "small       3        llama-3.1-8b-instruct  h100-01  2" in proc.stdout, proc.stdout[-3000:]
-    refused = _validate(tmp_path / "no-proxy", deployments, {"vars": {"vllm_api_proxy": False}})
+    assert "- small       3        llama-3.1-8b-instruct  h100-01  3" in proc.stdout, proc.stdout[-3000:]
+    refused = _validate(tmp_path / "no-proxy", deployments,
+                        {"vars": {"cluster_runtime": "native", "vllm_api_proxy": False,
+                                  "vllm_api_tls": False}})
     assert refused.returncode == 2
     assert ("vllm_api_proxy = false: replica engines (5 from cluster_deployments) are served through the "
             "API proxy and the router behind it; allowed with replica engines: true") in refused.stdout
@@ -345,7 +354,7 @@ def test_render_shows_the_deployments_placement(tmp_path):
     inv = tmp_path / "inv"
     shutil.copytree(EXAMPLE, inv)
     (inv / "group_vars" / "all" / "deployments.yml").write_text(yaml.safe_dump({"cluster_deployments": [
-        {"name": "gpt-oss-120b", "model": "gpt-oss-120b", "replicas": 2}]}))
+        {"name": "gpt-oss-120b", "model": "gpt-oss-120b", "replicas": 2}], "cluster_runtime": "native"}))
     proc = _render(inv, "--format", "json")
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout)
@@ -384,5 +393,8 @@ def test_the_h100_example_deployments_use_all_16_gpus_and_pass_validate(tmp_path
     passes = _validate(tmp_path / "one", one_engine)
     assert passes.returncode == 0, passes.stdout[-3000:]
     assert "model deepseek-r1: 16 device(s) over 2 of 2 node(s)" in passes.stdout
-    eight = _validate(tmp_path / "eight", replicas)
+    # replica engines run on the native runtime; the example runs containers, and says so
+    eight = _validate(tmp_path / "eight", replicas, {"vars": {"cluster_runtime": "native"}})
     assert eight.returncode == 0, eight.stdout[-3000:]
+    refused = _validate(tmp_path / "eight-containers", replicas)
+    assert refused.returncode == 2 and "cluster_runtime = 'container': replica engines" in refused.stdout
