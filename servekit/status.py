@@ -167,7 +167,8 @@ def node_status(raw: dict[str, Any], units: dict[str, str], ray_nodes: dict[str,
     node.watchdog_restarts_1h = watchdog_restarts(vllm.get("watchdog_journal") or [])
     if node.head:
         status = vllm.get("ready_status")
-        node.ready = str(status) == "200"
+        # None: not asked (replica engines are asked one by one instead)
+        node.ready = None if status is None and vllm.get("replicas") else str(status) == "200"
         node.ready_detail = "" if node.ready else f"HTTP {status}: {vllm.get('ready_error') or 'no answer'}"
     return node
 
