@@ -176,7 +176,8 @@ def _render_share(tmp_path: Path, model: Path, port: int, allow: str) -> Path:
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
              "vars": {"cluster_data_address": "127.0.0.1", "vllm_model_share_port": port,
                       "cluster_nodes": ["head"], "cluster_addresses": {"head": allow},
-                      "__vllm_model_path": str(model)},
+                      # one share module per model the head holds (vars/main.yml __vllm_stage_items)
+                      "__vllm_rsync_items": [{"name": model.name, "path": str(model), "share": "model"}]},
              "tasks": [{"ansible.builtin.template": {
                  "src": str(ROOT / "roles/vllm/templates/model-share.conf.j2"), "dest": str(conf),
                  "mode": "0644"}}]}]
