@@ -268,8 +268,17 @@ def unit_slug(name: str) -> str:
     return "".join(out).rstrip("-") or "model"
 
 
-def replica_engines(replicas: Sequence[Replica], port_base: int,
-                    unit_stem: str = "servekit-vllm") -> list[dict[str, Any]]:
+# A replica engine's unit: servekit-vllm-<unit_slug(deployment)>-<replica, 1-based>.service.
+UNIT_STEM = "servekit-vllm"
+
+
+def replica_unit(slug: str, number: int | str) -> str:
+    """The unit name of replica ``number`` (1-based) of the deployment whose ``unit_slug`` is ``slug``;
+    ``servekit logs`` passes journalctl -u patterns for either part."""
+    return f"{UNIT_STEM}-{slug}-{number}.service"
+
+
+def replica_engines(replicas: Sequence[Replica], port_base: int) -> list[dict[str, Any]]:
     """One record per replica engine: deployment, replica (0-based), model, node, devices, port, unit.
 
     The port is ``port_base`` + the replica's first device index on its node: distinct on a node
@@ -280,7 +289,7 @@ def replica_engines(replicas: Sequence[Replica], port_base: int,
         (node, devices), = r.devices
         out.append({"deployment": r.deployment, "replica": r.index, "model": r.model, "node": node,
                     "devices": list(devices), "port": port_base + devices[0],
-                    "unit": f"{unit_stem}-{unit_slug(r.deployment)}-{r.index + 1}.service"})
+                    "unit": replica_unit(unit_slug(r.deployment), r.index + 1)})
     return out
 
 
@@ -307,7 +316,7 @@ def not_served_yet(raw: Any, replicas: Sequence[Replica], runtime: str = "native
         slug = unit_slug(r.deployment)
         if seen.setdefault(slug, r.deployment) != r.deployment:
             return [f"{FIELD}: names {seen[slug]!r} and {r.deployment!r} give the same unit name "
-                    f"(servekit-vllm-{slug}-N.service); rename one"]
+                    f"({replica_unit(slug, 'N')}); rename one"]
     return []
 
 

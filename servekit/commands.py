@@ -243,8 +243,6 @@ def cmd_lab_vault_path(args: argparse.Namespace) -> int:
 # `servekit logs --unit`: the inventory variable naming each unit (None: fixed name).
 LOG_UNITS = {"ray": None, "vllm": "vllm_unit_name", "watchdog": "vllm_watchdog_unit",
              "proxy": "vllm_api_proxy_unit", "router": "vllm_router_unit"}
-# Replica engines' units (roles/vllm/tasks/replicas.yml): servekit-vllm-<name>-<n>.service.
-REPLICA_UNIT_STEM = "servekit-vllm"
 
 
 def _day2_cluster(given: str | None) -> tuple[Path, Path, ClusterView]:
@@ -301,11 +299,11 @@ def log_units(args: argparse.Namespace, names: dict[str, str]) -> list[str]:
 def replica_unit_pattern(deployment: str | None, replica: int | None) -> str:
     """The unit (or journalctl -u pattern) of a deployment's replica N (1-based), of all its
     replicas, or of every replica engine."""
-    from servekit.module_utils.placement import unit_slug
+    from servekit.module_utils.placement import replica_unit, unit_slug
 
     if deployment is None:
-        return f"{REPLICA_UNIT_STEM}-*-[0-9]*.service"
-    return f"{REPLICA_UNIT_STEM}-{unit_slug(deployment)}-{replica if replica else '[0-9]*'}.service"
+        return replica_unit("*", "[0-9]*")
+    return replica_unit(unit_slug(deployment), replica if replica else "[0-9]*")
 
 
 def journal_argv(units: list[str], lines: int, cursor: str | None = None) -> list[str]:
