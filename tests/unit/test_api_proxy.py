@@ -57,10 +57,18 @@ class _Backend(ThreadingHTTPServer):
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                sent = self.rfile.read(length)
                 server.seen.append(self.path)
                 body = json.dumps({"object": "list", "data": [{"id": "lab-tiny"}]}).encode()
-                self.send_response(200)
+                status = 200
+                if sent.startswith(b"{") and json.loads(sent).get("model") not in (None, "lab-tiny"):
+                    # vLLM 0.32's answer (entrypoints/openai/serving_engine.py _check_model),
+                    # as the lab's replica gave it through the router
+                    asked = json.loads(sent)["model"]
+                    status, body = 404, json.dumps({"error": {
+                        "message": f"The model `{asked}` does not exist. Valid aliases: lab-tiny.",
+                        "type": "NotFoundError", "param": "model", "code": 404}}).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -255,3 +263,31 @@ def test_a_certificate_from_the_inventory_is_used_as_is(tmp_path):
     assert (tmp_path / "etc" / "api-tls.crt").read_text() == (own / "c.pem").read_text()
     assert not (tmp_path / "control" / "tls").exists(), "no CA when the inventory brings a certificate"
     assert nginx_check(_runnable(config, tmp_path)).returncode == 0
+
+
+def test_replica_engines_an_unknown_model_gets_404_naming_every_deployment(proxy):
+    """With replica engines the router hands a model no deployment serves to some
+    replica, whose vLLM names only its own model; the edge names them all."""
+    port = _free_port()
+    models = [{"id": name, "object": "model", "created": 0, "owned_by": "servekit"}
+              for name in ("lab-tiny", "lab-tiny-b", "it's/odd")]
+    api = proxy(__vllm_single=False, vllm_backend_port=port, vllm_router_port=port,
+                __vllm_router_workers=[{"url": f"http://127.0.0.1:{port}", "model_id": "lab-tiny"}],
+                __vllm_models_data=models)
+
+    def post(model: str) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+        try:
+            conn.request("POST", "/v1/completions", body=json.dumps({"model": model, "prompt": "x"}),
+                         headers={"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            return reply.status, json.loads(reply.read())
+        finally:
+            conn.close()
+
+    status, reply = post("no-such-model")
+    assert status == 404, reply
+    assert reply["error"]["code"] == 404 and reply["error"]["param"] == "model", reply
+    assert "lab-tiny, lab-tiny-b, it's/odd" in reply["error"]["message"], reply
+    assert post("lab-tiny") == (200, {"object": "list", "data": [{"id": "lab-tiny"}]})
+    assert api.backend.seen == ["/v1/completions", "/v1/completions"]
