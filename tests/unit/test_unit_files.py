@@ -12,10 +12,15 @@ ignored; any other complaint fails.
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from helpers import ROOT, ansible_playbook, write_play
 from render_cluster import EXAMPLE_SYSFS, SYSTEMD_ANALYZE, systemd_verify
 
 HOSTS = EXAMPLE_SYSFS["example-2node-roce"][0]
@@ -68,3 +73,48 @@ def test_the_filter_lets_only_missing_node_binaries_through(rendered, tmp_path):
                       .replace("Restart=always", "Restart=sometimes"))
     other, _ = complaints(systemd_verify(broken).stderr)
     assert any("restart specifier" in line and "sometimes" in line for line in other), other
+
+
+def test_a_replica_engines_watchdog_unit_watches_that_engine_only(tmp_path):
+    """The per-replica watchdog (templates/servekit-replica-watchdog.service.j2), rendered by
+    ansible-playbook with the role's defaults and vars for one replica: systemd-analyze
+    accepts it, and its ExecStart parses with the watchdog's own argument parser, aimed at
+    that replica's port and unit, with the grace of that replica's registry entry."""
+    sys.path.insert(0, str(ROOT / "roles/vllm/files"))
+    import watchdog
+
+    replica = {"deployment": "lab-tiny", "replica": 1, "model": "slow-entry", "node": "n1",
+               "devices": [2, 3], "port": 8102, "unit": "servekit-vllm-lab-tiny-2.service"}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {
+        "n1": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+        "localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                      "validate_registry": {"models": {"slow-entry": {"ready-timeout": 2400}}}}}}}))
+    (tmp_path / "vars.json").write_text(json.dumps(
+        {"item": replica, "cluster_data_address": "10.0.0.7", "vllm_watchdog_grace": 600}))
+    play = [{"hosts": "n1", "gather_facts": False,
+             "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml") for role, kind in
+                            (("cluster", "defaults"), ("vllm", "defaults"), ("vllm", "vars"))],
+             "tasks": [{"ansible.builtin.template": {
+                 "src": str(ROOT / "roles/vllm/templates/servekit-replica-watchdog.service.j2"),
+                 "dest": str(tmp_path / "servekit-vllm-lab-tiny-2-watchdog.service"), "mode": "0644"}}]}]
+    proc = ansible_playbook("-i", inventory, write_play(tmp_path / "play.yml", play),
+                            "-e", f"@{tmp_path / 'vars.json'}")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    unit = tmp_path / "servekit-vllm-lab-tiny-2-watchdog.service"
+    text = unit.read_text()
+    assert "After=network-online.target servekit-vllm-lab-tiny-2.service" in text
+    exec_start = shlex.split(next(line for line in text.splitlines() if line.startswith("ExecStart="))[10:])
+    args = watchdog.build_parser().parse_args(exec_start[2:])
+    assert exec_start[:3] == ["/usr/bin/python3", "/opt/servekit/bin/servekit-vllm-watchdog", "watch"]
+    options = dict(zip(exec_start[3::2], exec_start[4::2], strict=True))
+    assert options["--url"] == "http://10.0.0.7:8102"
+    assert options["--metrics"] == "http://10.0.0.7:8102/metrics"
+    assert options["--unit"] == "servekit-vllm-lab-tiny-2.service"
+    assert options["--grace"] == "2400", "the registry entry's ready-timeout outranks vllm_watchdog_grace"
+    assert options["--metrics-file"].endswith("/servekit-watchdog-servekit-vllm-lab-tiny-2.prom")
+    assert (args.func, args.unit, args.grace, args.failures) == (
+        watchdog.watch, "servekit-vllm-lab-tiny-2.service", 2400, 3)
+    if SYSTEMD_ANALYZE is not None:
+        other, _ = complaints(systemd_verify(unit).stderr)
+        assert not [line for line in other if "servekit-vllm-lab-tiny-2.service" not in line], other

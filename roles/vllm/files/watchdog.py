@@ -325,7 +325,7 @@ def wait_head(args: argparse.Namespace) -> int:
         time.sleep(2)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="servekit-vllm-watchdog", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("watch", help="restart the vLLM unit when the API stops serving")
@@ -348,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--timeout", type=float, default=300)
     h.set_defaults(func=wait_head)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     global CAFILE  # noqa: PLW0603 - one setting for every request of this process
     CAFILE = getattr(args, "cafile", "") or None
     return args.func(args)
