@@ -7,7 +7,7 @@ connection completes; refused and timed-out (dropped) ports are closed.
 On a loaded machine a burst of thousands of SYNs can lose an answer, so a
 scan could miss an open port: ``--expect`` names ports known to be open (SSH),
 a host where one is missing is scanned again at a quarter of the
-concurrency, and the scan fails (exit 1) when it still misses one.
+concurrency and twice the timeout, and the scan fails (exit 1) when it still misses one.
 Meant for the lab's own nodes (``servekit lab scan`` runs it in a network
 namespace on the lab bridge); do not point it at machines that are not yours.
 """
@@ -60,15 +60,15 @@ async def _scan_host(host: str, ports: list[int], timeout: float, concurrency: i
 
 async def _scan_until_trusted(host: str, ports: list[int], timeout: float, concurrency: int, *,
                               expect: tuple[int, ...], tries: int) -> list[int]:
-    width = concurrency
+    width, wait = concurrency, timeout
     for attempt in range(1, tries + 1):
-        found = await _scan_host(host, ports, timeout, width)
+        found = await _scan_host(host, ports, wait, width)
         missing = sorted(set(expect) & set(ports) - set(found))
         if not missing:
             return found
-        print(f"portscan: {host}: scan {attempt} at concurrency {width} missed known open port(s) "
-              f"{missing}; scanning again", file=sys.stderr)
-        width = max(50, width // 4)
+        print(f"portscan: {host}: scan {attempt} at concurrency {width}, timeout {wait:g} s, missed known "
+              f"open port(s) {missing}; scanning again, gentler", file=sys.stderr)
+        width, wait = max(50, width // 4), wait * 2
     raise ScanIncomplete(
         f"{host}: port(s) {missing} are known to be open but were not seen in {tries} scans "
         f"(last at concurrency {width}); the result cannot be trusted")
@@ -87,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m servekit.portscan", description=__doc__.splitlines()[0])
     parser.add_argument("hosts", nargs="+")
     parser.add_argument("--ports", default="1-65535")
-    parser.add_argument("--timeout", type=float, default=1.0)
-    parser.add_argument("--concurrency", type=int, default=2000)
+    # A listening port on the lab's bridge answers within a millisecond; only
+    # dropped ports wait out the timeout, so it sets the scan's length
+    # (65535 ports / concurrency x timeout per host, the hosts in parallel).
+    parser.add_argument("--timeout", type=float, default=0.5)
+    parser.add_argument("--concurrency", type=int, default=4000)
     parser.add_argument("--expect", type=int, action="append", default=[],
                         help="a port known to be open (repeat); a scan that misses it is redone, then fails")
     args = parser.parse_args(argv)
