@@ -179,14 +179,21 @@ def host_warnings(host: str, facts: dict, want: dict) -> list[str]:
     nics = list(want.get("rdma_hcas") or [want.get("rdma_hca")])
     return [f"{host}: {w}" for w in acs_warnings(facts.get("pci_chains") or {}, facts["acs_ctl"], nics)]
 
-def cluster_problems(facts_by_host: dict[str, dict], world_size: int) -> list[str]:
-    """Cross-host checks: GPU total, MTU and CUDA agreement."""
+def cluster_problems(facts_by_host: dict[str, dict], world_size: int, *, check_mtu: bool = False) -> list[str]:
+    """Cross-host checks: GPU total, CUDA agreement and, with ``check_mtu``, MTU agreement.
+
+    Preflight runs before the network stage, which sets every data netdev's
+    MTU (``cluster_mtu``): nodes whose MTUs differ now are what that stage is
+    for. Only where the inventory says the MTU must already be right
+    (``preflight_mtu``) does a difference fail (hardware review, gpu-roce.md P3).
+    """
     problems = []
     total = sum(len(f.get("gpus") or []) for f in facts_by_host.values())
     if total < world_size:
         problems.append(f"cluster: {total} GPU(s) across {len(facts_by_host)} node(s), the model "
                         f"needs tensor-parallel-size x pipeline-parallel-size = {world_size}")
-    for label, key in (("CUDA version", "cuda_version"), ("data netdev MTU", "data_mtu")):
+    agree = [("CUDA version", "cuda_version")] + ([("data netdev MTU", "data_mtu")] if check_mtu else [])
+    for label, key in agree:
         values = {h: f.get(key) for h, f in facts_by_host.items() if f.get(key) is not None}
         if len(set(values.values())) > 1:
             problems.append(f"cluster: {label} differs between nodes: "
@@ -217,5 +224,6 @@ def preflight_report(facts: dict[str, dict], expect: dict[str, dict], world_size
         gid_index[host] = roce_v2_gid_index(port, netdev) if port and netdev else None
         data_mtu[host] = (facts[host].get("netdevs") or {}).get(netdev, {}).get("mtu")
     with_mtu = {h: dict(f, data_mtu=data_mtu[h]) for h, f in facts.items()}
-    problems += cluster_problems(with_mtu, world_size if require_gpus else 0)
+    problems += cluster_problems(with_mtu, world_size if require_gpus else 0,
+                                 check_mtu=any(want.get("mtu") for want in expect.values()))
     return {"problems": problems, "warnings": warnings, "gid_index": gid_index}

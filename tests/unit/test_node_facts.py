@@ -223,9 +223,21 @@ def test_cluster_problems():
     assert cluster_problems(ok, 2) == []
     assert "2 GPU(s) across 2 node(s), the model needs" in cluster_problems(ok, 4)[0]
     mixed = {"a": _facts(), "b": _facts(cuda_version="12.8", data_mtu=1500)}
-    problems = cluster_problems(mixed, 2)
+    problems = cluster_problems(mixed, 2, check_mtu=True)
     assert "CUDA version differs between nodes: a=13.0, b=12.8" in problems[0]
     assert "data netdev MTU differs between nodes: a=9000, b=1500" in problems[1]
+
+
+def test_differing_mtus_before_the_network_stage_fail_only_where_preflight_mtu_is_set():
+    """Preflight runs before the network stage sets the MTU: fresh nodes at 1500 and
+    one already at 9000 are what that stage is for (hardware review P3)."""
+    netdevs = {"a": 9000, "b": 1500}
+    facts = {h: _facts(netdevs={"enP2p1s0f0np0": {"mtu": mtu}}) for h, mtu in netdevs.items()}
+    left_to_network_stage = preflight_report(facts, {h: dict(WANT, mtu=None) for h in facts}, 2)
+    assert not [p for p in left_to_network_stage["problems"] if "MTU" in p], left_to_network_stage
+    must_be_set = preflight_report(facts, {h: dict(WANT, mtu=9000) for h in facts}, 2)
+    assert "cluster: data netdev MTU differs between nodes: a=9000, b=1500" in must_be_set["problems"]
+    assert any(p.startswith("b: enP2p1s0f0np0 MTU is 1500, want 9000") for p in must_be_set["problems"])
 
 
 def test_no_gpu_no_gpudirect():
