@@ -179,7 +179,8 @@ def host_warnings(host: str, facts: dict, want: dict) -> list[str]:
     nics = list(want.get("rdma_hcas") or [want.get("rdma_hca")])
     return [f"{host}: {w}" for w in acs_warnings(facts.get("pci_chains") or {}, facts["acs_ctl"], nics)]
 
-def cluster_problems(facts_by_host: dict[str, dict], world_size: int, *, check_mtu: bool = False) -> list[str]:
+def cluster_problems(facts_by_host: dict[str, dict], world_size: int, *,
+                     check_mtu: bool = False) -> list[str]:
     """Cross-host checks: GPU total, CUDA agreement and, with ``check_mtu``, MTU agreement.
 
     Preflight runs before the network stage, which sets every data netdev's

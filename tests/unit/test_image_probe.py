@@ -118,3 +118,18 @@ def test_probe_argv_runs_the_images_python_without_pulling(tmp_path, engine, ext
         assert argv[image - 1] == "/opt/servekit/venv/bin/python3" and argv[-1] == "/opt/servekit/venv/bin"
     else:
         assert argv[image - 1] == "python3" and argv[-1] == ""
+
+
+CDI_SPEC = (ROOT / "tests/fixtures/public/nvidia-ctk-cdi-generate.yaml").read_text()
+
+
+def test_the_cdi_spec_is_made_again_when_the_loaded_driver_is_not_the_one_it_names():
+    """Hardware review P2: the spec was generated once (`creates:`), and went stale
+    after a driver upgrade. It names the driver by its libraries' version suffix."""
+    filters = _filters()
+    assert filters.cdi_spec_driver(CDI_SPEC) == "999.88.77"
+    assert filters.cdi_spec_stale(CDI_SPEC, "999.88.77\n") is False  # /sys/module/nvidia/version
+    assert filters.cdi_spec_stale(CDI_SPEC, "580.95.05\n") is True   # the driver was upgraded
+    assert filters.cdi_spec_stale("", "580.95.05") is True           # no spec yet
+    assert filters.cdi_spec_stale(CDI_SPEC, "") is False             # no driver loaded: keep it
+    assert filters.cdi_spec_stale("", "") is True

@@ -11,6 +11,7 @@ bridge network mode, selected mode host") and has no ``ipc`` or ``pid`` key.
 from __future__ import annotations
 
 import json
+import re
 
 from ansible.errors import AnsibleFilterError
 
@@ -107,6 +108,28 @@ def image_probe_problems(stdout: str, image: str, pins: dict | None = None) -> d
     return {"missing": missing, "differs": differs, "versions": versions}
 
 
+_CDI_LIBCUDA = re.compile(r"^\s*-?\s*hostPath:\s*\S*/libcuda\.so\.(\d+(?:\.\d+)+)\s*$", re.MULTILINE)
+
+
+def cdi_spec_driver(spec_text: str | None) -> str | None:
+    """The driver version a CDI spec from ``nvidia-ctk cdi generate`` was made for: the
+    version suffix of the libcuda.so it mounts (the toolkit names the host's driver libraries
+    by it). None when there is no spec or it mounts no libcuda.so.<version>."""
+    match = _CDI_LIBCUDA.search(spec_text or "")
+    return match.group(1) if match else None
+
+
+def cdi_spec_stale(spec_text: str | None, loaded_driver: str | None) -> bool:
+    """Whether to (re)generate the CDI spec: there is none, or it names another driver than
+    the one loaded (/sys/module/nvidia/version). NVIDIA's Container Toolkit docs: regenerate
+    the spec after any change to the driver. With no driver loaded, only a missing spec."""
+    if not spec_text:
+        return True
+    loaded = (loaded_driver or "").strip()
+    return bool(loaded) and cdi_spec_driver(spec_text) != loaded
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"podman_run_argv": podman_run_argv, "image_probe_problems": image_probe_problems}
+        return {"podman_run_argv": podman_run_argv, "image_probe_problems": image_probe_problems,
+                "cdi_spec_stale": cdi_spec_stale}
