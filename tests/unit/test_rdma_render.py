@@ -131,9 +131,9 @@ def test_lossless_skips_an_sriov_vf_and_a_refused_dcb_warns_instead_of_failing_t
     def run(netdev: str, **env: str) -> subprocess.CompletedProcess:
         calls.unlink(missing_ok=True)
         program = f"set -euo pipefail\n{function}\n}}\nservekit_lossless {netdev}"
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SERVEKIT_RDMA_SYSFS": str(sysfs), **env}
         return subprocess.run(["bash", "-c", program], capture_output=True, text=True, check=False,
-                              timeout=30, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SERVEKIT_RDMA_SYSFS": str(sysfs),
-                                   **env})
+                              timeout=30, env=env)
 
     vf = run("vf0")
     assert vf.returncode == 0 and "vf0 is an SR-IOV VF" in vf.stderr and not calls.exists(), vf
