@@ -62,9 +62,12 @@ $(AMTOOL):
 UNIT_ENV = PATH="$(abspath $(BIN)):$$PATH" SERVEKIT_NGINX="$(abspath $(NGINX))" \
 	  SERVEKIT_PROMTOOL="$(abspath $(PROMTOOL))" SERVEKIT_AMTOOL="$(abspath $(AMTOOL))"
 
-# The unit tests without the `slow` marker (pyproject.toml): part of `make test`.
+# The unit tests without the `slow` marker (pyproject.toml): part of `make test`,
+# in PYTEST_WORKERS processes (pytest-xdist; `auto`: one per core, 0: in this one).
+# Most of their time is ansible-playbook runs, which parallelise well.
+PYTEST_WORKERS ?= auto
 unit: venv $(NGINX) $(PROMTOOL) $(AMTOOL)
-	$(UNIT_ENV) $(BIN)/pytest -m "not slow"
+	$(UNIT_ENV) $(BIN)/pytest -m "not slow" -n $(PYTEST_WORKERS)
 
 # The `slow` ones (a pip-built wheel, a fresh venv, vLLM in subprocesses);
 # .ci/run runs them after `make test`, beside the lab.
