@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -582,3 +582,57 @@ def test_the_firewall_opens_scrape_ports_only_to_cluster_nodes(tmp_path):
             port = int(re.search(r"tcp dport (\d+) accept$", rule).group(1))
             assert port not in scrape_ports, f"{host}: {rule} opens a scrape port beyond the cluster"
         assert "elements = { 192.168.100.1, 192.168.100.2 }" in text
+
+
+def test_a_restart_and_a_reload_notified_together_restart_only(tmp_path):
+    """The role's handlers, run by ansible-playbook against a stand-in `systemctl` that
+    logs what it is asked: a run that changed both the settings (restart) and the
+    configuration (reload) restarts Prometheus and Alertmanager once each and sends no
+    SIGHUP after the restart, which killed a slow-starting Alertmanager on the lab
+    (Go's default action for SIGHUP, a clean exit for systemd: it stayed down).
+    A run that changed only the configuration still reloads."""
+    calls, stub = tmp_path / "systemctl-calls", tmp_path / "stub-bin"
+    stub.mkdir()
+    (stub / "systemctl").write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >> {calls}\n'
+        'if [[ $1 == show ]]; then printf "Id=%s\\nLoadState=loaded\\nActiveState=active\\n" "$2"; fi\n')
+    (stub / "systemctl").chmod(0o755)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    handlers = ROOT / "roles/monitoring/handlers/main.yml"
+
+    def run(*notified: str) -> list[str]:
+        calls.unlink(missing_ok=True)
+        play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+                 "environment": {"PATH": f"{stub}:{os.environ['PATH']}"},
+                 "vars": {"__monitoring_reload": True, "__monitoring_url": url,
+                          "__monitoring_alertmanager_url": url, "ansible_python_interpreter": sys.executable},
+                 "tasks": [{"name": f"Change what needs: {name}", "ansible.builtin.command": "true",
+                            "changed_when": True, "notify": name} for name in notified],
+                 "handlers": [{"ansible.builtin.import_tasks": str(handlers)}]}]
+        proc = ansible_playbook("-i", "localhost,", write_play(tmp_path / "play.yml", play),
+                                env={"ANSIBLE_NOCOLOR": "1"})
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        return [line for line in calls.read_text().splitlines() if not line.startswith("show")]
+
+    try:
+        both = run("Restart Prometheus", "Reload Prometheus", "Restart Alertmanager", "Reload Alertmanager")
+        assert both == ["restart prometheus.service", "restart prometheus-alertmanager.service"], both
+        reload_only = run("Reload Alertmanager")
+        assert reload_only == ["reload prometheus-alertmanager.service"], reload_only
+    finally:
+        server.shutdown()
+        server.server_close()
