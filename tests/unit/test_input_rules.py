@@ -497,3 +497,34 @@ def test_a_malformed_records_rule_is_refused(tmp_path):
         "rules:\n  demo_list: {records: {key: type}}\n")
     with pytest.raises(input_rules.RulesError, match="'records' needs 'key'"):
         load_rules(tmp_path)
+
+
+# --------------------------------------------------------------------------
+# records: monitoring_remote_write
+# --------------------------------------------------------------------------
+
+def _remote_write(*entries: dict) -> list[str]:
+    return check_values(RULES, {"monitoring_remote_write": list(entries)})
+
+
+def test_remote_write_targets_of_every_auth_pass_and_a_bad_one_is_named_without_its_secret():
+    write = "https://prom.example.net/api/v1/write"
+    assert _remote_write({"name": "a", "url": write, "auth": "none"},
+                         {"name": "b", "url": write, "auth": "basic", "username": "u", "password": "s3cret",
+                          "ca_file": "/etc/ssl/ca.pem", "insecure_skip_verify": False},
+                         {"name": "c", "url": write, "auth": "bearer", "token": "T0K3N"}) == []
+    problems = _remote_write({"name": "b", "url": "prom.example.net", "auth": "basic", "user": "u",
+                              "password": "s3cret"},
+                             {"name": "c", "url": write, "auth": "token", "token": "T0K3N"},
+                             {"name": "d", "url": write, "auth": "none", "ca_file": "ca.pem"})
+    assert problems == [
+        "monitoring_remote_write[0] (b): field 'username' is missing; auth basic needs username, password "
+        "(and may have ca_file, insecure_skip_verify)",
+        "monitoring_remote_write[0] (b): unknown field 'user' (did you mean username?); auth basic takes "
+        "name, url, auth, username, password, ca_file, insecure_skip_verify",
+        "monitoring_remote_write[0] (b): url = <hidden>: must be a URL with a scheme and a host "
+        "(https://host/path)",
+        "monitoring_remote_write[1] (c): auth = 'token': must be one of none, basic, bearer",
+        "monitoring_remote_write[2] (d): ca_file = <hidden>: must be an absolute path (starting with '/')",
+    ], problems
+    assert not [p for p in problems if "s3cret" in p or "T0K3N" in p]

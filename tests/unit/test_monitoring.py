@@ -291,6 +291,49 @@ def test_every_receiver_type_passes_amtool_and_no_secret_reaches_the_output(tmp_
         {"api_url": SECRETS["slack"], "channel": "#gpu-alerts", "send_resolved": True}]
 
 
+REMOTE_WRITE = [
+    {"name": "team", "url": "https://prom.example.net/api/v1/write", "auth": "basic",
+     "username": "servekit", "password": "rw-Pa55-s3cret", "ca_file": "/etc/ssl/team-ca.pem"},
+    {"name": "mimir", "url": "https://mimir.example.net/api/v1/push", "auth": "bearer", "token": "rw-T0K3N"},
+    {"name": "local", "url": "http://10.0.0.9:9090/api/v1/write", "auth": "none"},
+]
+
+
+def test_remote_write_passes_promtool_and_its_secrets_stay_in_their_own_files(tmp_path):
+    """issue 25 item 3: every series to a team's Prometheus; the config promtool checks
+    names password and token files, root:prometheus 0640, and no secret is in the
+    config or the play's output."""
+    proc = render(tmp_path, "lab", monitoring_remote_write=REMOTE_WRITE)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    out = tmp_path / "out" / "lab-head"
+    text = (out / "prometheus.yml").read_text()
+    for secret in ("rw-Pa55-s3cret", "rw-T0K3N"):
+        assert secret not in proc.stdout + proc.stderr and secret not in text
+    assert promtool("check", "config", str(out / "prometheus.yml")).returncode == 0
+    team, mimir, local = _config(out)["remote_write"]
+    assert team == {"name": "team", "url": "https://prom.example.net/api/v1/write",
+                    "basic_auth": {"username": "servekit",
+                                   "password_file": str(out / "servekit-remote-write-0.secret")},
+                    "tls_config": {"ca_file": "/etc/ssl/team-ca.pem", "insecure_skip_verify": False}}
+    assert mimir["authorization"] == {"type": "Bearer",
+                                      "credentials_file": str(out / "servekit-remote-write-1.secret")}
+    assert local == {"name": "local", "url": "http://10.0.0.9:9090/api/v1/write"}
+    assert (out / "servekit-remote-write-0.secret").read_text() == "rw-Pa55-s3cret"
+    assert (out / "servekit-remote-write-1.secret").read_text() == "rw-T0K3N"
+    assert oct((out / "servekit-remote-write-1.secret").stat().st_mode & 0o777) == "0o640"
+    assert not (out / "servekit-remote-write-2.secret").exists()
+
+    # a run with one target left: the others' secret files go (the same files, rendered again)
+    again = tmp_path / "again"
+    shutil.copytree(tmp_path / "out", again / "out")
+    proc = render(again, "lab", monitoring_remote_write=REMOTE_WRITE[1:2])
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    out = again / "out" / "lab-head"
+    assert sorted(p.name for p in out.glob("servekit-remote-write-*")) == ["servekit-remote-write-0.secret"]
+    assert (out / "servekit-remote-write-0.secret").read_text() == "rw-T0K3N"
+    assert [t["name"] for t in _config(out)["remote_write"]] == ["mimir"]
+
+
 def test_amtool_refuses_a_receiver_it_cannot_use_and_the_failure_shows_no_secret(tmp_path):
     """The validate step can fail: an email receiver with no smarthost (the validate stage's rule skipped)."""
     broken = [dict(RECEIVERS[1], smarthost="")]
