@@ -3,6 +3,10 @@
 Exit codes: 0 success; 2 bad input (one line on stderr), including what the
 playbook's validate play rejects; 1 a playbook failure on a host; 130
 cancelled with Ctrl+C.
+
+The composition root: it wires the subcommands of the three rooms of the package (the
+core's commands, the lab's, the completion script from this very parser) and nothing imports
+it (tests/unit/test_import_direction.py).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import NoReturn
 from servekit import commands as cmd
 from servekit import runner
 from servekit.commands import LAB_INVENTORY, UsageError
+from servekit.completion import bash_completion
 from servekit.lab import LabError
 from servekit.module_utils.vllm_registry import EXECUTORS, RUNTIMES, RegistryError
 from servekit.project import ProjectNotFound
@@ -109,7 +114,12 @@ def _add_day2_parsers(sub) -> None:
 
     completion = sub.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=("bash",))
-    completion.set_defaults(func=cmd.cmd_completion)
+    completion.set_defaults(func=_print_completion)
+
+
+def _print_completion(args: argparse.Namespace) -> int:
+    print(bash_completion(build_parser()))
+    return 0
 
 
 def _add_lab_parser(sub) -> None:
