@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from servekit import lab, runner
+from servekit import runner
 from servekit.inventory import ClusterView, InventoryError
 from servekit.module_utils.placement import PlacementError, engines, format_table, not_served_yet
 from servekit.module_utils.vllm_registry import (
@@ -165,75 +165,6 @@ def cmd_up(args: argparse.Namespace) -> int:
                                limit=args.limit, check=args.check, diff=args.diff,
                                extra_vars=tuple(args.extra_vars or ()), verbose=args.verbose)
     return runner.run_site(root, _up_inventory(root, args.inventory), options)
-
-
-# --------------------------------------------------------------------------
-# lab
-# --------------------------------------------------------------------------
-
-
-def _lab() -> lab.Lab:
-    return lab.Lab.default(project_root())
-
-
-def cmd_lab_up(args: argparse.Namespace) -> int:
-    _lab().up(workers=args.workers, container_image=args.container_image)
-    return 0
-
-
-def cmd_lab_down(args: argparse.Namespace) -> int:
-    _lab().down(purge=args.purge)
-    return 0
-
-
-def cmd_lab_status(args: argparse.Namespace) -> int:
-    rows = _lab().status()
-    if not rows:
-        print("no lab is up")
-    for row in rows:
-        print(f"{row['name']:<14} {row['group']:<8} {row['address']:<12} "
-              f"pid={row['pid'] or '-':<8} {row['state']}")
-    return 0
-
-
-def cmd_lab_scan(args: argparse.Namespace) -> int:
-    """Print what an outsider reaches; exit 1 when more than SSH (and the API on the head) answers."""
-    the_lab = _lab()
-    started = time.monotonic()
-    found = the_lab.scan(args.ports)
-    nodes = {n.name: n for n in the_lab.nodes}
-    unexpected = {}
-    for name, ports in found.items():
-        allowed = {22} | ({args.api_port} if nodes[name].group == "head" else set())
-        print(f"{name:<14} {nodes[name].address:<12} open: {', '.join(map(str, ports)) or 'none'}")
-        if set(ports) - allowed:
-            unexpected[name] = sorted(set(ports) - allowed)
-    print(f"scanned {args.ports} on {len(found)} nodes from {lab.OUTSIDER_ADDRESS} "
-          f"in {time.monotonic() - started:.0f} s")
-    if unexpected:
-        print(f"servekit lab scan: reachable beyond SSH and the API: {unexpected}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_lab_stop(args: argparse.Namespace) -> int:
-    _lab().stop(args.node)
-    return 0
-
-
-def cmd_lab_start(args: argparse.Namespace) -> int:
-    _lab().start(args.node)
-    return 0
-
-
-def cmd_lab_ssh(args: argparse.Namespace) -> int:
-    return _lab().ssh(args.node, args.remote)
-
-
-def cmd_lab_vault_path(args: argparse.Namespace) -> int:
-    """The lab's vault password file, for ANSIBLE_VAULT_PASSWORD_FILE (the Makefile, .ci scripts)."""
-    print(_lab().paths.vault_password)
-    return 0
 
 
 # --------------------------------------------------------------------------

@@ -44,6 +44,12 @@ from servekit.lab.core import Lab
 from servekit.lab.files import LabFiles
 from servekit.lab.network import OUTSIDER_ADDRESS
 from servekit.lab.nodes import Machines, NodeExited, console_tail
+from servekit.vault import VaultSource, register
+
+# The core's ansible runs on the lab's inventory find the lab's vault password file: the lab
+# hands it in here, the core never imports the lab (servekit/vault.py).
+register(VaultSource(env=lambda root, inventory: Lab.default(root).vault_env(inventory),
+                     hint=lambda root: f"the lab's is {Paths.default(root).vault_password}"))
 
 # .ci/secrets-check reads and rotates the vault through Lab.default(...).files.
 __all__ = [
