@@ -24,7 +24,12 @@ container image), ``network`` (bridge, namespaces, veth, NAT), ``nodes``
 (``Machines``: root filesystems, nspawn boot, wait, power off), ``files``
 (``LabFiles``: inventory, vault, lab.json) and ``core`` (the ``Lab`` that
 owns one of each over its ``Paths`` and drives them: ``servekit lab
-up/down/status/...``).
+up/down/status/...``). ``cli`` holds those subcommands, ``image`` the
+container runtime's image, ``tinymodel`` the lab model and ``portscan`` the
+outsider scan (``servekit lab scan``).
+
+The lab is one of servekit's three rooms (docs/architecture.md): it uses the
+core (servekit.project, servekit.vault), the core never imports it.
 """
 
 from servekit.lab.base import (

@@ -1,4 +1,4 @@
-"""The lab's container image (servekit/lab_image.py) and its place in the lab inventory.
+"""The lab's container image (servekit/lab/image.py) and its place in the lab inventory.
 
 The build itself (nspawn + pip from the wheelhouse + tar, minutes) runs on a
 lab host, not in the unit tests: here, what decides a rebuild, the argv that
@@ -15,7 +15,8 @@ import pytest
 import yaml
 from helpers import ansible, copy_lab_project
 
-from servekit import lab, lab_image
+from servekit import lab
+from servekit.lab import image as lab_image
 
 
 def _inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
