@@ -91,7 +91,7 @@ def test_the_images_vllm_command_runs_where_vllm_cpus_console_script_fails(tmp_p
     launcher.write_text(lab_image.vllm_launcher())
     assert launcher.read_text().startswith(f"#!{lab_image.IMAGE_VENV}/bin/python\n")
     # VLLM_TARGET_DEVICE=cpu: vllm/_C's AVX-512 kernels would SIGILL on an AVX2-only
-    # control node (servekit/bench.py); the lab's nodes pick the platform through
+    # control node (servekit/bench/serving.py); the lab's nodes pick the platform through
     # their plugin.
     proc = subprocess.run([sys.executable, str(launcher), "--version"], capture_output=True, text=True,
                           timeout=300, check=False, env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"})
