@@ -3,8 +3,8 @@
 # worker count, `servekit lab up --workers N` (bare nodes), `servekit up`
 # timed once from bare nodes and then its idempotent re-runs (changed counts
 # from the PLAY RECAP), `servekit lab down`; results (JSON + a markdown
-# table) in .cache/bench/provision/<UTC time>/. servekit/provision_bench.py
-# does the work (python -m servekit.provision_bench run --help).
+# table) in .cache/bench/provision/<UTC time>/. servekit/bench/provision.py
+# does the work (python -m servekit.bench.provision run --help).
 #
 #   benchmarks/provision.sh                                   # 1 3 7 workers, 3 re-runs each
 #   benchmarks/provision.sh --workers 1 --reruns 5            # the 2-node lab only
@@ -52,4 +52,4 @@ if [ -e "$MARKER" ]; then
   trap - EXIT
   exit 2
 fi
-"$PY" -m servekit.provision_bench run "$@"
+"$PY" -m servekit.bench.provision run "$@"

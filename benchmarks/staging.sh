@@ -32,7 +32,7 @@ fail() { echo "staging.sh: $*" >&2; exit 1; }
 
 if [ ! -f "$LARGE/model.safetensors.index.json" ]; then
   echo "-- generating lab-staging into $LARGE (once)"
-  python -m servekit.tinymodel --preset lab-staging "$LARGE" >/dev/null
+  python -m servekit.lab.tinymodel --preset lab-staging "$LARGE" >/dev/null
 fi
 echo "lab-staging on the control node: $(du -sh "$LARGE" | cut -f1)"
 

@@ -3,6 +3,10 @@
 Exit codes: 0 success; 2 bad input (one line on stderr), including what the
 playbook's validate play rejects; 1 a playbook failure on a host; 130
 cancelled with Ctrl+C.
+
+The composition root: it wires the subcommands of the three rooms of the package (the
+core's commands, the lab's, the completion script from this very parser) and nothing imports
+it (tests/unit/test_import_direction.py).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import NoReturn
 from servekit import commands as cmd
 from servekit import runner
 from servekit.commands import LAB_INVENTORY, UsageError
+from servekit.completion import bash_completion
 from servekit.lab import LabError
+from servekit.lab import cli as lab_cli
 from servekit.module_utils.vllm_registry import EXECUTORS, RUNTIMES, RegistryError
 from servekit.project import ProjectNotFound
 
@@ -73,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=cmd.cmd_ask)
 
     _add_day2_parsers(sub)
-    _add_lab_parser(sub)
+    lab_cli.add_parser(sub)
     return parser
 
 
@@ -109,37 +115,12 @@ def _add_day2_parsers(sub) -> None:
 
     completion = sub.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=("bash",))
-    completion.set_defaults(func=cmd.cmd_completion)
+    completion.set_defaults(func=_print_completion)
 
 
-def _add_lab_parser(sub) -> None:
-    lab = sub.add_parser("lab", help="the local lab cluster (systemd-nspawn nodes on a bridge)")
-    lab_sub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
-    lab_up = lab_sub.add_parser("up", help="build and boot the nodes; write inventory/lab")
-    lab_up.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
-    lab_up.add_argument("--container-image", action="store_true",
-                        help="also build the image archive that cluster_runtime=container imports")
-    lab_up.set_defaults(func=cmd.cmd_lab_up)
-    lab_down = lab_sub.add_parser("down", help="stop and remove every node, netns, bridge and rule")
-    lab_down.add_argument("--purge", action="store_true", help="also remove the cached base, wheels, model")
-    lab_down.set_defaults(func=cmd.cmd_lab_down)
-    lab_sub.add_parser("status", help="nodes, addresses and systemd state").set_defaults(
-        func=cmd.cmd_lab_status)
-    lab_scan = lab_sub.add_parser("scan", help="scan every TCP port of every node from an outsider namespace")
-    lab_scan.add_argument("--ports", default="1-65535", help="ports to try (default 1-65535)")
-    lab_scan.add_argument("--api-port", type=int, default=8000, help="the API port allowed on the head")
-    lab_scan.set_defaults(func=cmd.cmd_lab_scan)
-    for verb, text, func in (("stop", "power one node off (its files stay)", cmd.cmd_lab_stop),
-                             ("start", "boot a stopped node again", cmd.cmd_lab_start)):
-        one = lab_sub.add_parser(verb, help=text)
-        one.add_argument("node", help="node name, e.g. lab-worker-1")
-        one.set_defaults(func=func)
-    lab_ssh = lab_sub.add_parser("ssh", help="ssh to a node (as root)")
-    lab_ssh.add_argument("node", help="node name, e.g. lab-head")
-    lab_ssh.add_argument("remote", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
-    lab_ssh.set_defaults(func=cmd.cmd_lab_ssh)
-    lab_sub.add_parser("vault-path", help="print the lab's vault password file (for "
-                       "ANSIBLE_VAULT_PASSWORD_FILE)").set_defaults(func=cmd.cmd_lab_vault_path)
+def _print_completion(args: argparse.Namespace) -> int:
+    print(bash_completion(build_parser()))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from servekit import lab, runner
+from servekit import runner
 from servekit.inventory import ClusterView, InventoryError
 from servekit.module_utils.placement import PlacementError, engines, format_table, not_served_yet
 from servekit.module_utils.vllm_registry import (
@@ -168,76 +168,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
-# lab
-# --------------------------------------------------------------------------
-
-
-def _lab() -> lab.Lab:
-    return lab.Lab.default(project_root())
-
-
-def cmd_lab_up(args: argparse.Namespace) -> int:
-    _lab().up(workers=args.workers, container_image=args.container_image)
-    return 0
-
-
-def cmd_lab_down(args: argparse.Namespace) -> int:
-    _lab().down(purge=args.purge)
-    return 0
-
-
-def cmd_lab_status(args: argparse.Namespace) -> int:
-    rows = _lab().status()
-    if not rows:
-        print("no lab is up")
-    for row in rows:
-        print(f"{row['name']:<14} {row['group']:<8} {row['address']:<12} "
-              f"pid={row['pid'] or '-':<8} {row['state']}")
-    return 0
-
-
-def cmd_lab_scan(args: argparse.Namespace) -> int:
-    """Print what an outsider reaches; exit 1 when more than SSH (and the API on the head) answers."""
-    the_lab = _lab()
-    started = time.monotonic()
-    found = the_lab.scan(args.ports)
-    nodes = {n.name: n for n in the_lab.nodes}
-    unexpected = {}
-    for name, ports in found.items():
-        allowed = {22} | ({args.api_port} if nodes[name].group == "head" else set())
-        print(f"{name:<14} {nodes[name].address:<12} open: {', '.join(map(str, ports)) or 'none'}")
-        if set(ports) - allowed:
-            unexpected[name] = sorted(set(ports) - allowed)
-    print(f"scanned {args.ports} on {len(found)} nodes from {lab.OUTSIDER_ADDRESS} "
-          f"in {time.monotonic() - started:.0f} s")
-    if unexpected:
-        print(f"servekit lab scan: reachable beyond SSH and the API: {unexpected}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_lab_stop(args: argparse.Namespace) -> int:
-    _lab().stop(args.node)
-    return 0
-
-
-def cmd_lab_start(args: argparse.Namespace) -> int:
-    _lab().start(args.node)
-    return 0
-
-
-def cmd_lab_ssh(args: argparse.Namespace) -> int:
-    return _lab().ssh(args.node, args.remote)
-
-
-def cmd_lab_vault_path(args: argparse.Namespace) -> int:
-    """The lab's vault password file, for ANSIBLE_VAULT_PASSWORD_FILE (the Makefile, .ci scripts)."""
-    print(_lab().paths.vault_password)
-    return 0
-
-
-# --------------------------------------------------------------------------
-# day 2: status, logs, down, completion
+# day 2: status, logs, down
 # --------------------------------------------------------------------------
 
 # `servekit logs --unit`: the inventory variable naming each unit (None: fixed name).
@@ -375,56 +306,3 @@ def cmd_down(args: argparse.Namespace) -> int:
     if rc == 0:
         print(f"servekit down: done; `servekit up -i {inventory}` brings it back")
     return rc
-
-
-def cmd_completion(args: argparse.Namespace) -> int:
-    from servekit.cli import build_parser
-
-    print(bash_completion(build_parser()))
-    return 0
-
-
-def _words(parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, argparse.ArgumentParser]]:
-    """A parser's option strings and its subcommands."""
-    options = [s for action in parser._actions for s in action.option_strings]
-    subs: dict[str, argparse.ArgumentParser] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            subs.update(action.choices)
-    return options, subs
-
-
-def bash_completion(parser: argparse.ArgumentParser) -> str:
-    """A bash completion script for ``parser``: subcommands, their flags and choices, from argparse."""
-    cases = []
-
-    def walk(prefix: str, p: argparse.ArgumentParser) -> None:
-        options, subs = _words(p)
-        choices = [c for a in p._actions if a.choices and not isinstance(a, argparse._SubParsersAction)
-                   for c in a.choices]
-        words = " ".join([*subs, *options, *map(str, choices)])
-        cases.append(f'        "{prefix}") words="{words}" ;;')
-        for name, sub in subs.items():
-            walk(f"{prefix} {name}".strip(), sub)
-
-    walk("", parser)
-    body = "\n".join(cases)
-    return f"""# servekit bash completion: eval "$(servekit completion bash)" (or save it under
-# /etc/bash_completion.d/servekit)
-_servekit() {{
-    local cur=${{COMP_WORDS[COMP_CWORD]}} path="" w words
-    for w in "${{COMP_WORDS[@]:1:COMP_CWORD-1}}"; do
-        case "$w" in -*) continue ;; esac
-        case " $(_servekit_words "${{path# }}") " in *" $w "*) path="$path $w" ;; esac
-    done
-    COMPREPLY=($(compgen -W "$(_servekit_words "${{path# }}")" -- "$cur"))
-}}
-_servekit_words() {{
-    local words=""
-    case "$1" in
-{body}
-    esac
-    echo "$words"
-}}
-complete -o default -F _servekit servekit
-"""

@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from servekit.lab import Paths as LabPaths
 from servekit.module_utils import placement
 from servekit.module_utils.vllm_registry import load_registry_file
+from servekit.vault import vault_hint
 
 
 class InventoryError(Exception):
@@ -131,8 +131,7 @@ class ClusterView:
         if proc.returncode != 0:
             detail = (proc.stderr.strip().splitlines() or [""])[-1].removeprefix("servekit: ")
             if "vault" in detail.lower():
-                detail += (" (set ANSIBLE_VAULT_PASSWORD_FILE; the lab's is "
-                           f"{LabPaths.default(root).vault_password})")
+                detail += f" ({vault_hint(root)})"
             raise InventoryError(detail if detail.startswith(str(inventory)) else f"{inventory}: {detail}")
         return cls.from_resolved(inventory, json.loads(proc.stdout))
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import psutil
 
-from servekit.lab import Lab
 from servekit.project import state_dir
+from servekit.vault import vault_env
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -279,7 +279,8 @@ def ansible_env(root: Path, inventory: Path | None = None) -> dict[str, str]:
 
     On the lab's inventory it names the lab's vault password file unless the
     caller's environment names one (so neither ``servekit up`` nor ``ask``
-    needs ANSIBLE_VAULT_PASSWORD_FILE exported for the lab).
+    needs ANSIBLE_VAULT_PASSWORD_FILE exported for the lab): the lab registers
+    it (servekit/vault.py).
     """
     # ansible-playbook comes from the same environment as servekit, even
     # when that venv is not activated.
@@ -297,7 +298,7 @@ def ansible_env(root: Path, inventory: Path | None = None) -> dict[str, str]:
     # output even when ours goes to a log file: colour only for a terminal.
     env["ANSIBLE_FORCE_COLOR" if sys.stdout.isatty() else "ANSIBLE_NOCOLOR"] = "1"
     if inventory is not None:
-        env.update(Lab.default(root).vault_env(inventory))
+        env.update(vault_env(root, inventory))
     return env
 
 

@@ -107,7 +107,7 @@ def copy_lab_project(dest: Path) -> None:
 
 def write_bench_run(results_dir: Path, summary: dict) -> Path:
     """A `servekit.bench` results folder holding only ``summary`` (for the report's comparisons)."""
-    from servekit import bench_report
+    from servekit.bench import report as bench_report
 
     run_dir = results_dir / summary["run"]
     run_dir.mkdir(parents=True)

@@ -24,7 +24,12 @@ container image), ``network`` (bridge, namespaces, veth, NAT), ``nodes``
 (``Machines``: root filesystems, nspawn boot, wait, power off), ``files``
 (``LabFiles``: inventory, vault, lab.json) and ``core`` (the ``Lab`` that
 owns one of each over its ``Paths`` and drives them: ``servekit lab
-up/down/status/...``).
+up/down/status/...``). ``cli`` holds those subcommands, ``image`` the
+container runtime's image, ``tinymodel`` the lab model and ``portscan`` the
+outsider scan (``servekit lab scan``).
+
+The lab is one of servekit's three rooms (docs/architecture.md): it uses the
+core (servekit.project, servekit.vault), the core never imports it.
 """
 
 from servekit.lab.base import (
@@ -44,6 +49,12 @@ from servekit.lab.core import Lab
 from servekit.lab.files import LabFiles
 from servekit.lab.network import OUTSIDER_ADDRESS
 from servekit.lab.nodes import Machines, NodeExited, console_tail
+from servekit.vault import VaultSource, register
+
+# The core's ansible runs on the lab's inventory find the lab's vault password file: the lab
+# hands it in here, the core never imports the lab (servekit/vault.py).
+register(VaultSource(env=lambda root, inventory: Lab.default(root).vault_env(inventory),
+                     hint=lambda root: f"the lab's is {Paths.default(root).vault_password}"))
 
 # .ci/secrets-check reads and rotates the vault through Lab.default(...).files.
 __all__ = [

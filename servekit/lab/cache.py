@@ -133,8 +133,8 @@ class Cache:
         log(f"lab platform plugin built into {paths.wheelhouse}")
 
     def ensure_model(self) -> None:
-        """lab-tiny and lab-tiny-b (servekit/tinymodel.py SEEDS), generated once."""
-        from servekit.tinymodel import SEEDS, generate
+        """lab-tiny and lab-tiny-b (servekit/lab/tinymodel.py SEEDS), generated once."""
+        from servekit.lab.tinymodel import SEEDS, generate
 
         for name, path in (("lab-tiny", self.paths.model), ("lab-tiny-b", self.paths.model_b)):
             if (path / "model.safetensors").is_file():
@@ -144,8 +144,8 @@ class Cache:
             generate(path, seed=SEEDS[name])
 
     def container_image(self, build: bool) -> Path | None:
-        """The container runtime's image archive (servekit/lab_image.py): built when asked, else if cached."""
-        from servekit import lab_image
+        """The container runtime's image archive (servekit/lab/image.py): built when asked, else if cached."""
+        from servekit.lab import image as lab_image
 
         paths = self.paths
         if build:

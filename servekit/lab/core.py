@@ -181,7 +181,7 @@ class Lab:
         if not nodes or not network.link_exists(BRIDGE):
             raise LabError("no lab is up; run `servekit lab up`")
         with network.outsider_netns() as netns:
-            proc = run(["ip", "netns", "exec", netns, sys.executable, "-m", "servekit.portscan",
+            proc = run(["ip", "netns", "exec", netns, sys.executable, "-m", "servekit.lab.portscan",
                         "--ports", ports, "--expect", "22", *(n.address for n in nodes)])
         found = json.loads(proc.stdout)
         return {node.name: found[node.address] for node in nodes}

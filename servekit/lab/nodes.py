@@ -117,7 +117,7 @@ class Machines:
             # The node configures its own data interface (networkd, the network role).
             "--capability=CAP_NET_ADMIN",
             f"--bind-ro={paths.wheelhouse}:{NODE_WHEELHOUSE}",
-            # The container image archives (servekit/lab_image.py), read where they
+            # The container image archives (servekit/lab/image.py), read where they
             # lie: the runtime role imports them with runtime_container_image_archive_remote_src
             # instead of copying 4.4 GB over SSH to every node.
             f"--bind-ro={images}:{images}",

@@ -15,8 +15,8 @@ import pytest
 from helpers import ROOT
 from helpers import write_bench_run as write_run
 
-from servekit import bench
-from servekit import bench_report as report
+from servekit.bench import report
+from servekit.bench import serving as bench
 
 FIXTURES = ROOT / "tests" / "fixtures" / "vllm-bench"
 C1 = json.loads((FIXTURES / "lab-tiny-cpu-c1.json").read_text())

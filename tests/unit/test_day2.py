@@ -28,6 +28,7 @@ from servekit.module_utils.vllm_registry import NodeSpec, build_launch_plan, loa
 
 from servekit import commands, status
 from servekit.cli import build_parser
+from servekit.completion import bash_completion
 
 SERVEKIT = str(Path(sys.executable).with_name("servekit"))
 UNITS = {"ray": "servekit-ray.service", "vllm": "servekit-vllm.service",
@@ -183,7 +184,7 @@ def test_journal_cursor_is_followed():
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 def test_bash_completion_completes_subcommands_flags_and_choices():
-    script = commands.bash_completion(build_parser())
+    script = bash_completion(build_parser())
 
     def complete(*words: str) -> list[str]:
         line = " ".join(f"'{w}'" for w in words)

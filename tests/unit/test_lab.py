@@ -133,7 +133,7 @@ def test_inventory_files_are_marked_generated(lab_checkout):
 
 
 def test_portscan_ports_parse_and_reject_out_of_range():
-    from servekit.portscan import parse_ports
+    from servekit.lab.portscan import parse_ports
 
     assert parse_ports("20-22,8000,22") == [20, 21, 22, 8000]
     with pytest.raises(ValueError, match="not within 1-65535"):
@@ -144,7 +144,7 @@ def test_portscan_finds_a_listening_loopback_port():
     import asyncio
     import socket
 
-    from servekit.portscan import scan
+    from servekit.lab.portscan import scan
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -193,7 +193,7 @@ def test_portscan_that_misses_a_port_known_open_fails_instead_of_reporting():
     import asyncio
     import socket
 
-    from servekit.portscan import ScanIncomplete, scan
+    from servekit.lab.portscan import ScanIncomplete, scan
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""The lab's container image (servekit/lab_image.py) and its place in the lab inventory.
+"""The lab's container image (servekit/lab/image.py) and its place in the lab inventory.
 
 The build itself (nspawn + pip from the wheelhouse + tar, minutes) runs on a
 lab host, not in the unit tests: here, what decides a rebuild, the argv that
@@ -15,7 +15,8 @@ import pytest
 import yaml
 from helpers import ansible, copy_lab_project
 
-from servekit import lab, lab_image
+from servekit import lab
+from servekit.lab import image as lab_image
 
 
 def _inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -90,7 +91,7 @@ def test_the_images_vllm_command_runs_where_vllm_cpus_console_script_fails(tmp_p
     launcher.write_text(lab_image.vllm_launcher())
     assert launcher.read_text().startswith(f"#!{lab_image.IMAGE_VENV}/bin/python\n")
     # VLLM_TARGET_DEVICE=cpu: vllm/_C's AVX-512 kernels would SIGILL on an AVX2-only
-    # control node (servekit/bench.py); the lab's nodes pick the platform through
+    # control node (servekit/bench/serving.py); the lab's nodes pick the platform through
     # their plugin.
     proc = subprocess.run([sys.executable, str(launcher), "--version"], capture_output=True, text=True,
                           timeout=300, check=False, env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"})

@@ -437,7 +437,7 @@ def test_a_dry_run_of_fresh_nodes_previews_the_head_and_touches_no_node(tmp_path
 # --- the staging benchmark's larger model -------------------------------------------------------
 
 def test_the_staging_model_is_a_few_hundred_mb_and_splits_over_tp2():
-    from servekit.tinymodel import PRESETS, VOCAB_SIZE
+    from servekit.lab.tinymodel import PRESETS, VOCAB_SIZE
 
     shape = PRESETS["lab-staging"]
     assert shape.hidden // shape.heads == 64, "vLLM's CPU attention needs head_dim 64"

@@ -1,4 +1,5 @@
-"""The overhead benchmark's by-hand start (servekit/byhand.py) on units rendered by the real vllm_launch code.
+"""The overhead benchmark's by-hand start (servekit/bench/byhand.py) on units rendered by the real
+vllm_launch code.
 
 benchmarks/overhead.sh itself runs on the lab (it stops and restarts the
 units); here: the unit is read back into the argv and environment it runs,
@@ -18,7 +19,7 @@ import pytest
 from helpers import ROOT
 from servekit.module_utils.vllm_registry import NodeSpec, build_launch_plan, render_unit, systemd_quote
 
-from servekit import byhand
+from servekit.bench import byhand
 
 LAB_TINY = {"model": "/opt/servekit/models/lab-tiny", "dtype": "bfloat16", "tensor-parallel-size": 2,
             "gpu-memory-utilization": 0.5, "max-num-seqs": 4, "max-model-len": 512, "enforce-eager": True}
@@ -97,7 +98,7 @@ def test_start_and_stop_a_process_group_by_hand(tmp_path):
     exec_start = " ".join(systemd_quote(word) for word in (sys.executable, "-c", parent))
     unit.write_text(f"[Service]\nEnvironment=MARK=by-hand\nExecStart={exec_start}\n")
     pidfile = tmp_path / "pid"
-    run = [sys.executable, str(ROOT / "servekit" / "byhand.py")]
+    run = [sys.executable, str(ROOT / "servekit" / "bench" / "byhand.py")]
     started = subprocess.run([*run, "start", "--unit", str(unit), "--log", str(tmp_path / "log"),
                               "--pidfile", str(pidfile)],
                              capture_output=True, text=True, timeout=60, check=False)

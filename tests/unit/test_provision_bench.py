@@ -1,4 +1,4 @@
-"""Provisioning benchmark (servekit/provision_bench.py): reading real ansible-playbook output, the summary.
+"""Provisioning benchmark (servekit/bench/provision.py): reading real ansible-playbook output, the summary.
 
 The logs in tests/fixtures/provision are real: ansible-core 2.19 with servekit's
 stdout callback and servekit_timings (what `servekit up` selects) running a
@@ -18,7 +18,7 @@ import sys
 import pytest
 from helpers import ROOT
 
-from servekit import provision_bench as pb
+from servekit.bench import provision as pb
 
 FIXTURES = ROOT / "tests" / "fixtures" / "provision"
 
@@ -68,7 +68,7 @@ def test_timings_block_from_the_servekit_timings_callback():
 
 def test_recap_command_prints_json():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "servekit.provision_bench", "recap",
+    proc = subprocess.run([sys.executable, "-m", "servekit.bench.provision", "recap",
                            str(FIXTURES / "recap-first.log")], capture_output=True, text=True, env=env,
                           timeout=60, check=True)
     assert json.loads(proc.stdout)["totals"]["changed"] == 2

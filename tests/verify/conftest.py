@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from servekit.module_utils.node_gpu import GPU_QUERY
 
+import servekit.lab  # noqa: F401  registers the lab's vault password file (servekit/vault.py), as `servekit` does
 from servekit.inventory import ClusterView, role_defaults
 from servekit.project import project_root
 from servekit.runner import ansible_env

@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from servekit import bench_report as report
+from servekit.bench import report
 from servekit.vllm_cli import installed_vllm_distribution
 
 EXIT_FAILED = 1

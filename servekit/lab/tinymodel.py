@@ -6,9 +6,9 @@ that vLLM's CPU attention kernel accepts (head_dim 64) and that splits over
 tensor parallel 2 (4 query heads, 2 KV heads). The completions are gibberish;
 the lab proves the serving path, not the model.
 
-    python -m servekit.tinymodel OUTPUT_DIR
-    python -m servekit.tinymodel --preset lab-staging OUTPUT_DIR   # ~300 MB, the staging benchmark's
-    python -m servekit.tinymodel --seed 20261127 OUTPUT_DIR        # lab-tiny-b: same shape, other weights
+    python -m servekit.lab.tinymodel OUTPUT_DIR
+    python -m servekit.lab.tinymodel --preset lab-staging OUTPUT_DIR   # ~300 MB, the staging benchmark's
+    python -m servekit.lab.tinymodel --seed 20261127 OUTPUT_DIR        # lab-tiny-b: same shape, other weights
 
 The ``lab-staging`` preset is the same kind of model, larger (hidden 1024, 16 layers, weights in
 100 MB shards with an index, as hub models ship): benchmarks/staging.sh stages it to measure
@@ -100,7 +100,8 @@ def generate(out: Path, shape: Shape = PRESETS["lab-tiny"], seed: int = SEED) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m servekit.tinymodel", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m servekit.lab.tinymodel",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="lab-tiny",
                         help="model shape (default lab-tiny, the lab's model)")
     parser.add_argument("--seed", type=int, default=SEED,

