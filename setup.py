@@ -18,8 +18,8 @@ from setuptools.command.build_py import build_py
 HERE = Path(__file__).resolve().parent
 # What the CLI runs; keep in step with MANIFEST.in.
 PROJECT_FILES = ("site.yml", "ansible.cfg")
-PROJECT_DIRS = ("playbooks", "roles", "library", "module_utils", "action_plugins", "callback_plugins",
-                "strategy_plugins", "config", "inventory", "lab")
+PROJECT_DIRS = ("playbooks", "roles", "templates", "library", "module_utils", "action_plugins",
+                "callback_plugins", "strategy_plugins", "config", "inventory", "lab")
 # Written by `servekit lab up` on the build machine: never shipped.
 LAB_GENERATED = ("inventory/lab/hosts.yml", "inventory/lab/group_vars/all/lab.yml",
                  "inventory/lab/group_vars/all/vault.yml")

@@ -18,6 +18,12 @@ description:
     With O(executor=mp) every node the model spans runs one vLLM process, rank 0 with the API and
     the rest C(--headless).
   - Writes the unit to O(dest) when O(dest) is set. Supports check mode and diff mode.
+  - The unit's text is the project's C(templates/vllm-launch.service.j2) (header
+    C({{ ansible_managed | comment }}), as the roles' templates). The action plugin of the same
+    name (C(action_plugins/vllm_launch.py)) renders it on the control node from the plan the
+    module returns, then runs the module again with the text to write O(dest); managed nodes need
+    neither the template nor Jinja2. Without the action plugin the module plans but cannot write
+    O(dest).
 options:
   registry:
     description:
@@ -195,7 +201,9 @@ env:
   type: dict
   sample: {VLLM_HOST_IP: 192.168.100.1}
 unit:
-  description: The systemd unit text; empty when this host runs no vLLM process.
+  description:
+    - The systemd unit text (C(templates/vllm-launch.service.j2), rendered by the action plugin);
+      empty when this host runs no vLLM process.
   returned: always
   type: str
 active:
@@ -233,31 +241,32 @@ previous_model:
   sample: gpt-oss-20b
 """
 
-import os  # noqa: E402 - Ansible modules put documentation first
+import dataclasses  # noqa: E402 - Ansible modules put documentation first
+import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.vllm_registry import (  # noqa: E402
+    EXECUTORS,
+    RUNTIMES,
+    LaunchPlan,
     NodeSpec,
     RegistryError,
     build_launch_plan,
     load_registry_file,
-    render_unit,
     select_model,
     unit_model,
+    unit_vars,
     validate_registry,
 )
 
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
+# The options that place this host (NodeSpec's fields) and those that shape its unit (unit_vars).
+NODE_OPTIONS = tuple(f.name for f in dataclasses.fields(NodeSpec))
+UNIT_OPTIONS = ("exec_start_pre", "exec_stop", "timeout_start_sec", "start_limit_interval_sec",
+                "environment_files", "after")
 
 
-def run_module() -> None:
-    module = AnsibleModule(
+def build_module() -> AnsibleModule:
+    return AnsibleModule(
         argument_spec={
             "registry": {"type": "dict"},
             "registry_path": {"type": "path"},
@@ -269,8 +278,8 @@ def run_module() -> None:
             "devices_per_node": {"type": "int", "default": 1},
             "head_address": {"type": "str", "default": "127.0.0.1"},
             "host_address": {"type": "str"},
-            "executor": {"type": "str", "choices": ["ray", "mp"], "default": "ray"},
-            "runtime": {"type": "str", "choices": ["native", "container"], "default": "native"},
+            "executor": {"type": "str", "choices": list(EXECUTORS), "default": "ray"},
+            "runtime": {"type": "str", "choices": list(RUNTIMES), "default": "native"},
             "api_host": {"type": "str", "default": "0.0.0.0"},  # noqa: S104 - firewall decides who
             "api_port": {"type": "int", "default": 8000},
             "master_port": {"type": "int", "default": 29501},
@@ -286,96 +295,98 @@ def run_module() -> None:
             "checksums": {"type": "dict", "default": {}},
             "dest": {"type": "path"},
             "mode": {"type": "str", "default": "0644"},
+            # Internal: the unit text, rendered from templates/ on the control node by
+            # action_plugins/vllm_launch.py from this module's unit_vars (see its doc).
+            "_unit": {"type": "str"},
         },
         required_one_of=[("registry", "registry_path")],
         mutually_exclusive=[("registry", "registry_path")],
         supports_check_mode=True,
     )
-    params = module.params
-    try:
-        if params["registry_path"]:
-            models = load_registry_file(params["registry_path"])
-        else:
-            models = validate_registry(params["registry"], "registry parameter")
-        entry = select_model(models, params["model"])
-        node = NodeSpec(
-            node_rank=params["node_rank"],
-            nnodes=params["nnodes"],
-            head_address=params["head_address"],
-            host_address=params["host_address"],
-            devices_per_node=params["devices_per_node"],
-            executor=params["executor"],
-            runtime=params["runtime"],
-            api_host=params["api_host"],
-            api_port=params["api_port"],
-            master_port=params["master_port"],
-        )
-        plan = build_launch_plan(
-            params["model"], entry, node, params["command"], params["environment"],
-            served_name=params["served_name"],
-        )
-    except RegistryError as exc:
-        module.fail_json(msg=str(exc))
-    plan.argv.extend(params["extra_args"] if plan.active else [])
 
-    unit = ""
-    if plan.active:
-        unit = render_unit(
-            plan,
-            exec_argv=params["exec_start"],
-            exec_start_pre=params["exec_start_pre"],
-            exec_stop=params["exec_stop"],
-            timeout_start_sec=params["timeout_start_sec"],
-            start_limit_interval_sec=params["start_limit_interval_sec"],
-            environment_files=params["environment_files"],
-            after=params["after"],
-            checksums={str(k): str(v) for k, v in params["checksums"].items()},
-        )
-    result = dict(
-        plan.as_dict(),
-        unit=unit,
-        models=sorted(models),
-        registry={"models": models},
-        changed=False,
+
+def parse(params: dict) -> tuple[dict, dict, NodeSpec]:
+    """The validated registry's models, the selected entry and this host's place in the cluster."""
+    if params["registry_path"]:
+        models = load_registry_file(params["registry_path"])
+    else:
+        models = validate_registry(params["registry"], "registry parameter")
+    node = NodeSpec(**{name: params[name] for name in NODE_OPTIONS})
+    return models, select_model(models, params["model"]), node
+
+
+def plan_launch(params: dict, entry: dict, node: NodeSpec) -> tuple[LaunchPlan, dict | None]:
+    """This host's launch, and what the unit template needs (None when the host runs no vLLM)."""
+    plan = build_launch_plan(params["model"], entry, node, params["command"], params["environment"],
+                             served_name=params["served_name"])
+    if not plan.active:
+        return plan, None
+    plan.argv.extend(params["extra_args"])
+    return plan, unit_vars(
+        plan,
+        exec_argv=params["exec_start"],
+        checksums={str(k): str(v) for k, v in params["checksums"].items()},
+        **{name: params[name] for name in UNIT_OPTIONS},
     )
 
-    dest = params["dest"]
-    if dest:
-        result["previous_model"] = unit_model(_read(dest))
-    if dest and not plan.active and os.path.exists(dest):
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write(module: AnsibleModule, dest: str, text: str) -> None:
+    directory = os.path.dirname(dest)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o755)
+    tmp = f"{dest}.servekit-tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    module.atomic_move(tmp, dest)
+
+
+def apply_unit(module: AnsibleModule, dest: str, unit: str | None) -> dict:
+    """Write ``unit`` to ``dest``, or with None retire the unit there: changed, diff, previous_model."""
+    before = _read(dest)
+    result: dict = {"previous_model": unit_model(before), "changed": False}
+    if unit is None:
         # This host no longer runs vLLM for the selected model: retire its unit.
-        result["changed"] = True
-        result["diff"] = {"before": _read(dest) or "", "after": "", "before_header": dest}
-        if not module.check_mode:
-            os.unlink(dest)
-    elif dest and plan.active:
-        before = _read(dest)
-        if before != unit:
-            result["changed"] = True
-            result["diff"] = {
-                "before": before or "",
-                "after": unit,
-                "before_header": dest,
-                "after_header": dest,
-            }
+        if before is not None:
+            result.update(changed=True, diff={"before": before, "after": "", "before_header": dest})
             if not module.check_mode:
-                directory = os.path.dirname(dest)
-                if directory and not os.path.isdir(directory):
-                    os.makedirs(directory, mode=0o755)
-                tmp = f"{dest}.servekit-tmp"
-                with open(tmp, "w", encoding="utf-8") as handle:
-                    handle.write(unit)
-                module.atomic_move(tmp, dest)
-        if os.path.exists(dest):
-            file_args = module.load_file_common_arguments({"path": dest, "mode": params["mode"]})
-            result["changed"] = module.set_fs_attributes_if_different(
-                file_args, result["changed"]
-            )
-    module.exit_json(**result)
+                os.unlink(dest)
+        return result
+    if before != unit:
+        result.update(changed=True, diff={"before": before or "", "after": unit,
+                                          "before_header": dest, "after_header": dest})
+        if not module.check_mode:
+            _write(module, dest, unit)
+    if os.path.exists(dest):
+        file_args = module.load_file_common_arguments({"path": dest, "mode": module.params["mode"]})
+        result["changed"] = module.set_fs_attributes_if_different(file_args, result["changed"])
+    return result
 
 
 def main() -> None:
-    run_module()
+    module = build_module()
+    params = module.params
+    try:
+        models, entry, node = parse(params)
+        plan, template_vars = plan_launch(params, entry, node)
+    except RegistryError as exc:
+        module.fail_json(msg=str(exc))
+    if params["dest"] and plan.active and params["_unit"] is None:
+        module.fail_json(msg="dest needs the unit text that this module's action plugin renders from "
+                             "templates/vllm-launch.service.j2 on the control node; run it with the "
+                             "project's ansible.cfg (action_plugins = ./action_plugins)")
+    result = dict(plan.as_dict(), unit=params["_unit"] or "", unit_vars=template_vars,
+                  models=sorted(models), registry={"models": models}, changed=False)
+    if params["dest"]:
+        result.update(apply_unit(module, params["dest"], params["_unit"] if plan.active else None))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

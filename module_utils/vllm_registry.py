@@ -453,13 +453,12 @@ def systemd_quote(word: str) -> str:
 
 
 # The unit's Description= line: `vLLM <model> (node rank <n>, <role>)`;
-# render_unit writes it and unit_model reads it back.
+# templates/vllm-launch.service.j2 writes it and unit_model reads it back.
 _DESCRIPTION_KEY = "Description=vLLM "
 _DESCRIPTION_RANK = " (node rank "
 
-
 def unit_model(unit: str | None) -> str | None:
-    """The registry name of the model a unit written by ``render_unit`` launches.
+    """The registry name of the model a launch unit (templates/vllm-launch.service.j2) launches.
 
     None when there is no unit, or it is not one of ours (no such Description=).
     The vllm role's rollback restores and probes this model.
@@ -471,7 +470,11 @@ def unit_model(unit: str | None) -> str | None:
     return None
 
 
-def render_unit(
+def _command_line(argv: list[str] | None) -> str:
+    return " ".join(systemd_quote(word) for word in argv or [])
+
+
+def unit_vars(
     plan: LaunchPlan,
     *,
     exec_argv: list[str] | None = None,
@@ -484,8 +487,11 @@ def render_unit(
     start_limit_burst: int = 5,
     start_limit_interval_sec: int = 600,
     checksums: dict[str, str] | None = None,
-) -> str:
-    """A systemd service running ``exec_argv`` (default: the plan's argv).
+) -> dict:
+    """What templates/vllm-launch.service.j2 needs to run ``exec_argv`` (default: the plan's argv).
+
+    Plain JSON values, command lines and Environment= words already quoted for
+    systemd: the module returns them and the control node renders the template.
 
     ``Restart=always``: a rank of a multi-node engine often exits 0 when a peer
     dies (its collective fails and vLLM shuts down cleanly), so on-failure
@@ -496,43 +502,31 @@ def render_unit(
     EnvironmentFile=) become comments: a changed file changes the unit, and
     the caller restarts on a changed unit.
     """
-    argv = exec_argv if exec_argv is not None else plan.argv
-    ordering = " ".join(["network-online.target", *(after or [])])
-    lines = [
-        f"# Managed by servekit (vllm_launch): model {plan.model_name}, "
-        f"node rank {plan.node_rank}, role {plan.role}",
-        *(f"# {path} sha1 {value}: read at start; a change rewrites this unit"
-          for path, value in sorted((checksums or {}).items())),
-        "[Unit]",
-        f"{_DESCRIPTION_KEY}{plan.model_name}{_DESCRIPTION_RANK}{plan.node_rank}, {plan.role})",
-        f"After={ordering}",
-        "Wants=network-online.target",
-        f"StartLimitIntervalSec={start_limit_interval_sec}",
-        f"StartLimitBurst={start_limit_burst}",
-        "",
-        "[Service]",
-        "Type=simple",
-    ]
-    lines += [f"EnvironmentFile=-{path}" for path in environment_files or []]
-    lines += [
-        f"Environment={systemd_quote(f'{key}={value}')}" for key, value in sorted(plan.env.items())
-    ]
-    if exec_start_pre:
-        lines.append("ExecStartPre=" + " ".join(systemd_quote(word) for word in exec_start_pre))
-    if timeout_start_sec is not None:
-        lines.append(f"TimeoutStartSec={timeout_start_sec}")
-    lines += [
-        "ExecStart=" + " ".join(systemd_quote(word) for word in argv),
-        *(["ExecStop=" + " ".join(systemd_quote(word) for word in exec_stop)] if exec_stop else []),
-        "Restart=always",
-        f"RestartSec={restart_sec}",
-        "KillMode=mixed",
-        "TimeoutStopSec=60",
-        "LimitMEMLOCK=infinity",
-        "LimitNOFILE=1048576",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "",
-    ]
-    return "\n".join(lines)
+    return {
+        "model_name": plan.model_name,
+        "node_rank": plan.node_rank,
+        "role": plan.role,
+        "checksums": [[str(path), str(value)] for path, value in sorted((checksums or {}).items())],
+        "after": ["network-online.target", *(after or [])],
+        "start_limit_interval_sec": start_limit_interval_sec,
+        "start_limit_burst": start_limit_burst,
+        "restart_sec": restart_sec,
+        "environment_files": list(environment_files or []),
+        "environment": [systemd_quote(f"{key}={value}") for key, value in sorted(plan.env.items())],
+        "exec_start_pre": _command_line(exec_start_pre),
+        "timeout_start_sec": timeout_start_sec,
+        "exec_start": _command_line(exec_argv if exec_argv is not None else plan.argv),
+        "exec_stop": _command_line(exec_stop),
+    }
+
+
+def render_unit(plan: LaunchPlan, **options: object) -> str:
+    """The unit text for ``plan`` (``options``: those of ``unit_vars``), rendered on the control node.
+
+    For the servekit CLI and the tests; the module itself never renders (its
+    action plugin does, with the play's Templar). Needs ansible-core, so it is
+    imported here and not at the top: this file also runs inside module payloads.
+    """
+    from .unit_template import LAUNCH_UNIT, render_template, template_path
+
+    return render_template(template_path(LAUNCH_UNIT), unit_vars(plan, **options))

@@ -97,7 +97,7 @@ def copy_lab_project(dest: Path) -> None:
     (not the files `servekit lab up` writes) under ``dest``, for a lab inventory written there."""
     import shutil
 
-    for item in ("site.yml", "ansible.cfg", "playbooks", "roles", "library", "module_utils",
+    for item in ("site.yml", "ansible.cfg", "playbooks", "roles", "templates", "library", "module_utils",
                  "action_plugins", "strategy_plugins", "config"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)

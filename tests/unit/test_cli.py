@@ -51,7 +51,8 @@ def test_render_json_shows_seed_arguments_plus_executor():
         "--served-model-name", "gpt-oss-20b"]
     assert out["argv"][15:17] == ["--distributed-executor-backend", "ray"]
     assert isinstance(out["env"], dict)
-    assert out["unit"].startswith("# Managed by servekit")
+    assert out["unit"].startswith(
+        "#\n# Ansible managed\n#\n# Managed by servekit (vllm_launch): model gpt-oss-20b")
 
 
 def test_model_name_env_is_the_default_model():

@@ -46,7 +46,8 @@ def _unit_header(rank: int) -> str:
                     host_address=f"10.0.0.{rank + 1}", devices_per_node=1, executor="mp",
                     runtime="native", api_port=8001)
     plan = build_launch_plan("lab-tiny", registry["lab-tiny"], node, ["vllm"])
-    return render_unit(plan).splitlines()[0]
+    # the line the vllm role's status greps (below the ansible_managed header)
+    return next(line for line in render_unit(plan).splitlines() if line.startswith("# Managed by servekit"))
 
 
 def _document(ready_status=200, worker_vllm="active", restarts=0, worker_reachable=True) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ansible, run_tasks
+from helpers import ansible, ansible_playbook, run_tasks, write_play
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,6 +85,9 @@ def test_writes_unit_then_is_idempotent(sequence):
     first, second = steps["worker"], steps["worker-again"]
     assert not first.get("failed") and first["changed"] is True
     assert dest.read_text() == first["unit"]
+    assert first["unit"].startswith(
+        "#\n# Ansible managed\n#\n# Managed by servekit (vllm_launch): model lab-tiny")
+    assert "unit_vars" not in first, "the template's variables stay inside the action plugin"
     assert "--headless" in first["argv"] and first["role"] == "worker"
     assert oct(dest.stat().st_mode & 0o777) == "0o644"
     assert not second.get("failed") and second["changed"] is False
@@ -153,3 +156,33 @@ def test_every_module_documents_itself_and_its_check_and_diff_support():
         assert {"check_mode", "diff_mode"} <= set(attributes), f"{name}: declare attributes: in DOCUMENTATION"
         assert attributes["check_mode"]["support"] in ("full", "partial", "none")
         assert doc["doc"]["short_description"] and doc["examples"] and doc["return"]
+
+
+def test_top_level_templates_start_with_the_roles_header():
+    """templates/ holds what the launch module renders and no role owns, with the roles' header."""
+    templates = sorted((ROOT / "templates").glob("*.j2"))
+    assert [t.name for t in templates] == ["vllm-launch.service.j2"]
+    for template in templates:
+        assert template.read_text().startswith("{{ ansible_managed | comment }}\n"), (
+            f"{template.name}: start with {{{{ ansible_managed | comment }}}}, as the roles' templates do")
+
+
+@pytest.mark.parametrize(("missing", "message"), [
+    ("templates", "template vllm-launch.service.j2 not found in"),
+    # the module alone (no action plugin) cannot write a unit: it has no template to render
+    ("action_plugins", "dest needs the unit text that this module's action plugin renders"),
+])
+def test_fails_clearly_without_the_unit_template(tmp_path, missing, message):
+    import shutil
+
+    for item in ("ansible.cfg", "library", "module_utils", "action_plugins", "templates", "config"):
+        if item != missing:
+            (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, tmp_path / item)
+    task = launch(model="lab-tiny", devices_per_node=2, dest=str(tmp_path / "vllm.service"))
+    task["vllm_launch"]["registry_path"] = str(tmp_path / "config" / "model_registry.yml")
+    play = write_play(tmp_path / "play.yml", [{"hosts": "localhost", "connection": "local",
+                                                "gather_facts": False, "tasks": [task]}])
+    proc = ansible_playbook(play, project=tmp_path, env={"ANSIBLE_NOCOLOR": "1"})
+    assert proc.returncode != 0
+    assert message in " ".join(proc.stdout.split()), proc.stdout[-2000:]
+    assert not (tmp_path / "vllm.service").exists()

@@ -62,7 +62,7 @@ def test_every_unit_passes_systemd_analyze_verify(rendered, host):
     other, _ = complaints(check.stderr)
     assert not other, f"{host}: systemd-analyze verify: {other}"
     for unit in units:
-        assert unit.read_text().startswith("#\n# Ansible managed") or unit.name == "servekit-vllm.service", (
+        assert unit.read_text().startswith("#\n# Ansible managed"), (
             f"{unit.name}: templates start with {{{{ ansible_managed | comment }}}}")
 
 

@@ -80,11 +80,13 @@ def test_wheel_carries_the_project(wheel):
                  "roles/cluster/defaults/main.yml", "library/vllm_launch.py",
                  "roles/ray/templates/servekit-ray.service.j2", "roles/vllm/files/watchdog.py",
                  "module_utils/vllm_registry.py", "action_plugins/validate_inputs.py",
+                 "templates/vllm-launch.service.j2", "action_plugins/vllm_launch.py",
                  "strategy_plugins/mitogen_linear.py", "inventory/example-2node-roce/hosts.yml",
                  "lab/vllm-lab-platform/pyproject.toml",
                  "lab/vllm-lab-platform/servekit_lab_platform/platform.py"):
         assert f"servekit/_project/{path}" in names, f"the wheel lacks {path}"
     assert "servekit/module_utils/vllm_registry.py" in names
+    assert "servekit/module_utils/unit_template.py" in names
     leaked = [n for n in names if n.endswith(("vault.yml", "inventory/lab/hosts.yml", ".pyc"))]
     assert not leaked, f"the wheel carries files written on the build machine: {leaked}"
 
