@@ -1,21 +1,24 @@
 #!/usr/bin/python
-"""Ansible module: judge an nccl-tests all_reduce_perf run (bandwidth and transport)."""
+"""Ansible module: judge an nccl-tests run (all_reduce_perf or all_gather_perf: bandwidth and transport)."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: nccl_gate
-short_description: Gate an nccl-tests all_reduce_perf run on bus bandwidth and NCCL transport
+short_description: Gate an nccl-tests run on bus bandwidth and NCCL transport
 version_added: "0.1.0"
 description:
-  - Parses the output of C(all_reduce_perf) run with C(NCCL_DEBUG=INFO) and fails when the peak bus
+  - Parses the output of C(all_reduce_perf) or C(all_gather_perf) (O(collective)) run with
+    C(NCCL_DEBUG=INFO) and fails when the peak out-of-place bus
     bandwidth is under O(min_busbw_gbs) or under O(min_share) of the link speed, when NCCL used the
     socket transport instead of NET/IB, or when GPUDirect RDMA was expected and a NET/IB channel
     lacks C(/GDRDMA) (C(GPU Direct RDMA enabled for HCA) alone does not count).
   - The link speed counts each HCA at the lower of its port rate and its PCIe link; where PCIe is
     the lower one (DGX Spark's Gen5 x4 halves report 200 Gb/s ports) the share is not applied and
     O(min_busbw_gbs) decides.
+  - Returns the NCCL version the run loaded (its C(NCCL version 2.x.y+cudaZ) line), so the log
+    says which NCCL was measured.
   - Changes nothing; supports check mode.
 options:
   output:
@@ -44,6 +47,13 @@ options:
     description: Absolute floor for the peak bus bandwidth, GB/s (0 turns it off).
     type: float
     default: 0.0
+  collective:
+    description:
+      - The nccl-tests collective that produced O(output); bus bandwidth is not comparable across
+        collectives, so a floor applies to the one it was measured with.
+    type: str
+    choices: [all_reduce, all_gather]
+    default: all_reduce
   expect_gdr:
     description:
       - Require GPUDirect RDMA (every NET/IB channel C(via NET/IB/<n>/GDRDMA)).
@@ -72,6 +82,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+collective:
+  description: The collective gated (O(collective)).
+  returned: always
+  type: str
+nccl_version:
+  description: NCCL's version line from the run (C(2.28.9+cuda13.0)); null when the output has none.
+  returned: always
+  type: str
 peak_busbw_gbs:
   description: Highest out-of-place bus bandwidth over the sizes, GB/s.
   returned: always
@@ -114,6 +132,7 @@ def main() -> None:
             "min_share": {"type": "float", "default": 0.8},
             "min_busbw_gbs": {"type": "float", "default": 0.0},
             "expect_gdr": {"type": "bool", "default": True},
+            "collective": {"type": "str", "default": "all_reduce", "choices": ["all_reduce", "all_gather"]},
         },
         supports_check_mode=True,
     )

@@ -228,8 +228,23 @@ def engine_transport_problems(logs: dict[str, str], expect_gdr: dict[str, bool],
     return problems
 
 
+# The collectives the bench may gate on (nccl-tests' <name>_perf binaries). NVIDIA's only
+# published DGX Spark NCCL figure is an all_gather busbw floor (bench role defaults).
+COLLECTIVES = ("all_reduce", "all_gather")
+
+
+def parse_nccl_version(log: str) -> str | None:
+    """The NCCL the run loaded, from its version line (``NCCL INFO NCCL version 2.28.9+cuda13.0``
+    with NCCL_DEBUG=INFO, a bare ``NCCL version ...`` line at NCCL_DEBUG=VERSION); None without."""
+    match = re.search(r"\bNCCL version (\d+\.\d+\.\d+\S*)", log)
+    return match.group(1) if match else None
+
+
 def parse_all_reduce_perf(text: str) -> dict:
-    """nccl-tests output -> per-size rows and the reported average bus bandwidth (GB/s)."""
+    """nccl-tests output -> per-size rows and the reported average bus bandwidth (GB/s).
+
+    The table is the same for every collective nccl-tests has (all_gather prints ``none`` and
+    ``-1`` in the redop and root columns), so this reads all_gather_perf too."""
     rows = []
     for line in text.splitlines():
         cells = line.split()
@@ -246,7 +261,7 @@ def parse_all_reduce_perf(text: str) -> dict:
 
 
 def bandwidth_gate(peak_busbw_gbs: float, link_gbps: float | None, min_share: float = 0.8,
-                   min_busbw_gbs: float = 0.0) -> list[str]:
+                   min_busbw_gbs: float = 0.0, collective: str = "all_reduce") -> list[str]:
     """Why the peak bus bandwidth fails the gate; empty when it passes.
 
     Two floors: an absolute one (``min_busbw_gbs``, GB/s) and ``min_share`` of the link speed
@@ -255,12 +270,12 @@ def bandwidth_gate(peak_busbw_gbs: float, link_gbps: float | None, min_share: fl
     """
     problems = []
     if peak_busbw_gbs < min_busbw_gbs:
-        problems.append(f"all_reduce bus bandwidth {peak_busbw_gbs:.1f} GB/s is under the floor "
+        problems.append(f"{collective} bus bandwidth {peak_busbw_gbs:.1f} GB/s is under the floor "
                         f"bench_nccl_min_busbw_gbs={min_busbw_gbs:g} GB/s")
     if link_gbps:
         link_gbs = link_gbps / 8
         if peak_busbw_gbs < min_share * link_gbs:
-            problems.append(f"all_reduce bus bandwidth {peak_busbw_gbs:.1f} GB/s is "
+            problems.append(f"{collective} bus bandwidth {peak_busbw_gbs:.1f} GB/s is "
                             f"{100 * peak_busbw_gbs / link_gbs:.0f}% of the {link_gbps:g} Gb/s link "
                             f"({link_gbs:.1f} GB/s); the gate is {100 * min_share:.0f}%")
     return problems
@@ -301,8 +316,8 @@ def all_reduce_max_bytes(requested: str, gpu_free_mib: list[int | None],
 
 def nccl_bench_verdict(output: str, link_gbps: float | None, min_share: float = 0.8, *,
                        expect_gdr: bool = True, min_busbw_gbs: float = 0.0,
-                       pcie_limited: bool = False) -> dict:
-    """Judge an ``all_reduce_perf`` run made with ``NCCL_DEBUG=INFO``.
+                       pcie_limited: bool = False, collective: str = "all_reduce") -> dict:
+    """Judge an nccl-tests run (``<collective>_perf``) made with ``NCCL_DEBUG=INFO``.
 
     Problems: no result rows, the socket transport instead of NET/IB, NET/IB channels without
     GDRDMA where GPUDirect is expected, peak bus bandwidth under ``min_busbw_gbs`` or under
@@ -313,7 +328,7 @@ def nccl_bench_verdict(output: str, link_gbps: float | None, min_share: float = 
     transport = nccl_transport(output)
     problems = []
     if not perf["rows"]:
-        problems.append("no all_reduce_perf result rows in the output: the run failed or was cut short")
+        problems.append(f"no {collective}_perf result rows in the output: the run failed or was cut short")
     problems += nccl_transport_problems(transport, expect_gdr=expect_gdr)
     peak = perf["peak_busbw_gbs"] or 0.0
     notes = []
@@ -325,11 +340,12 @@ def nccl_bench_verdict(output: str, link_gbps: float | None, min_share: float = 
         elif not link_gbps:
             notes.append("link speed unknown (no rate in an HCA's sysfs port): only the absolute "
                          "floor bench_nccl_min_busbw_gbs applies")
-        problems += bandwidth_gate(peak, share_link, min_share, min_busbw_gbs)
+        problems += bandwidth_gate(peak, share_link, min_share, min_busbw_gbs, collective)
         if not share_link and not min_busbw_gbs:
             problems.append("no bandwidth floor: the link speed is unknown or capped by PCIe and "
                             "bench_nccl_min_busbw_gbs is 0")
-    return {"peak_busbw_gbs": peak, "avg_busbw_gbs": perf["avg_busbw_gbs"], "rows": perf["rows"],
+    return {"collective": collective, "nccl_version": parse_nccl_version(output),
+            "peak_busbw_gbs": peak, "avg_busbw_gbs": perf["avg_busbw_gbs"], "rows": perf["rows"],
             "transport": transport, "link_gbps": link_gbps, "min_share": min_share,
             "min_busbw_gbs": min_busbw_gbs, "pcie_limited": pcie_limited, "notes": notes,
             "problems": problems}
@@ -337,7 +353,8 @@ def nccl_bench_verdict(output: str, link_gbps: float | None, min_share: float = 
 
 def nccl_gate(output: str, *, link_gbps: float | None = None, facts: dict | None = None,
               hcas: list[str] | tuple[str, ...] = (), min_share: float = 0.8,
-              min_busbw_gbs: float = 0.0, expect_gdr: bool = True) -> dict:
+              min_busbw_gbs: float = 0.0, expect_gdr: bool = True,
+              collective: str = "all_reduce") -> dict:
     """The ``nccl_gate`` module's verdict: ``nccl_bench_verdict`` with the link speed given
     (``link_gbps``) or found from the node's facts and the HCAs NCCL uses (``hca_link``).
 
@@ -347,8 +364,11 @@ def nccl_gate(output: str, *, link_gbps: float | None = None, facts: dict | None
         raise ValueError(f"min_share: {min_share} is out of range; allowed: more than 0, at most 1")
     if min_busbw_gbs < 0:
         raise ValueError(f"min_busbw_gbs: {min_busbw_gbs} is out of range; allowed: 0 or more")
+    if collective not in COLLECTIVES:
+        raise ValueError(f"collective: {collective!r} is not known; allowed: {', '.join(COLLECTIVES)}")
     link = hca_link(facts, list(hcas))
     if link_gbps is not None:
         link = {"link_gbps": link_gbps, "pcie_limited": False}
     return nccl_bench_verdict(output, link["link_gbps"], min_share, expect_gdr=expect_gdr,
-                              min_busbw_gbs=min_busbw_gbs, pcie_limited=link["pcie_limited"])
+                              min_busbw_gbs=min_busbw_gbs, pcie_limited=link["pcie_limited"],
+                              collective=collective)

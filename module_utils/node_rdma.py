@@ -144,9 +144,10 @@ def hca_link(facts: dict | None, hcas: list[str]) -> dict:
 
     Each HCA counts with the lower of its port rate and its PCIe link: a DGX Spark exposes
     each QSFP port as two PCIe Gen5 x4 functions that report 200 Gb/s each but carry about
-    100 Gb/s (NVIDIA dgx-spark-playbooks nvidia/nccl/README.md: both halves in NCCL_IB_HCA,
-    busbw about 20-24 GB/s). ``pcie_limited`` is true when any HCA's PCIe link is under its
-    port rate: then the port rate is no measure of what the link can carry.
+    100 Gb/s (NVIDIA dgx-spark-playbooks, nvidia/connect-two-sparks/assets/
+    performance_benchmarking_guide.md: ib_write_bw 92.57 + 97.28 = 189.85 Gb/s over the two
+    halves). ``pcie_limited`` is true when any HCA's PCIe link is under its port rate: then the
+    port rate is no measure of what the link can carry.
     """
     out = {"link_gbps": None, "port_gbps": None, "pcie_limited": False, "unknown": []}
     if not facts or not hcas:

@@ -112,11 +112,11 @@ TABLE = gid_table(H100_GIDS.read_text())
 
 
 def sparks(root: Path, n: int) -> None:
-    """A DGX Spark: both halves of the cabled port up and addressed (NVIDIA's "Connect Two
-    Sparks" layout), the other port's halves present and down."""
-    write_hca(root, "rocep1s0f0", ["enp1s0f0np0"], with_ipv4(TABLE, f"192.168.100.{n}"))
-    write_hca(root, "roceP2p1s0f0", ["enP2p1s0f0np0"], with_ipv4(TABLE, f"192.168.101.{n}"))
-    for hca, netdev in (("rocep1s0f1", "enp1s0f1np1"), ("roceP2p1s0f1", "enP2p1s0f1np1")):
+    """A DGX Spark: both halves of the cabled port (port 1, as in NVIDIA's "Connect Two Sparks"
+    example) up and addressed, port 0's halves present and down."""
+    write_hca(root, "rocep1s0f1", ["enp1s0f1np1"], with_ipv4(TABLE, f"192.168.100.{n}"))
+    write_hca(root, "roceP2p1s0f1", ["enP2p1s0f1np1"], with_ipv4(TABLE, f"192.168.101.{n}"))
+    for hca, netdev in (("rocep1s0f0", "enp1s0f0np0"), ("roceP2p1s0f0", "enP2p1s0f0np0")):
         write_hca(root, hca, [netdev], with_ipv4(TABLE, None), state="1: DOWN", phys_state="3: Disabled")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import ROOT, ansible_playbook, run_task, run_tasks, write_play
-from servekit.module_utils.node_nccl import all_reduce_max_bytes, nccl_gate, parse_size
+from servekit.module_utils.node_nccl import all_reduce_max_bytes, nccl_gate, parse_nccl_version, parse_size
 from servekit.module_utils.node_preflight import debian_multiarch
 from servekit.module_utils.node_rdma import parse_pcie_link_gbps
 
@@ -25,12 +25,23 @@ SOCKET_LOG = (FIXTURES / "nccl" / "h100-1gpu-no-rdma-socket-fallback.log").read_
 SPARK_LOG = (FIXTURES / "nccl" / "vllm-ray-2spark-ib-gdr-unsupported.log").read_text()
 SPARK_BOTH = (FIXTURES / "nccl" / "all_reduce_perf-2spark-both-halves.txt").read_text()
 SPARK_ONE = (FIXTURES / "nccl" / "all_reduce_perf-2spark-one-half.txt").read_text()
+# Recorded from two DGX Sparks through a switch on port 1 (tests/fixtures/nccl/README.md):
+# NCCL's INFO lines of one run, and all_gather_perf tables of a healthy and a degraded run.
+SPARK_AG_INFO = (FIXTURES / "nccl" / "all_gather_perf-2spark-nccl-info-lines.txt").read_text()
+SPARK_AG = (FIXTURES / "nccl" / "all_gather_perf-2spark-switch.txt").read_text()
+SPARK_AG_SLOW = (FIXTURES / "nccl" / "all_gather_perf-2spark-degraded.txt").read_text()
+# NVIDIA's floor for all_gather_perf busbw between Sparks (spark_cluster_setup.py,
+# MIN_NCCL_TEST_BW = 21.875 # 175 Gbps); the Spark example inventory sets it.
+SPARK_EXAMPLE_BENCH = yaml.safe_load(
+    (ROOT / "inventory" / "example-2node-roce" / "group_vars" / "all" / "bench.yml").read_text())
 # A DGX Spark QSFP port: two PCIe functions, each a 200 Gb/s port on a Gen5 x4 link
 # (sysfs ports/1/rate "200 Gb/sec (2X NDR)", device/current_link_speed "32.0 GT/s PCIe",
 # device/current_link_width "4").
 SPARK_HALF = {"ports": {"1": {"state": "ACTIVE", "rate_gbps": 200.0}},
               "pcie_gbps": parse_pcie_link_gbps("32.0 GT/s PCIe\n", "4\n")}
 SPARK_FACTS = {"rdma": {"rocep1s0f0": SPARK_HALF, "roceP2p1s0f0": SPARK_HALF}}
+# The same halves of port 1, as the recorded all_gather runs (and the example inventory) use them.
+SPARK_PORT1_FACTS = {"rdma": {"rocep1s0f1": SPARK_HALF, "roceP2p1s0f1": SPARK_HALF}}
 
 
 NO_GDR = "\n".join(line for line in GDR_LOG.splitlines() if "GDRDMA" not in line and "Direct" not in line)
@@ -76,6 +87,35 @@ def test_gate_verdict(output, args, problem):
         assert any(problem in p for p in problems), problems
 
 
+@pytest.mark.parametrize(("table", "problem"), [
+    # peak out-of-place busbw 22.14 GB/s (its Avg bus bandwidth line: 21.4033)
+    (SPARK_AG, None),
+    (SPARK_AG_SLOW,
+     "all_gather bus bandwidth 2.8 GB/s is under the floor bench_nccl_min_busbw_gbs=21.875 GB/s"),
+], ids=["healthy", "degraded"])
+def test_spark_all_gather_against_nvidias_floor(table, problem):
+    """The Spark example gates all_gather_perf, the collective NVIDIA's 21.875 GB/s applies to."""
+    assert SPARK_EXAMPLE_BENCH["bench_nccl_collective"] == "all_gather"
+    verdict = nccl_gate(SPARK_AG_INFO + table, facts=SPARK_PORT1_FACTS, hcas=["rocep1s0f1", "roceP2p1s0f1"],
+                        expect_gdr=False, collective="all_gather",
+                        min_busbw_gbs=SPARK_EXAMPLE_BENCH["bench_nccl_min_busbw_gbs"])
+    assert verdict["collective"] == "all_gather" and verdict["pcie_limited"]
+    assert verdict["transport"]["network"] == "IB", verdict["transport"]
+    assert verdict["problems"] == ([problem] if problem else []), verdict["problems"]
+
+
+@pytest.mark.parametrize(("log", "version"), [
+    (SPARK_AG_INFO, "2.28.9+cuda13.0"),
+    (SOCKET_LOG, "2.28.9+cuda13.0"),
+    # NCCL_DEBUG=VERSION: the bare line (a public B200 all_gather run)
+    ("#  Rank 15 Group  0 Pid  22763 on nccl-gib-test-1 device  7 [0000:cc:00] NVIDIA B200\n"
+     "NCCL version 2.26.6+cuda12.8\n#\n", "2.26.6+cuda12.8"),
+    (PERF, None)])
+def test_the_run_says_which_nccl_it_loaded(log, version):
+    assert parse_nccl_version(log) == version
+    assert nccl_gate(log + PERF, link_gbps=2400)["nccl_version"] == version
+
+
 def test_gate_reports_peak_transport_and_link():
     verdict = nccl_gate(GDR_LOG + PERF, link_gbps=2400)
     assert verdict["peak_busbw_gbs"] == pytest.approx(300.51)
@@ -95,6 +135,7 @@ def test_dgx_spark_halves_are_pcie_limited():
     ({"min_share": 1.5}, "min_share: 1.5 is out of range; allowed: more than 0, at most 1"),
     ({"min_share": 0}, "min_share: 0 is out of range; allowed: more than 0, at most 1"),
     ({"min_busbw_gbs": -1}, "min_busbw_gbs: -1 is out of range; allowed: 0 or more"),
+    ({"collective": "alltoall"}, "collective: 'alltoall' is not known; allowed: all_reduce, all_gather"),
 ])
 def test_gate_options_name_their_range(args, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -177,3 +218,73 @@ def test_mpi_home_follows_the_node_architecture(tmp_path, multiarch, expected):
     proc = ansible_playbook(write_play(tmp_path / "play.yml", play), timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert (tmp_path / "mpi_home").read_text() == expected
+
+
+def render_bench_var(tmp_path, name: str, variables: dict) -> object:
+    """A bench role variable as the role renders it (defaults and vars/main.yml) for the given inputs."""
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+             "vars_files": [str(ROOT / "roles/bench/defaults/main.yml"),
+                            str(ROOT / "roles/bench/vars/main.yml")],
+             # task vars: above vars_files, as an inventory's are above role defaults
+             "tasks": [{"ansible.builtin.copy": {"content": "{{ " + name + " | to_json }}",
+                                                 "dest": str(tmp_path / "out.json")},
+                        "vars": variables}]}]
+    proc = ansible_playbook(write_play(tmp_path / "play.yml", play), timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    return yaml.safe_load((tmp_path / "out.json").read_text())
+
+
+SPARK_PAIR = {"cluster_rdma_enabled": True, "cluster_nodes": ["spark-01", "spark-02"],
+              "cluster_head": "spark-01",
+              "cluster_addresses": {"spark-01": "192.168.100.1", "spark-02": "192.168.100.2"},
+              "cluster_devices_per_node": 1, "cluster_rdma_netdev": "enp1s0f1np1",
+              "cluster_env_file": "/etc/servekit/cluster.env", "cluster_runtime": "container",
+              "cluster_venv": "/opt/servekit/venv", "runtime_container_engine_bin": "/usr/bin/docker",
+              "runtime_container_bin_dir": None, "runtime_container_image": "nvcr.io/nvidia/vllm:26.05-py3",
+              "bench_nccl_collective": "all_gather", "__bench_size": {"max_bytes": 1 << 30}}
+
+
+def test_mpirun_pins_mpi_to_the_data_interface_and_runs_the_serving_nccl(tmp_path):
+    argv = render_bench_var(tmp_path, "__bench_mpirun_argv", SPARK_PAIR)
+    pairs = {argv[i + 1]: argv[i + 2] for i, arg in enumerate(argv) if arg == "--mca"}
+    # Open MPI's daemon wiring (oob) and TCP BTL stay on the fabric, never docker0
+    assert pairs["oob_tcp_if_include"] == "enp1s0f1np1" and pairs["btl_tcp_if_include"] == "enp1s0f1np1"
+    assert argv[argv.index("-H") + 1] == "192.168.100.1:1,192.168.100.2:1"
+    script = argv[-1]
+    assert script.startswith("set -a; . /etc/servekit/cluster.env; set +a; ")
+    assert "LD_LIBRARY_PATH=/opt/nccl-tests-serving-nccl/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" in script
+    assert script.endswith("exec /opt/nccl-tests/build/all_gather_perf -b 8 -e 1073741824 -f 2 -g 1")
+
+
+def test_mpi_pin_takes_a_subnet_where_names_differ(tmp_path):
+    argv = render_bench_var(tmp_path, "__bench_mpirun_argv",
+                            {**SPARK_PAIR, "bench_nccl_mpi_if_include": "192.168.100.0/24"})
+    assert argv[argv.index("oob_tcp_if_include") + 1] == "192.168.100.0/24"
+
+
+@pytest.mark.parametrize(("runtime", "expected"), [
+    ("native", ["/opt/servekit/venv/bin/python", "/opt/nccl-tests-serving_nccl.py",
+                "/opt/nccl-tests-serving-nccl"]),
+    ("container", ["/usr/bin/docker", "run", "--rm", "--network", "none", "--entrypoint", "python3",
+                   "-v", "/opt/nccl-tests-serving-nccl:/servekit-nccl",
+                   "-v", "/opt/nccl-tests-serving_nccl.py:/servekit-nccl.py:ro",
+                   "nvcr.io/nvidia/vllm:26.05-py3", "/servekit-nccl.py", "/servekit-nccl"])])
+def test_the_nccl_measured_is_the_serving_stacks(tmp_path, runtime, expected):
+    argv = render_bench_var(tmp_path, "__bench_serving_nccl_argv", {**SPARK_PAIR, "cluster_runtime": runtime})
+    assert argv == expected
+
+
+@pytest.mark.parametrize(("maps", "library"), [
+    # /proc/<pid>/maps lines after `import torch`: a PyPI wheel venv, an NGC image
+    ("ffff8a000000-ffff8c000000 r-xp 00000000 103:02 1234 "
+     "/opt/servekit/venv/lib/python3.12/site-packages/nvidia/nccl/lib/libnccl.so.2\n",
+     "/opt/servekit/venv/lib/python3.12/site-packages/nvidia/nccl/lib/libnccl.so.2"),
+    ("ffff8a000000-ffff8c000000 r-xp 00000000 00:3a 99 /usr/lib/aarch64-linux-gnu/libnccl.so.2.28.9\n",
+     "/usr/lib/aarch64-linux-gnu/libnccl.so.2.28.9"),
+    ("ffff8a000000-ffff8a001000 rw-p 00000000 00:00 0 \n", None)])
+def test_serving_nccl_is_the_library_torch_mapped(maps, library):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("serving_nccl", ROOT / "roles/bench/files/serving_nccl.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.loaded_nccl(maps) == library

@@ -25,8 +25,8 @@ from render_cluster import COMPOSE, EXAMPLE_SYSFS, SYSTEMD_ANALYZE, env_lines, s
 
 EXAMPLES = {
     "example-2node-roce": {"hosts": EXAMPLE_SYSFS["example-2node-roce"][0], "model": "gpt-oss-20b",
-                           "devices": 2, "hca": "=rocep1s0f0,roceP2p1s0f0",
-                           "netdevs": ["enp1s0f0np0", "enP2p1s0f0np0"], "address": "192.168.100.{n}"},
+                           "devices": 2, "hca": "=rocep1s0f1,roceP2p1s0f1",
+                           "netdevs": ["enp1s0f1np1", "enP2p1s0f1np1"], "address": "192.168.100.{n}"},
     "example-2x8-h100": {"hosts": EXAMPLE_SYSFS["example-2x8-h100"][0], "model": "deepseek-r1",
                          "devices": 16, "hca": "=" + ",".join(f"mlx5_{i}" for i in range(8)),
                          "netdevs": [f"gpu{i}_eth" for i in range(8)], "address": "10.200.0.1{n}"},

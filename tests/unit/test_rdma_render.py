@@ -25,14 +25,14 @@ SPARKS = {"spark-01": 1, "spark-02": 2}
 
 
 def spark_sysfs(tmp: Path, *, second_half_ipv4: bool = True, netdev_suffix: str = "") -> None:
-    """Two DGX Sparks: both halves of the cabled port up and addressed (NVIDIA's
-    "Connect Two Sparks" layout), the other port's halves present and down."""
+    """Two DGX Sparks: both halves of the cabled port (port 1, NVIDIA's "Connect Two Sparks"
+    example) up and addressed, port 0's halves present and down."""
     for host, n in SPARKS.items():
         root = tmp / "sysfs" / host
-        write_hca(root, "rocep1s0f0", ["enp1s0f0np0"], with_ipv4(TABLE, f"192.168.100.{n}"))
-        write_hca(root, "roceP2p1s0f0", ["enP2p1s0f0np0" + netdev_suffix],
+        write_hca(root, "rocep1s0f1", ["enp1s0f1np1"], with_ipv4(TABLE, f"192.168.100.{n}"))
+        write_hca(root, "roceP2p1s0f1", ["enP2p1s0f1np1" + netdev_suffix],
                   with_ipv4(TABLE, f"192.168.101.{n}" if second_half_ipv4 else None))
-        for hca, netdev in (("rocep1s0f1", "enp1s0f1np1"), ("roceP2p1s0f1", "enP2p1s0f1np1")):
+        for hca, netdev in (("rocep1s0f0", "enp1s0f0np0"), ("roceP2p1s0f0", "enP2p1s0f0np0")):
             write_hca(root, hca, [netdev], with_ipv4(TABLE, None), state="1: DOWN", phys_state="3: Disabled")
 
 
@@ -48,10 +48,10 @@ def test_nccl_environment_names_both_halves_exactly_and_leaves_the_gid_to_nccl(s
     _, out = sparks
     assert env_lines(out / "spark-01" / "cluster.env") == {
         "VLLM_HOST_IP": "192.168.100.1",
-        "GLOO_SOCKET_IFNAME": "enp1s0f0np0",
-        "TP_SOCKET_IFNAME": "enp1s0f0np0",
-        "NCCL_SOCKET_IFNAME": "enp1s0f0np0",
-        "NCCL_IB_HCA": "=rocep1s0f0,roceP2p1s0f0",
+        "GLOO_SOCKET_IFNAME": "enp1s0f1np1",
+        "TP_SOCKET_IFNAME": "enp1s0f1np1",
+        "NCCL_SOCKET_IFNAME": "enp1s0f1np1",
+        "NCCL_IB_HCA": "=rocep1s0f1,roceP2p1s0f1",
         "NCCL_IB_TC": "106",
         "NCCL_IB_SL": "3",
         "NCCL_IB_RETRY_CNT": "7",
@@ -70,7 +70,7 @@ def test_env_file_is_idempotent(sparks):
 def test_roce_script_configures_every_rail(sparks):
     _, out = sparks
     script = (out / "spark-02" / "servekit-rdma-defaults").read_text()
-    assert "  'rocep1s0f0 enp1s0f0np0'\n  'roceP2p1s0f0 enP2p1s0f0np0'\n)" in script
+    assert "  'rocep1s0f1 enp1s0f1np1'\n  'roceP2p1s0f1 enP2p1s0f1np1'\n)" in script
     assert "echo 'RoCE v2' > \"$port_dir/default_roce_mode\"" in script
     assert 'echo 106 > "$port_dir/default_roce_tos"' in script
     assert 'ip link set dev "$netdev" mtu 9000' in script
@@ -83,7 +83,7 @@ def test_roce_script_configures_every_rail(sparks):
 def test_roce_unit_waits_for_every_rails_netdev_and_orders_before_the_real_units(sparks):
     _, out = sparks
     unit = (out / "spark-01" / "servekit-rdma.service").read_text()
-    devices = [f"sys-subsystem-net-devices-{netdev}.device" for netdev in ("enp1s0f0np0", "enP2p1s0f0np0")]
+    devices = [f"sys-subsystem-net-devices-{netdev}.device" for netdev in ("enp1s0f1np1", "enP2p1s0f1np1")]
     for device in devices:
         assert f"Wants={device}\nAfter={device}\n" in unit
     # a rail that goes away stops nothing (no BindsTo=); one that comes back runs the
@@ -172,8 +172,8 @@ def test_rail_without_an_ipv4_gid_stops_the_stage_naming_it(tmp_path):
     spark_sysfs(tmp_path, second_half_ipv4=False)
     proc = render(INVENTORY, tmp_path, full=False)
     assert proc.returncode != 0
-    assert ("roceP2p1s0f0 port 1: no RoCE v2 GID with an IPv4 address (NCCL >= 2.21 picks one itself); "
-            "give enP2p1s0f0np0 an IPv4 address, or pin rdma_nccl_ib_gid_index") in proc.stdout
+    assert ("roceP2p1s0f1 port 1: no RoCE v2 GID with an IPv4 address (NCCL >= 2.21 picks one itself); "
+            "give enP2p1s0f1np1 an IPv4 address, or pin rdma_nccl_ib_gid_index") in proc.stdout
 
 
 def test_pinned_gid_index_is_written_and_skips_the_ipv4_gid_check(tmp_path):
@@ -187,8 +187,8 @@ def test_netdev_that_is_not_the_hcas_stops_the_stage(tmp_path):
     spark_sysfs(tmp_path, netdev_suffix="x")
     proc = render(INVENTORY, tmp_path, full=False)
     assert proc.returncode != 0
-    assert ("roceP2p1s0f0: rdma_netdevs names 'enP2p1s0f0np0', but roceP2p1s0f0's netdevs are "
-            "enP2p1s0f0np0x") in proc.stdout
+    assert ("roceP2p1s0f1: rdma_netdevs names 'enP2p1s0f1np1', but roceP2p1s0f1's netdevs are "
+            "enP2p1s0f1np1x") in proc.stdout
 
 
 def test_netdevs_are_discovered_without_rdma_netdevs(tmp_path):
@@ -196,7 +196,7 @@ def test_netdevs_are_discovered_without_rdma_netdevs(tmp_path):
     proc = render(INVENTORY, tmp_path, "-e", '{"rdma_netdevs": {}}', full=False)
     assert proc.returncode == 0, proc.stdout[-3000:]
     unit = (tmp_path / "out" / "spark-01" / "servekit-rdma.service").read_text()
-    assert "Wants=sys-subsystem-net-devices-enP2p1s0f0np0.device" in unit
+    assert "Wants=sys-subsystem-net-devices-enP2p1s0f1np1.device" in unit
 
 
 def test_cluster_without_rdma_disables_nccl_ib(tmp_path):
