@@ -63,6 +63,10 @@ def test_a_certificate_expiring_in_a_day_is_renewed_and_the_next_run_changes_not
     ca = (ca_dir / "ca.crt").read_bytes()
     expiring = _reissue_expiring_in(_head_cert(tmp_path), ca_dir, days=1)
 
+    render(tmp_path, "--check", **fixed)
+    assert "changed=0" not in _recap(tmp_path), "a dry run reports the renewal it would make"
+    assert _load(_head_cert(tmp_path)).serial_number == expiring.serial_number, "and makes none"
+
     render(tmp_path, **fixed)
     renewed = _load(_head_cert(tmp_path))
     assert "changed=0" not in _recap(tmp_path), "the run after the forced expiry must renew"
