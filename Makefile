@@ -19,7 +19,18 @@ $(BIN)/servekit: pyproject.toml
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	touch $@
 
-venv: $(BIN)/servekit
+# The Ansible collections pinned in collections/requirements.yml, into
+# ./collections (ansible.cfg's collections_path): taken from the pinned release
+# of the `ansible` community package on the Python package index (Galaxy is not
+# needed), or COLLECTIONS_FROM=galaxy for ansible-galaxy.
+COLLECTIONS_FROM   ?= bundle
+COLLECTIONS_BUNDLE ?= ansible==12.3.0
+COLLECTIONS := collections/ansible_collections/community/crypto/MANIFEST.json
+$(COLLECTIONS): collections/requirements.yml collections/install.py $(BIN)/servekit
+	$(BIN)/python collections/install.py --from $(COLLECTIONS_FROM) --bundle $(COLLECTIONS_BUNDLE)
+	touch $@
+
+venv: $(BIN)/servekit $(COLLECTIONS)
 
 test: venv lint unit
 
@@ -152,4 +163,4 @@ lab-down:
 lab-test: site verify bench converge-check bad-input-check lockout-check rollback-check recovery-check secrets-check monitoring-check replicas-check day2-check container-check lab-down
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache collections/ansible_collections

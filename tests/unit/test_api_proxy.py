@@ -83,12 +83,14 @@ class _Backend(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), Handler)
 
 
-def render(tmp: Path, **overrides) -> Path:
-    """The proxy config as the role renders it (and, with TLS, the role's certificate tasks)."""
+def render(tmp: Path, *flags: str, **overrides) -> Path:
+    """The proxy config as the role renders it (and, with TLS, the role's certificate tasks);
+    ``flags`` go to ansible-playbook (e.g. ``--check``)."""
     values = {"vllm_api_host": "127.0.0.1", "cluster_api_port": _free_port(),
               "vllm_backend_port": _free_port(), "vllm_api_tls": False,
               "vllm_api_proxy_config": str(tmp / "etc" / "api-proxy.conf"),
               "__vllm_tls_local_dir": str(tmp / "control" / "tls"),
+              "cluster_metrics_textfile_dir": str(tmp / "textfile"),
               "__vllm_metrics_allow": ["127.0.0.1"], **overrides}
     (tmp / "etc").mkdir(parents=True, exist_ok=True)
     inventory = tmp / "hosts.yml"
@@ -110,7 +112,7 @@ def render(tmp: Path, **overrides) -> Path:
                                                ("vllm", "vars"))],
              "tasks": tasks}]
     proc = ansible_playbook("-i", inventory, write_play(tmp / "play.yml", play),
-                            "-e", f"@{tmp / 'vars.json'}", env={"ANSIBLE_NOCOLOR": "1"})
+                            "-e", f"@{tmp / 'vars.json'}", *flags, env={"ANSIBLE_NOCOLOR": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     (tmp / "last-run.txt").write_text(proc.stdout)
     return Path(values["vllm_api_proxy_config"])

@@ -380,10 +380,15 @@ def _rules_test(out: Path) -> dict:
     wait = max(_seconds(a.get("for")) for a in alerts.values())
     threshold = float(re.search(r"> ([0-9.]+)$", alerts["VllmKvCacheHigh"]["expr"]).group(1))
     window = int(re.search(r"\[([0-9]+)s\]", alerts["VllmRankRestarted"]["expr"]).group(1))
+    expiry = int(re.search(r"< ([0-9]+)$", alerts["ApiCertificateExpiringSoon"]["expr"]).group(1))
+    expiry_days = expiry // 86400
     kv = round(threshold + (1 - threshold) / 2, 4)
     steps = (wait + 300) // 15
     unit = 'unit="servekit-vllm.service"'
     late = f"{wait + 120}s"
+    # what the certificate alert's summary says is left at `late` (Prometheus's humanizeDuration)
+    left_s = (expiry_days - 1) * 86400 - (wait + 120)
+    left = f"{left_s // 86400}d {left_s % 86400 // 3600}h {left_s % 3600 // 60}m {left_s % 60}s"
     series = [
         # the head's probes fail from the start; its /metrics answers
         {"series": f'servekit_watchdog_last_probe_success{{node="head",{unit}}}', "values": f"0x{steps}"},
@@ -400,6 +405,12 @@ def _rules_test(out: Path) -> dict:
         {"series": f'servekit_watchdog_unit_start_time_seconds{{node="worker",{unit}}}',
          "values": f"100x{steps}"},
         {"series": 'DCGM_FI_DEV_XID_ERRORS{gpu="0",node="head"}', "values": f"0x3 79x{steps}"},
+        # the API's certificate (promtool's clock starts at 0): one ends one day before the alert's
+        # window does, the other one day after it
+        {"series": 'servekit_tls_cert_not_after_seconds{node="head",path="/a.crt"}',
+         "values": f"{(expiry_days - 1) * 86400}x{steps}"},
+        {"series": 'servekit_tls_cert_not_after_seconds{node="worker",path="/b.crt"}',
+         "values": f"{(expiry_days + 1) * 86400}x{steps}"},
         # replica engines: deployment d's replica 2 (on worker) answers scrapes but the router keeps
         # it out of rotation; deployment e's only replica stops answering altogether
         *({"series": f'vllm_router_worker_health{{job="router",node="head",worker="{w}"}}', "values": v}
@@ -438,6 +449,10 @@ def _rules_test(out: Path) -> dict:
         {"alertname": "GpuXidError", "exp_alerts": [{
             "exp_labels": {"severity": "critical", "node": "head", "gpu": "0"},
             "exp_annotations": {"summary": "GPU 0 on head reported Xid 79"}}]},
+        # only the certificate inside the window (not the one on worker)
+        {"alertname": "ApiCertificateExpiringSoon", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "node": "head", "path": "/a.crt"},
+            "exp_annotations": {"summary": f"API certificate /a.crt on head expires in {left}"}}]},
     ]
     tests = [{"interval": "15s", "input_series": series,
               "alert_rule_test": [{"eval_time": late, **case} for case in fired]}]
