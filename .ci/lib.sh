@@ -27,6 +27,7 @@ fail() { echo "$ci_name: $*" >&2; exit 1; }
 
 # CASE: whether CASE is one of the caller's $cases (space-separated words,
 # from the script's *_CASES setting).
+# shellcheck disable=SC2154  # cases is the caller's
 want() { [[ " $cases " == *" $1 "* ]]; }
 
 # NODE: the vLLM executor NODE serves with: mp when it runs a vLLM unit of its
