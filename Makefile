@@ -147,6 +147,7 @@ converge-check:
 	$(PLAYBOOK) site.yml --check --diff | tee .cache/check-run.log
 	.ci/assert-unchanged .cache/check-run.log
 	$(PLAYBOOK) tests/lab/mitogen.yml
+	$(LAB_ENV) .ci/drift-check
 
 # Security and fault tolerance on the converged lab (see the scripts' heads).
 rollback-check recovery-check secrets-check bad-input-check lockout-check mp-check day2-check monitoring-check \
