@@ -98,7 +98,7 @@ def copy_lab_project(dest: Path) -> None:
     import shutil
 
     for item in ("site.yml", "ansible.cfg", "playbooks", "roles", "templates", "library", "module_utils",
-                 "action_plugins", "strategy_plugins", "config"):
+                 "action_plugins", "strategy_plugins", "config", "collections"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
     shutil.copytree(ROOT / "inventory/lab/group_vars/all", dest / "inventory/lab/group_vars/all",
