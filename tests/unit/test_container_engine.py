@@ -41,7 +41,7 @@ def decided(tmp_path_factory) -> dict:
     (tmp / "daemon.json").write_text(json.dumps(USER_DAEMON))
     tasks = [{"name": f"Decide: {name}",
               "ansible.builtin.set_fact": {f"case_{i}": "{{ __runtime_engine_installed }}"},
-              "vars": {"runtime_container_engine": engine, "__runtime_engines": {"stdout_lines": lines}}}
+              "vars": {"cluster_container_engine": engine, "__runtime_engines": {"stdout_lines": lines}}}
              for i, (name, (engine, lines, _)) in enumerate(CASES.items())]
     tasks += [
         {"ansible.builtin.slurp": {"src": str(tmp / "absent.json")}, "register": "absent",
