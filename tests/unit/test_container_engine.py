@@ -56,7 +56,8 @@ def decided(tmp_path_factory) -> dict:
             + ", 'merged': __runtime_docker_daemon_merged, 'fresh': fresh} | to_json }}"}},
     ]
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
-             "vars_files": [str(ROOT / "roles/runtime/defaults/main.yml"),
+             "vars_files": [str(ROOT / "roles/cluster/defaults/main.yml"),
+                            str(ROOT / "roles/runtime/defaults/main.yml"),
                             str(ROOT / "roles/runtime/vars/main.yml")],
              "tasks": tasks}]
     proc = ansible_playbook(write_play(tmp / "play.yml", play),

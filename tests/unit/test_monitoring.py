@@ -624,9 +624,9 @@ def test_the_firewall_opens_scrape_ports_only_to_cluster_nodes(tmp_path):
 
     rulesets = render_firewall(tmp_path, "198.51.100.7 50022 192.168.100.1 22")
     defaults = yaml.safe_load((ROOT / "roles/monitoring/defaults/main.yml").read_text())
-    ray = yaml.safe_load((ROOT / "roles/ray/defaults/main.yml").read_text())
+    cluster = yaml.safe_load((ROOT / "roles/cluster/defaults/main.yml").read_text())
     scrape_ports = {defaults["monitoring_prometheus_port"], defaults["monitoring_node_exporter_port"],
-                    defaults["monitoring_gpu_exporter_port"], ray["cluster_ray_metrics_export_port"],
+                    defaults["monitoring_gpu_exporter_port"], cluster["cluster_ray_metrics_export_port"],
                     defaults["monitoring_alertmanager_port"]}
     allowed_generic = {'iif "lo" accept', "ct state established,related accept", "ct state invalid drop",
                        "meta l4proto icmp accept", "meta l4proto ipv6-icmp accept",
