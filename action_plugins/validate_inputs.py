@@ -73,6 +73,9 @@ class ActionModule(ActionBase):
                 errors.setdefault(problem, []).append(node)
             for problem in rules.unknown_variables(ruleset, names):
                 unknown.setdefault(problem, []).append(node)
+            # an old name would be ignored without a word: always an error
+            for problem in rules.renamed_variables(ruleset, names):
+                errors.setdefault(problem, []).append(node)
 
         def lines(found: dict[str, list[str]]) -> list[str]:
             return [f"{problem} (set for {', '.join(hosts)})" for problem, hosts in found.items()]

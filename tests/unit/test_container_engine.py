@@ -41,7 +41,7 @@ def decided(tmp_path_factory) -> dict:
     (tmp / "daemon.json").write_text(json.dumps(USER_DAEMON))
     tasks = [{"name": f"Decide: {name}",
               "ansible.builtin.set_fact": {f"case_{i}": "{{ __runtime_engine_installed }}"},
-              "vars": {"runtime_container_engine": engine, "__runtime_engines": {"stdout_lines": lines}}}
+              "vars": {"cluster_container_engine": engine, "__runtime_engines": {"stdout_lines": lines}}}
              for i, (name, (engine, lines, _)) in enumerate(CASES.items())]
     tasks += [
         {"ansible.builtin.slurp": {"src": str(tmp / "absent.json")}, "register": "absent",
@@ -56,7 +56,8 @@ def decided(tmp_path_factory) -> dict:
             + ", 'merged': __runtime_docker_daemon_merged, 'fresh': fresh} | to_json }}"}},
     ]
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
-             "vars_files": [str(ROOT / "roles/runtime/defaults/main.yml"),
+             "vars_files": [str(ROOT / "roles/cluster/defaults/main.yml"),
+                            str(ROOT / "roles/runtime/defaults/main.yml"),
                             str(ROOT / "roles/runtime/vars/main.yml")],
              "tasks": tasks}]
     proc = ansible_playbook(write_play(tmp / "play.yml", play),

@@ -43,7 +43,7 @@ LAUNCH = {
 def _render(tmp: Path, *extra: str) -> Path:
     out = tmp / "out"
     dump = ("{{ {'ray_exec_start': __ray_exec_start, 'ray_exec_stop': __ray_exec_stop,"
-            " 'ray_python': __ray_python, 'vllm_exec_start': __vllm_exec_start,"
+            " 'ray_python': cluster_python, 'vllm_exec_start': __vllm_exec_start,"
             " 'vllm_exec_stop': __vllm_exec_stop} | to_json }}")
     play = [{"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "validate.yml")}, {
         "name": "Render the container runtime",
@@ -51,8 +51,7 @@ def _render(tmp: Path, *extra: str) -> Path:
         "gather_facts": False,
         "vars_files": [str(ROOT / f"roles/vllm/{kind}/main.yml") for kind in ("defaults", "vars")],
         "vars": {"out": str(out / "{{ inventory_hostname }}"), "preflight_gid_index": 3,
-                 "cluster_env_file": "{{ out }}/cluster.env", "runtime_compose_dir": "{{ out }}/compose"},
-        "pre_tasks": [{"ansible.builtin.import_role": {"name": "runtime", "tasks_from": "settings.yml"}}],
+                 "cluster_env_file": "{{ out }}/cluster.env", "cluster_compose_dir": "{{ out }}/compose"},
         "roles": ["cluster"],
         "tasks": [
             {"ansible.builtin.file": {"path": "{{ out }}", "state": "directory", "mode": "0755"}},
@@ -79,7 +78,7 @@ def _render(tmp: Path, *extra: str) -> Path:
         "-i", INVENTORY, write_play(tmp / "render.yml", play),
         "-e", "ansible_connection=local", "-e", f"ansible_python_interpreter={sys.executable}",
         "-e", "cluster_runtime=container",
-        "-e", "cluster_ray_auth_token_file=" + str(tmp / "ray-auth-token"), "-e", f"runtime_hf_cache={tmp}",
+        "-e", "cluster_ray_auth_token_file=" + str(tmp / "ray-auth-token"), "-e", f"cluster_hf_cache={tmp}",
         "-e", "vllm_api_key=sk-not-in-argv",
         # the ray role creates the folders it mounts into the Ray container
         "-e", f"cluster_vllm_config_root={tmp}/vllm-config", *extra)
@@ -96,9 +95,9 @@ def docker(tmp_path_factory) -> Path:
 def podman(tmp_path_factory) -> Path:
     # a TCP cluster (no /dev/infiniband here for `podman create` to find), with
     # the lab's Podman settings
-    return _render(tmp_path_factory.mktemp("podman"), "-e", "runtime_container_engine=podman",
-                   "-e", "cluster_rdma_enabled=false", "-e", "runtime_podman_cgroups=disabled",
-                   "-e", "runtime_container_bin_dir=/opt/servekit/venv/bin")
+    return _render(tmp_path_factory.mktemp("podman"), "-e", "cluster_container_engine=podman",
+                   "-e", "cluster_rdma_enabled=false", "-e", "cluster_podman_cgroups=disabled",
+                   "-e", "cluster_container_bin_dir=/opt/servekit/venv/bin")
 
 
 def _service(out: Path, host: str) -> dict:
@@ -180,7 +179,7 @@ def test_a_model_at_a_local_path_is_mounted_with_its_folder(tmp_path):
     again = tmp_path / "again"
     again.mkdir()
     out = _render(again, "-e", f"cluster_registry_path={registry}", "-e", json.dumps(
-        {"runtime_container_volumes": [f"{models}:{models}:ro", "/var/cache/x:/var/cache/x"]}))
+        {"cluster_container_volumes": [f"{models}:{models}:ro", "/var/cache/x:/var/cache/x"]}))
     volumes = _service(out, "spark-01")["volumes"]
     assert volumes[1:4] == [f"{again}/vllm-config:{again}/vllm-config:ro", f"{models}:{models}:ro",
                            "/var/cache/x:/var/cache/x"]

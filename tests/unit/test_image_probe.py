@@ -81,7 +81,7 @@ def test_an_image_with_both_passes_and_a_version_off_the_pin_is_a_warning(tmp_pa
                  env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(site)})
     assert _filters().image_probe_problems(out, IMAGE, PINS)["missing"] == [
         f"{IMAGE}: `import ray` works but the `ray` command is not on the image's PATH "
-        "(or in runtime_container_bin_dir)"]
+        "(or in cluster_container_bin_dir)"]
 
 
 def test_log_lines_before_the_report_and_no_python_at_all():
@@ -95,8 +95,8 @@ def test_log_lines_before_the_report_and_no_python_at_all():
 
 
 @pytest.mark.parametrize(("engine", "extra"), [
-    ("docker", []), ("podman", ["-e", "runtime_podman_cgroups=disabled",
-                                "-e", "runtime_container_bin_dir=/opt/servekit/venv/bin"])])
+    ("docker", []), ("podman", ["-e", "cluster_podman_cgroups=disabled",
+                                "-e", "cluster_container_bin_dir=/opt/servekit/venv/bin"])])
 def test_probe_argv_runs_the_images_python_without_pulling(tmp_path, engine, extra):
     play = [{"hosts": "localhost", "gather_facts": False, "roles": ["cluster"],
              "vars_files": [str(ROOT / f"roles/runtime/{kind}/main.yml") for kind in ("defaults", "vars")],
@@ -107,7 +107,7 @@ def test_probe_argv_runs_the_images_python_without_pulling(tmp_path, engine, ext
     (tmp_path / "files" / "image_probe.py").symlink_to(PROBE)
     proc = ansible_playbook("-i", "localhost,", "-c", "local", write_play(tmp_path / "p.yml", play),
                             "-e", f"ansible_python_interpreter={sys.executable}",
-                            "-e", f"runtime_container_engine={engine}", *extra, timeout=120)
+                            "-e", f"cluster_container_engine={engine}", *extra, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     argv = json.loads((tmp_path / "argv.json").read_text())
     image = argv.index("vllm/vllm-openai:v0.32.0")

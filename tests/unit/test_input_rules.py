@@ -176,13 +176,13 @@ def test_an_api_beyond_loopback_needs_a_key_or_the_named_opt_out(values, refused
 def test_tls_needs_the_proxy_and_a_certificate_needs_its_key():
     base = {n: v for n, v in _defaults().items() if not (isinstance(v, str) and "{{" in v)}
     base["vllm_api_key"] = "sk-1"
-    assert check_values(RULES, dict(base, vllm_api_proxy=False)) == [
-        "vllm_api_proxy = False: it must be true or set when vllm_api_tls is true or set"]
-    assert check_values(RULES, dict(base, vllm_api_proxy=False, vllm_api_tls=False)) == []
-    only_cert = check_values(RULES, dict(base, vllm_api_tls_cert="-----BEGIN CERTIFICATE-----"))
-    assert only_cert == ["vllm_api_tls_key is not set: it must be true or set when vllm_api_tls_cert is "
-                         "true or set"]
-    only_key = check_values(RULES, dict(base, vllm_api_tls_key="-----BEGIN PRIVATE KEY----- s3cr3t"))
+    assert check_values(RULES, dict(base, cluster_api_proxy=False)) == [
+        "cluster_api_proxy = False: it must be true or set when cluster_api_tls is true or set"]
+    assert check_values(RULES, dict(base, cluster_api_proxy=False, cluster_api_tls=False)) == []
+    only_cert = check_values(RULES, dict(base, cluster_api_tls_cert="-----BEGIN CERTIFICATE-----"))
+    assert only_cert == ["cluster_api_tls_key is not set: it must be true or set when "
+                         "cluster_api_tls_cert is true or set"]
+    only_key = check_values(RULES, dict(base, cluster_api_tls_key="-----BEGIN PRIVATE KEY----- s3cr3t"))
     assert only_key and "s3cr3t" not in " ".join(only_key)
 
 
@@ -264,6 +264,22 @@ def test_unknown_role_prefixed_names_get_the_closest_real_name():
                      "did you mean network_mtu?"]
 
 
+def test_a_renamed_input_names_its_new_name_and_is_not_an_unknown_one():
+    names = ["vllm_api_tls", "ray_metrics_export_port", "cluster_api_tls"]
+    assert input_rules.renamed_variables(RULES, names) == [
+        "ray_metrics_export_port was renamed to cluster_ray_metrics_export_port: "
+        "set cluster_ray_metrics_export_port instead",
+        "vllm_api_tls was renamed to cluster_api_tls: set cluster_api_tls instead"]
+    assert input_rules.unknown_variables(RULES, names) == []
+
+
+def test_every_renamed_input_points_at_a_real_one():
+    assert RULES.renamed, "roles/*/meta/input_rules.yml renamed: is gone"
+    gone = {old: new for old, new in RULES.renamed.items()
+            if new not in RULES.options or old in RULES.options}
+    assert not gone, f"renamed: {gone}: the new name must be an input and the old one no longer"
+
+
 def test_a_malformed_rules_file_is_refused(tmp_path):
     role = tmp_path / "demo" / "meta"
     role.mkdir(parents=True)
@@ -316,8 +332,12 @@ BAD_INPUTS = pytest.mark.parametrize(
         ({"vllm_api_key": None}, None,
          f"{KEY_RULE}: anyone the firewall lets in could use the API. Set vllm_api_key (from "
          "ansible-vault); or set vllm_api_allow_unauthenticated: true to serve it without one on purpose"),
+        ({"runtime_container_engine": "podman"}, None,
+         "runtime_container_engine was renamed to cluster_container_engine: set cluster_container_engine "
+         "instead (set for fake-head, fake-worker)"),
     ],
-    ids=["mtu-per-host", "cidr", "worker-range", "ib-timeout", "proxy-port", "iface", "no-api-key"],
+    ids=["mtu-per-host", "cidr", "worker-range", "ib-timeout", "proxy-port", "iface", "no-api-key",
+         "renamed"],
 )
 BAD_CASES = BAD_INPUTS.args[1]
 

@@ -43,7 +43,7 @@ def test_what_the_inventory_leaves_unset_comes_from_the_role_defaults(tmp_path):
     assert view.api_port == ROLE["cluster"]["cluster_api_port"]
     # cluster_data_address defaults to "{{ ansible_host | default(inventory_hostname) }}"
     assert view.address() == "10.0.0.1" and view.address("node-b") == "10.0.0.9"
-    # the proxy serves HTTPS by default (vllm_api_tls), verified with servekit's CA
+    # the proxy serves HTTPS by default (cluster_api_tls), verified with servekit's CA
     assert view.api_url == f"https://10.0.0.1:{ROLE['cluster']['cluster_api_port']}"
     state = ROOT / ".cache"
     assert view.api_ca_file(state) == state / "tls" / "ca.crt"
@@ -130,10 +130,10 @@ def test_every_variable_the_verify_suite_reads_is_a_role_default():
 @pytest.mark.parametrize(
     ("head_vars", "scheme", "ca"),
     [
-        ({"vllm_api_tls": False}, "http", None),
-        ({"vllm_api_proxy": "false"}, "http", None),  # TLS is the proxy's
-        ({"vllm_api_tls_cert": "-----BEGIN CERTIFICATE-----"}, "https", None),  # the system store
-        ({"vllm_api_tls_ca_file": "/etc/ssl/my-ca.pem"}, "https", "/etc/ssl/my-ca.pem"),
+        ({"cluster_api_tls": False}, "http", None),
+        ({"cluster_api_proxy": "false"}, "http", None),  # TLS is the proxy's
+        ({"cluster_api_tls_cert": "-----BEGIN CERTIFICATE-----"}, "https", None),  # the system store
+        ({"cluster_api_tls_ca_file": "/etc/ssl/my-ca.pem"}, "https", "/etc/ssl/my-ca.pem"),
     ],
     ids=["tls-off", "proxy-off", "own-cert", "own-ca"],
 )

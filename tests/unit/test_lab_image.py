@@ -67,8 +67,8 @@ def test_lab_inventory_imports_the_archive_under_the_container_runtime(tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:]
     proc = ansible("ansible", "-i", paths.inventory, "--vault-password-file", paths.vault_password,
                    "lab-head", "-m", "ansible.builtin.debug",
-                   "-a", "msg={{ [runtime_container_engine, runtime_container_image_archive,"
-                   " runtime_podman_cgroups, runtime_container_bin_dir] | to_json }}",
+                   "-a", "msg={{ [cluster_container_engine, runtime_container_image_archive,"
+                   " cluster_podman_cgroups, cluster_container_bin_dir] | to_json }}",
                    project=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert f'["podman", "{archive}", "disabled", "/opt/servekit/venv/bin"]' in " ".join(proc.stdout.split())

@@ -368,7 +368,7 @@ def test_containers_download_inside_the_ray_container_into_the_mounted_cache(dec
     got = decisions["container"]
     assert got["__vllm_hf_command"] == ["/usr/bin/docker", "exec", "--env=HF_TOKEN",
                                         "--env=HF_HUB_DISABLE_PROGRESS_BARS", "servekit-ray", "hf"]
-    # runtime_hf_cache, mounted as the containers' ~/.cache/huggingface
+    # cluster_hf_cache, mounted as the containers' ~/.cache/huggingface
     assert got["cache"] == "/opt/servekit/hf-cache/hub"
 
 

@@ -93,8 +93,6 @@ def render(tmp: Path, inventory: str, tasks_from: str = "files.yml",
         "name": "Render the monitoring files with the role's own tasks",
         "hosts": "head:workers",
         "gather_facts": False,
-        "pre_tasks": [{"ansible.builtin.import_role": {"name": role, "tasks_from": "settings.yml"}}
-                      for role in ("runtime", "ray", "vllm")],
         "roles": ["cluster"],
         "tasks": [
             {"ansible.builtin.file": {"path": out, "state": "directory", "mode": "0755"}},
@@ -189,7 +187,7 @@ def test_lab_targets_come_from_the_inventory(renders):
     assert config["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": [f"{head}:9093"]}]}]}
     assert _targets(config, "dcgm") == {}, "no GPU on the lab: no DCGM exporter"
     vllm = next(s for s in config["scrape_configs"] if s["job_name"] == "vllm")
-    assert vllm["scheme"] == "http"  # the lab's API has no TLS (inventory/lab vllm_api_tls: false)
+    assert vllm["scheme"] == "http"  # the lab's API has no TLS (inventory/lab cluster_api_tls: false)
     assert config["global"]["scrape_interval"] == "5s", "the lab inventory's short interval"
     assert not (tmp_path / "out" / "lab-worker-1" / "prometheus.yml").exists(), "Prometheus only on the head"
 
@@ -205,7 +203,7 @@ def test_gpu_clusters_scrape_dcgm_and_vllm_over_https(rendered):
     assert len(nodes) >= 2
     assert set(_targets(config, "dcgm").values()) == nodes
     assert all(t.endswith(":9400") for t in _targets(config, "dcgm"))
-    assert vllm["scheme"] == "https", "the example inventories keep the proxy's TLS (vllm_api_tls default)"
+    assert vllm["scheme"] == "https", "the example inventories keep the proxy's TLS (cluster_api_tls default)"
 
 
 def test_a_wildcard_listen_address_is_refused(tmp_path):
@@ -626,9 +624,9 @@ def test_the_firewall_opens_scrape_ports_only_to_cluster_nodes(tmp_path):
 
     rulesets = render_firewall(tmp_path, "198.51.100.7 50022 192.168.100.1 22")
     defaults = yaml.safe_load((ROOT / "roles/monitoring/defaults/main.yml").read_text())
-    ray = yaml.safe_load((ROOT / "roles/ray/defaults/main.yml").read_text())
+    cluster = yaml.safe_load((ROOT / "roles/cluster/defaults/main.yml").read_text())
     scrape_ports = {defaults["monitoring_prometheus_port"], defaults["monitoring_node_exporter_port"],
-                    defaults["monitoring_gpu_exporter_port"], ray["ray_metrics_export_port"],
+                    defaults["monitoring_gpu_exporter_port"], cluster["cluster_ray_metrics_export_port"],
                     defaults["monitoring_alertmanager_port"]}
     allowed_generic = {'iif "lo" accept', "ct state established,related accept", "ct state invalid drop",
                        "meta l4proto icmp accept", "meta l4proto ipv6-icmp accept",

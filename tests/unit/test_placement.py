@@ -321,10 +321,10 @@ def test_the_validate_play_places_replica_engines_and_needs_the_api_proxy(tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "- small       3        llama-3.1-8b-instruct  h100-01  3" in proc.stdout, proc.stdout[-3000:]
     refused = _validate(tmp_path / "no-proxy", deployments,
-                        {"vars": {"cluster_runtime": "native", "vllm_api_proxy": False,
-                                  "vllm_api_tls": False}})
+                        {"vars": {"cluster_runtime": "native", "cluster_api_proxy": False,
+                                  "cluster_api_tls": False}})
     assert refused.returncode == 2
-    assert ("vllm_api_proxy = false: replica engines (5 from cluster_deployments) are served through the "
+    assert ("cluster_api_proxy = false: replica engines (5 from cluster_deployments) are served through the "
             "API proxy and the router behind it; allowed with replica engines: true") in refused.stdout
 
 

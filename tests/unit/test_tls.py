@@ -25,7 +25,7 @@ pytestmark = ROOT_ONLY
 
 
 def _fixed() -> dict:
-    return {"cluster_api_port": _free_port(), "vllm_backend_port": _free_port(), "vllm_api_tls": True}
+    return {"cluster_api_port": _free_port(), "vllm_backend_port": _free_port(), "cluster_api_tls": True}
 
 
 def _recap(tmp: Path) -> str:
@@ -142,8 +142,8 @@ def test_the_served_certificates_expiry_is_a_textfile_metric(tmp_path, own):
                         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(pem / "k.pem"),
                         "-out", str(pem / "c.pem"), "-days", "3", "-subj", "/CN=own",
                         "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-        overrides.update(vllm_api_tls_cert=(pem / "c.pem").read_text(),
-                         vllm_api_tls_key=(pem / "k.pem").read_text())
+        overrides.update(cluster_api_tls_cert=(pem / "c.pem").read_text(),
+                         cluster_api_tls_key=(pem / "k.pem").read_text())
     render(tmp_path, **overrides)
     served = _load(tmp_path / "etc" / "api-tls.crt")
     text = (tmp_path / "textfile" / "servekit-tls.prom").read_text()

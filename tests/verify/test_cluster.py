@@ -141,14 +141,15 @@ def _environ(host, pid: int) -> dict[str, str] | None:
 
 
 def _in_container(node) -> bool:
-    return node["vars"]["cluster_runtime"] == "container"
+    """Whether Ray and vLLM run in the node's container (the contract's cluster_exec_prefix)."""
+    return bool(node["vars"]["cluster_exec_prefix"])
 
 
 def _container_exec(node, *argv: str, env: dict[str, str] | None = None) -> str:
     """A command line run inside the node's Ray container (the container runtime)."""
-    v = node["vars"]
+    prefix = node["vars"]["cluster_exec_prefix"]
     flags = [f"--env={name}={value}" for name, value in (env or {}).items()]
-    return shlex.join([v["runtime_container_engine_bin"], "exec", *flags, v["runtime_container_name"], *argv])
+    return shlex.join([*prefix[:-1], *flags, *prefix[-1:], *argv])
 
 
 def _ray_rank_pids(host, node) -> list[int]:
@@ -234,23 +235,22 @@ def test_ray_ranks_use_rdma_transport(host, node, cluster):
         problems = engine_transport_problems({node["name"]: text}, dict.fromkeys(hosts, expect_gdr))
         assert not problems, f"{node['name']}: rank PID {pid}: " + "; ".join(problems)
 
-def test_ray_sees_every_node(host, node, cluster, venv):
+def test_ray_sees_every_node(host, node, cluster):
     if node["rank"] != 0:
         pytest.skip("checked from the head")
     script = (
         "import json, ray; ray.init(address='auto', logging_level='ERROR', log_to_driver=False); "
         "print(json.dumps(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))"
     )
-    env = {}
-    if node["vars"]["cluster_ray_auth"]:
-        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": node["vars"]["cluster_ray_auth_token_file"]}
+    # the runtime's Python and Ray's auth environment, as the ray stage's probe uses them
+    env = node["vars"]["cluster_ray_auth_env"]
+    python = node["vars"]["cluster_python"]
     if _in_container(node):
-        bin_dir = node["vars"]["runtime_container_bin_dir"]
-        python = f"{bin_dir}/python3" if bin_dir else "python3"
-        out = host.check_output(_container_exec(node, python, "-c", script, env=env))
+        out = host.check_output(_container_exec(node, *python[len(node["vars"]["cluster_exec_prefix"]):],
+                                                "-c", script, env=env))
     else:
         prefix = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
-        out = host.check_output(f"{prefix} {venv}/bin/python -c {shlex.quote(script)}")
+        out = host.check_output(f"{prefix} {shlex.join(python)} -c {shlex.quote(script)}")
     alive = json.loads(out.splitlines()[-1])
     missing = {name: info["address"] for name, info in cluster.items() if info["address"] not in alive}
     assert not missing, f"Ray does not see {missing}; alive: {alive}"
@@ -380,7 +380,7 @@ def proxied_head(node) -> dict:
     """The head, when the API proxy is on (the role's default)."""
     if node["rank"] != 0:
         pytest.skip("the API runs on the head")
-    if not node["vars"]["vllm_api_proxy"]:
+    if not node["vars"]["cluster_api_proxy"]:
         pytest.skip("the inventory turns the API proxy off (vLLM serves every route itself)")
     return node
 
