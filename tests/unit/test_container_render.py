@@ -166,6 +166,7 @@ def _registry_with_a_local_model(tmp: Path, path: str) -> Path:
     return out
 
 
+@pytest.mark.slow  # two whole renders of the example (28 s): `make test-slow`
 def test_a_model_at_a_local_path_is_mounted_with_its_folder(tmp_path):
     """The staged model's folder reaches the container by itself; a mount the inventory already
     has for that container path is not doubled (the lab's old hand-written list)."""

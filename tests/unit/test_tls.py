@@ -56,6 +56,7 @@ def _reissue_expiring_in(cert_path: Path, ca_dir: Path, days: int) -> x509.Certi
     return new
 
 
+@pytest.mark.slow  # the TLS plays three times over (15-26 s): `make test-slow`
 def test_a_certificate_expiring_in_a_day_is_renewed_and_the_next_run_changes_nothing(tmp_path):
     fixed = _fixed()
     render(tmp_path, **fixed)
@@ -82,6 +83,7 @@ def test_a_certificate_expiring_in_a_day_is_renewed_and_the_next_run_changes_not
     assert "changed=0" in _recap(tmp_path), _recap(tmp_path)
 
 
+@pytest.mark.slow  # the TLS plays three times over (15-26 s): `make test-slow`
 def test_a_certificate_outside_the_renewal_window_is_kept(tmp_path):
     fixed = _fixed()
     render(tmp_path, **fixed)
@@ -90,6 +92,7 @@ def test_a_certificate_outside_the_renewal_window_is_kept(tmp_path):
     assert _load(_head_cert(tmp_path)).serial_number == kept.serial_number
 
 
+@pytest.mark.slow  # the TLS plays three times over (15-26 s): `make test-slow`
 def test_a_ca_and_certificate_from_the_openssl_tasks_of_earlier_releases_are_kept(tmp_path):
     fixed = _fixed()
     render(tmp_path, **fixed)
