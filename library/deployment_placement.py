@@ -15,12 +15,13 @@ description:
     input problem at once, each naming its field, or with the first replica that does not fit,
     naming the deployment, the devices it needs and what is free.
   - Refuses MODEL_NAME together with deployments (O(model_name)).
-  - Returns RV(not_served), what the serving side does not run yet (a replica across nodes
-    beside other engines, a served name other than the registry entry on such a replica, replica
-    engines on the container runtime), for the validate role to refuse after every other rule;
-    this module itself does not fail on it.
-  - When every replica fits inside one node, RV(replica_engines) lists one engine per replica
-    with its node, devices, port and unit (the vllm role runs them behind the head's router).
+  - Returns RV(not_served), what the serving side does not run (replica engines on the container
+    runtime, a replica across nodes beside other engines without the Ray executor), for the
+    validate role to refuse after every other rule; this module itself does not fail on it.
+  - When the set runs as replica engines (more than one engine, or one served under another name
+    than its registry entry), RV(replica_engines) lists one engine per replica with its node (the
+    first of a spanning replica's), nodes, devices, port and unit (the vllm role runs them behind
+    the head's router).
   - With no deployments it checks nothing and returns an empty placement.
 options:
   deployments:
@@ -48,6 +49,10 @@ options:
     description: C(cluster_runtime); replica engines run on C(native) only.
     type: str
     default: native
+  executor:
+    description: C(cluster_executor); a replica across nodes beside other engines needs C(ray).
+    type: str
+    default: ray
   port_base:
     description: A replica engine's port is this plus its first device index on its node.
     type: int
@@ -94,8 +99,9 @@ engines:
   type: int
 replica_engines:
   description:
-    - One record per replica engine (C(deployment), C(replica) 0-based, C(model), C(node),
-      C(devices), C(port), C(unit)); empty when the set runs as the cluster's single engine.
+    - One record per replica engine (C(deployment), C(replica) 0-based, C(model), C(node) where
+      its unit and port are, C(nodes) every node it takes, C(devices) on C(node), C(port),
+      C(unit)); empty when the set runs as the cluster's single engine.
   returned: always
   type: list
   elements: dict
@@ -129,6 +135,7 @@ def run_module() -> None:
             "devices": {"type": "dict", "required": True},
             "model_name": {"type": "str", "default": ""},
             "runtime": {"type": "str", "default": "native"},
+            "executor": {"type": "str", "default": "ray"},
             "port_base": {"type": "int", "default": 8100},
         },
         supports_check_mode=True,
@@ -149,7 +156,7 @@ def run_module() -> None:
         module.fail_json(msg=str(exc), **result)
     result.update(placement=[r.as_dict() for r in replicas], table=format_table(replicas),
                   engines=engines(replicas),
-                  not_served=not_served_yet(raw, replicas, params["runtime"]),
+                  not_served=not_served_yet(raw, replicas, params["runtime"], params["executor"]),
                   replica_engines=(replica_engines(replicas, params["port_base"])
                                    if serves_replicas(raw, replicas) else []))
     module.exit_json(**result)

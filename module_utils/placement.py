@@ -245,12 +245,11 @@ def conflicts_with_model_name(raw: Any, model_name: str | None) -> list[str]:
 
 
 def serves_replicas(raw: Any, replicas: Sequence[Replica]) -> bool:
-    """Whether the placement runs as replica engines (one vLLM engine per replica, each inside one
-    node, behind the head's router) rather than as the single engine of ``cluster_model``:
-    deployments are set, no replica spans nodes, and there is more than one engine or one served
-    under another name than its registry entry (one engine under its own name is the single engine,
-    as without deployments)."""
-    if not raw or not replicas or any(len(r.nodes) > 1 for r in replicas):
+    """Whether the placement runs as replica engines (one vLLM engine per replica, behind the head's
+    router) rather than as the single engine of ``cluster_model``: deployments are set, and there is
+    more than one engine or one served under another name than its registry entry (one engine under
+    its own name is the single engine, as without deployments, whether it spans nodes or not)."""
+    if not raw or not replicas:
         return False
     return engines(replicas) > 1 or replicas[0].deployment != replicas[0].model
 
@@ -279,59 +278,50 @@ def replica_unit(slug: str, number: int | str) -> str:
 
 
 def replica_engines(replicas: Sequence[Replica], port_base: int) -> list[dict[str, Any]]:
-    """One record per replica engine: deployment, replica (0-based), model, node, devices, port, unit.
+    """One record per replica engine: deployment, replica (0-based), model, node, nodes, devices,
+    port, unit.
 
-    The port is ``port_base`` + the replica's first device index on its node: distinct on a node
-    (replicas there hold distinct devices) and unchanged when other deployments are added or removed.
+    ``node`` is where the engine's unit, API and router target live: the replica's only node, or the
+    first of the whole nodes a spanning replica takes (``nodes``, in placement order; its ranks on
+    the others are Ray's, see docs/serving.md); ``devices`` are that node's. The port is
+    ``port_base`` + the replica's first device index on that node: distinct on a node (replicas there
+    hold distinct devices) and unchanged when other deployments are added or removed.
     """
     out = []
     for r in replicas:
-        (node, devices), = r.devices
+        node, devices = r.devices[0]
         out.append({"deployment": r.deployment, "replica": r.index, "model": r.model, "node": node,
-                    "devices": list(devices), "port": port_base + devices[0],
+                    "nodes": list(r.nodes), "devices": list(devices), "port": port_base + devices[0],
                     "unit": replica_unit(unit_slug(r.deployment), r.index + 1)})
     return out
 
 
-def not_served_yet(raw: Any, replicas: Sequence[Replica], runtime: str = "native") -> list[str]:
-    """What a placed deployment set asks that the serving side does not run yet (issue 21).
+def not_served_yet(raw: Any, replicas: Sequence[Replica], runtime: str = "native",
+                   executor: str = "ray") -> list[str]:
+    """What a placed deployment set asks that the serving side does not run (issue 21).
 
-    Replicas inside one node each run as their own engine behind the router. A replica that spans
-    nodes still runs only as the cluster's one engine (a Ray placement group per replica is not
-    done), under its registry name (the single-engine probe, watchdog, rollback and status ask for
-    it), and replica engines run on the native runtime only.
+    Replicas inside one node each run as their own engine (vLLM's mp executor on its devices). A
+    replica that spans nodes beside other engines runs under the Ray executor, its ranks held to its
+    nodes by vLLM's Ray data-parallel placement (docs/serving.md), so it needs
+    ``cluster_executor: ray``. Replica engines run on the native runtime only.
     """
-    if not raw:
-        return []
-    spanning = [r for r in replicas if len(r.nodes) > 1]
-    if spanning:
-        return _spanning_problems(replicas, spanning)
-    if not serves_replicas(raw, replicas):
+    if not raw or not serves_replicas(raw, replicas):
         return []
     if runtime != "native":
-        return [f"cluster_runtime = {runtime!r}: replica engines ({FIELD} with replicas inside one node) "
-                f"run on the native runtime only; allowed with {FIELD}: native"]
+        return [f"cluster_runtime = {runtime!r}: replica engines (cluster_deployments with more than one "
+                f"engine, or one served under another name) run on the native runtime only; allowed with "
+                f"{FIELD}: native"]
+    spanning = [r for r in replicas if len(r.nodes) > 1]
+    if spanning and executor != "ray":
+        first = spanning[0]
+        return [f"cluster_executor = {executor!r}: replica {first.index + 1} of {first.deployment!r} spans "
+                f"nodes {', '.join(first.nodes)}, and a replica across nodes beside other engines runs "
+                f"under the Ray executor (its ranks are placed on its nodes by Ray); allowed: ray. "
+                f"The placement:\n{format_table(replicas)}"]
     seen: dict[str, str] = {}
     for r in replicas:
         slug = unit_slug(r.deployment)
         if seen.setdefault(slug, r.deployment) != r.deployment:
             return [f"{FIELD}: names {seen[slug]!r} and {r.deployment!r} give the same unit name "
                     f"({replica_unit(slug, 'N')}); rename one"]
-    return []
-
-
-def _spanning_problems(replicas: Sequence[Replica], spanning: Sequence[Replica]) -> list[str]:
-    """A replica across nodes: served only alone, as the single engine, under its registry name."""
-    if engines(replicas) > 1:
-        first = spanning[0]
-        return [f"{FIELD}: replica {first.index + 1} of {first.deployment!r} spans nodes "
-                f"{', '.join(first.nodes)}; a replica across nodes is served only as the cluster's one "
-                f"engine (this set needs {engines(replicas)}): give it replicas: 1 and no other deployment, "
-                f"or use a registry entry that fits one node. The placement it would get:\n"
-                f"{format_table(replicas)}"]
-    only = replicas[0]
-    if only.deployment != only.model:
-        return [f"{FIELD}[0].name = {only.deployment!r}: a replica across nodes is served under its "
-                f"registry name (the readiness probe, watchdog, rollback and status ask the engine for "
-                f"{only.model!r}); set name: {only.model}"]
     return []

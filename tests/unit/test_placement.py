@@ -183,39 +183,55 @@ FOUR_NODES = {"a": 8, "b": 8, "c": 8, "d": 8}
 
 
 @pytest.mark.parametrize(
-    ("raw", "devices", "runtime", "message"),
+    ("raw", "devices", "runtime", "executor", "message"),
     [
-        # a replica across nodes runs only as the cluster's one engine
-        ([{"name": "r1", "model": "deepseek-r1"}, {"name": "m", "model": "tp4"}], FOUR_NODES, "native",
-         "cluster_deployments: replica 1 of 'r1' spans nodes a, b; a replica across nodes is served only "
-         "as the cluster's one engine (this set needs 2): give it replicas: 1 and no other deployment, or "
-         "use a registry entry that fits one node. The placement it would get:\n"
-         "DEPLOYMENT  REPLICA  MODEL        NODE  DEVICES\n"),
-        # ... under its registry name
-        ([{"name": "chat", "model": "deepseek-r1"}], H100x2, "native",
-         "cluster_deployments[0].name = 'chat': a replica across nodes is served under its registry name"),
+        # a replica across nodes beside other engines: Ray places its ranks, so the Ray executor
+        ([{"name": "r1", "model": "deepseek-r1"}, {"name": "m", "model": "tp4"}], FOUR_NODES, "native", "mp",
+         "cluster_executor = 'mp': replica 1 of 'r1' spans nodes a, b, and a replica across nodes "
+         "beside other engines runs under the Ray executor (its ranks are placed on its nodes by Ray); "
+         "allowed: ray. The placement:\nDEPLOYMENT  REPLICA  MODEL        NODE  DEVICES\n"),
+        # ... and one spanning replica under another name is a replica engine too
+        ([{"name": "chat", "model": "deepseek-r1"}], H100x2, "native", "mp",
+         "cluster_executor = 'mp': replica 1 of 'chat' spans nodes h100-01, h100-02"),
         # replica engines on the native runtime only
-        ([{"name": "m", "model": "tp4", "replicas": 4}], H100x2, "container",
-         "cluster_runtime = 'container': replica engines (cluster_deployments with replicas inside one "
-         "node) run on the native runtime only; allowed with cluster_deployments: native"),
+        ([{"name": "m", "model": "tp4", "replicas": 4}], H100x2, "container", "ray",
+         "cluster_runtime = 'container': replica engines (cluster_deployments with more than one engine, "
+         "or one served under another name) run on the native runtime only; allowed with "
+         "cluster_deployments: native"),
         # two names, one unit name
-        ([{"name": "a/b", "model": "tp4"}, {"name": "A-B", "model": "tp4"}], H100x2, "native",
+        ([{"name": "a/b", "model": "tp4"}, {"name": "A-B", "model": "tp4"}], H100x2, "native", "ray",
          "cluster_deployments: names 'a/b' and 'A-B' give the same unit name (servekit-vllm-a-b-N.service); "
          "rename one"),
     ],
-    ids=["spanning-beside-others", "spanning-renamed", "container", "same-unit"],
+    ids=["spanning-beside-others-mp", "spanning-renamed-mp", "container", "same-unit"],
 )
-def test_what_the_serving_side_cannot_run_yet_is_refused_with_the_placement(raw, devices, runtime, message):
-    problems = not_served_yet(raw, plan(raw, SIZED, devices), runtime)
+def test_what_the_serving_side_cannot_run_is_refused_with_the_placement(raw, devices, runtime, executor,
+                                                                        message):
+    problems = not_served_yet(raw, plan(raw, SIZED, devices), runtime, executor)
     assert len(problems) == 1 and message in problems[0], problems
 
 
 @pytest.mark.parametrize("raw", [[], [{"name": "tp4", "model": "tp4"}],
                                  [{"name": "deepseek-r1", "model": "deepseek-r1"}],
                                  [{"name": "m", "model": "tp4", "replicas": 4}],
-                                 [{"name": "chat", "model": "tp4"}, {"name": "b", "model": "tp2pp2"}]])
+                                 [{"name": "chat", "model": "tp4"}, {"name": "b", "model": "tp2pp2"}],
+                                 [{"name": "chat", "model": "deepseek-r1"}]])
 def test_a_spanning_engine_alone_or_replicas_inside_nodes_are_served(raw):
     assert not_served_yet(raw, plan(raw, SIZED, H100x2)) == []
+
+
+def test_a_spanning_replica_beside_others_is_served_under_ray_from_its_first_node():
+    """Two 16-device replicas across node pairs and one inside a node: each spanning replica's unit,
+    port and router target on the first node of its pair, every node of the pair in ``nodes``."""
+    raw = [{"name": "r1", "model": "deepseek-r1", "replicas": 2}]
+    placed = plan(raw, SIZED, FOUR_NODES)
+    assert not_served_yet(raw, placed, "native", "ray") == []
+    assert serves_replicas(raw, placed)
+    assert [(e["unit"], e["node"], e["nodes"], e["devices"], e["port"])
+            for e in replica_engines(placed, 8100)] == [
+        ("servekit-vllm-r1-1.service", "a", ["a", "b"], list(range(8)), 8100),
+        ("servekit-vllm-r1-2.service", "c", ["c", "d"], list(range(8)), 8100),
+    ]
 
 
 def test_replicas_inside_nodes_run_as_replica_engines_with_their_own_unit_and_port():
@@ -223,15 +239,16 @@ def test_replicas_inside_nodes_run_as_replica_engines_with_their_own_unit_and_po
            {"name": "org/Small.v2", "model": "llama-3.1-8b-instruct"}]
     placed = plan(raw, SIZED, {"h100-01": 8, "h100-02": 9})
     assert serves_replicas(raw, placed)
-    assert [(e["unit"], e["node"], e["devices"], e["port"]) for e in replica_engines(placed, 8100)] == [
-        ("servekit-vllm-m-1.service", "h100-01", [0, 1, 2, 3], 8100),
-        ("servekit-vllm-m-2.service", "h100-02", [0, 1, 2, 3], 8100),
-        ("servekit-vllm-m-3.service", "h100-01", [4, 5, 6, 7], 8104),
-        ("servekit-vllm-m-4.service", "h100-02", [4, 5, 6, 7], 8104),
-        ("servekit-vllm-org-small-v2-1.service", "h100-02", [8], 8108),
+    assert [(e["unit"], e["node"], e["nodes"], e["devices"], e["port"])
+            for e in replica_engines(placed, 8100)] == [
+        ("servekit-vllm-m-1.service", "h100-01", ["h100-01"], [0, 1, 2, 3], 8100),
+        ("servekit-vllm-m-2.service", "h100-02", ["h100-02"], [0, 1, 2, 3], 8100),
+        ("servekit-vllm-m-3.service", "h100-01", ["h100-01"], [4, 5, 6, 7], 8104),
+        ("servekit-vllm-m-4.service", "h100-02", ["h100-02"], [4, 5, 6, 7], 8104),
+        ("servekit-vllm-org-small-v2-1.service", "h100-02", ["h100-02"], [8], 8108),
     ]
-    # without deployments, one engine under its registry name, or a replica across nodes: the single
-    # engine (any runtime); one engine under another name: a replica engine behind the router
+    # without deployments, or one engine under its registry name (inside a node or across nodes): the
+    # single engine (any runtime); one engine under another name: a replica engine behind the router
     assert not serves_replicas([], plan([{"name": "tp4", "model": "tp4"}], SIZED, H100x2))
     alone = [{"name": "tp4", "model": "tp4"}]
     assert not serves_replicas(alone, plan(alone, SIZED, H100x2))
@@ -240,6 +257,7 @@ def test_replicas_inside_nodes_run_as_replica_engines_with_their_own_unit_and_po
     assert serves_replicas(renamed, plan(renamed, SIZED, H100x2))
     spanning = [{"name": "deepseek-r1", "model": "deepseek-r1"}]
     assert not serves_replicas(spanning, plan(spanning, SIZED, H100x2))
+    assert not_served_yet(spanning, plan(spanning, SIZED, H100x2), "container", "mp") == []
 
 
 @pytest.mark.parametrize(("name", "slug"), [("lab-tiny", "lab-tiny"), ("org/Model_v1.5", "org-model-v1-5"),
@@ -287,16 +305,18 @@ def _validate(tmp_path, deployments, env: dict | None = None):
          "cluster_deployments[1].model = 'gpt-oss-2b': must be a model registry entry"),
         ([{"name": "r1", "model": "deepseek-r1", "replicas": 2}], None,
          "cluster_deployments: deployment 'r1' replica 2 of 2 needs 16 device(s)"),
-        ([{"name": "r1", "model": "deepseek-r1"}], None,
-         "cluster_deployments[0].name = 'r1': a replica across nodes is served under its registry name"),
+        ([{"name": "r1", "model": "deepseek-r1"}],
+         {"vars": {"cluster_runtime": "native", "cluster_executor": "mp"}},
+         "cluster_executor = 'mp': replica 1 of 'r1' spans nodes h100-01, h100-02, and a replica across "
+         "nodes beside other engines runs under the Ray executor"),
         ([{"name": "chat", "model": "gpt-oss-120b", "replicas": 2}],
          {"vars": {"cluster_runtime": "container"}},
-         "cluster_runtime = 'container': replica engines (cluster_deployments with replicas inside one node) "
-         "run on the native runtime only"),
+         "cluster_runtime = 'container': replica engines (cluster_deployments with more than one engine, "
+         "or one served under another name) run on the native runtime only"),
         ([{"name": "deepseek-r1", "model": "deepseek-r1"}], {"MODEL_NAME": "gpt-oss-120b"},
          "MODEL_NAME = 'gpt-oss-120b' is set, but cluster_deployments decides what is served"),
     ],
-    ids=["input-rules", "does-not-fit", "spanning-renamed", "container", "model-name"],
+    ids=["input-rules", "does-not-fit", "spanning-renamed-mp", "container", "model-name"],
 )
 def test_the_validate_play_refuses_before_the_registry_check(tmp_path, deployments, env, message):
     proc = _validate(tmp_path, deployments, env)

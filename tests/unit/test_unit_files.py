@@ -118,3 +118,62 @@ def test_a_replica_engines_watchdog_unit_watches_that_engine_only(tmp_path):
     if SYSTEMD_ANALYZE is not None:
         other, _ = complaints(systemd_verify(unit).stderr)
         assert not [line for line in other if "servekit-vllm-lab-tiny-2.service" not in line], other
+
+
+def _replica_unit_task() -> dict:
+    tasks = yaml.safe_load((ROOT / "roles/vllm/tasks/replicas.yml").read_text())
+    return next(t for t in tasks if t.get("name") == "Write each replica engine's unit")
+
+
+def test_replica_engine_units_as_the_vllm_role_writes_them(tmp_path):
+    """The vllm role's own "Write each replica engine's unit" task (roles/vllm/tasks/replicas.yml),
+    run by ansible-playbook with the role's defaults and vars for two replicas: one inside a node
+    runs vLLM's mp executor on its devices; one across two nodes runs the Ray executor under
+    vLLM's Ray data-parallel backend, its placement group held to its own nodes' Ray addresses
+    (VLLM_RAY_DP_PLACEMENT_NODE_IPS, vLLM 0.32 v1/engine/utils.py), with no device mask of its own."""
+    registry = yaml.safe_load((ROOT / "config/model_registry.yml").read_text())
+    inside = {"deployment": "chat", "replica": 0, "model": "lab-tiny-tp1", "node": "n1", "nodes": ["n1"],
+              "devices": [1], "port": 8101, "unit": "servekit-vllm-chat-1.service"}
+    across = {"deployment": "lab-tiny", "replica": 1, "model": "lab-tiny", "node": "n1",
+              "nodes": ["n1", "n2"], "devices": [0], "port": 8100, "unit": "servekit-vllm-lab-tiny-2.service"}
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {
+        "hosts": {"localhost": dict(host, validate_registry=registry)},
+        "children": {"head": {"hosts": {"n1": dict(host, ansible_host="10.0.0.1")}},
+                     "workers": {"hosts": {"n2": dict(host, ansible_host="10.0.0.2")}}}}}))
+    (tmp_path / "vars.json").write_text(json.dumps({
+        "cluster_executor": "ray", "vllm_unit_dir": str(tmp_path), "__vllm_stage_items": [],
+        "__vllm_ray_auth_env": {}, "cluster_env_checksum": "0" * 40,
+        "__vllm_venv_requirements": {"stat": {"checksum": "1" * 40}}}))
+    task = dict(_replica_unit_task(), loop=[inside, across])
+    play = [{"hosts": "n1", "gather_facts": False,
+             "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml") for role, kind in
+                            (("cluster", "defaults"), ("vllm", "defaults"), ("vllm", "vars"))],
+             "tasks": [task]}]
+    proc = ansible_playbook("-i", inventory, write_play(tmp_path / "play.yml", play),
+                            "-e", f"@{tmp_path / 'vars.json'}")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+    def unit(name: str) -> tuple[list[str], dict[str, str], str]:
+        text = (tmp_path / name).read_text()
+        argv = shlex.split(next(line for line in text.splitlines() if line.startswith("ExecStart="))[10:])
+        env = dict(shlex.split(line[12:])[0].split("=", 1) for line in text.splitlines()
+                   if line.startswith("Environment="))
+        return argv, env, text
+
+    argv, env, _ = unit("servekit-vllm-chat-1.service")
+    assert argv[argv.index("--distributed-executor-backend") + 1] == "mp"
+    assert "--data-parallel-backend" not in argv
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert "VLLM_RAY_DP_PLACEMENT_NODE_IPS" not in env
+    argv, env, text = unit("servekit-vllm-lab-tiny-2.service")
+    assert argv[argv.index("--distributed-executor-backend") + 1] == "ray"
+    assert argv[argv.index("--data-parallel-backend") + 1] == "ray"
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    assert argv[argv.index("--served-model-name") + 1] == "lab-tiny"
+    assert (argv[argv.index("--host") + 1], argv[argv.index("--port") + 1]) == ("10.0.0.1", "8100")
+    assert env["VLLM_RAY_DP_PLACEMENT_NODE_IPS"] == "10.0.0.1,10.0.0.2"
+    assert env["VLLM_RAY_DP_PACK_STRATEGY"] == "span"
+    assert "CUDA_VISIBLE_DEVICES" not in env, "Ray gives each rank its device"
+    assert re.search(r"(?m)^After=.*servekit-ray\.service", text), text
