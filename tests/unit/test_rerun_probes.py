@@ -21,7 +21,7 @@ ENV = {"ANSIBLE_INVENTORY_UNPARSED_WARNING": "false", "ANSIBLE_LOCALHOST_WARNING
 def _installed() -> set[str]:
     out = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}|${Package}\n"],
                          capture_output=True, text=True, check=True).stdout
-    return {line.split("|", 1)[1] for line in out.splitlines() if line.startswith("ii")}
+    return {line.split("|", 1)[1] for line in out.splitlines() if line[:2] in ("ii", "hi")}
 
 
 def test_installed_packages_come_from_one_query(tmp_path: Path) -> None:
@@ -48,6 +48,32 @@ def test_installed_packages_come_from_one_query(tmp_path: Path) -> None:
     assert set(got["first"]) == _installed()
     assert got["query"].get("skipped"), "the second import queried dpkg again"
     assert got["missing"] == ["servekit-no-such-package"]
+
+
+def test_held_packages_count_as_installed(tmp_path: Path) -> None:
+    # dpkg-query's own lines for the task's format: want, status, error flag, a space, the name
+    lines = ["ii  bash", "hi  held-pkg", "rc  removed-pkg", "un  never-installed"]
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    quoted = " ".join(f"'{line}'" for line in lines)
+    (stub / "dpkg-query").write_text(f"#!/bin/sh\nprintf '%s\\n' {quoted}\n")
+    (stub / "dpkg-query").chmod(0o755)
+    out = tmp_path / "installed.json"
+    play = [{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "environment": {"PATH": f"{stub}:{os.environ['PATH']}"},
+        "tasks": [
+            {"ansible.builtin.include_role": {"name": "cluster", "tasks_from": "package_preview.yml"}},
+            {"ansible.builtin.copy": {"dest": str(out),
+                                      "content": "{{ cluster_packages_installed | to_json }}"},
+             "check_mode": False},
+        ],
+    }]
+    proc = ansible_playbook(write_play(tmp_path / "play.yml", play), "--check", env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert json.loads(out.read_text()) == ["bash", "held-pkg"], (
+        "a package on hold (dpkg status 'hi') must count as installed, "
+        "or its install task runs on every re-run")
 
 
 def test_sysctl_probe_matches_access(tmp_path: Path) -> None:
