@@ -29,8 +29,6 @@ def test_installed_packages_come_from_one_query(tmp_path: Path) -> None:
     preview = {"ansible.builtin.include_role": {"name": "cluster", "tasks_from": "package_preview.yml"}}
     play = [{
         "hosts": "localhost", "connection": "local", "gather_facts": False,
-        # python3-apt's install is a real run's; this checks the query only
-        "vars": {"__cluster_python3_apt": {"skipped": True}},
         "tasks": [
             preview,
             {"ansible.builtin.set_fact": {"__first": "{{ cluster_packages_installed }}"}},
@@ -42,6 +40,7 @@ def test_installed_packages_come_from_one_query(tmp_path: Path) -> None:
              "check_mode": False},
         ],
     }]
+    # --check: python3-apt's install is a real run's; this checks the query only
     proc = ansible_playbook(write_play(tmp_path / "play.yml", play), "--check", env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:]
     got = json.loads(out.read_text())
@@ -74,6 +73,31 @@ def test_held_packages_count_as_installed(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == ["bash", "held-pkg"], (
         "a package on hold (dpkg status 'hi') must count as installed, "
         "or its install task runs on every re-run")
+
+
+def test_python3_apt_install_survives_a_skipped_first_import(tmp_path: Path) -> None:
+    # RoCE imports the preview under `when: rdma_lossless`: skipped, its install task still
+    # registers (a skipped result). Later imports must install python3-apt, once.
+    tasks = yaml.safe_load((ROOT / "roles/cluster/tasks/package_preview.yml").read_text())
+    install = tasks[0]
+    assert install["name"].startswith("Install python3-apt")
+    del install["ansible.builtin.command"]  # counted instead of run: the host stays as it is
+    install["ansible.builtin.set_fact"] = {"__installs": "{{ __installs | default(0) | int + 1 }}"}
+    preview = write_play(tmp_path / "preview.yml", tasks)
+    out = tmp_path / "installs.json"
+    play = [{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "tasks": [
+            {"ansible.builtin.import_tasks": str(preview), "when": False},
+            *[{"ansible.builtin.import_tasks": str(preview)}] * 3,
+            {"ansible.builtin.copy": {"dest": str(out),
+                                      "content": "{{ __installs | default(0) | to_json }}"}},
+        ],
+    }]
+    proc = ansible_playbook(write_play(tmp_path / "play.yml", play), env=ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert int(json.loads(out.read_text())) == 1, (
+        "python3-apt must be installed once per host and run, after a skipped first import too")
 
 
 def test_sysctl_probe_matches_access(tmp_path: Path) -> None:
