@@ -326,3 +326,20 @@ def test_serving_check_knows_the_engine_by_its_configured_unit(tmp_path):
     assert sorted(live) == ["llm-engine.service", "servekit-vllm-chat-1.service"], (
         "the NCCL run's check must know the engine by vllm_unit_name, as pause.yml does")
 
+
+def test_pause_stops_engines_and_watchdogs_still_starting(tmp_path):
+    note = yaml.safe_load((ROOT / "roles/vllm/tasks/pause.yml").read_text())[1]
+    assert note["name"].startswith("Pause - note")
+    # activating: a worker rank in ExecStartPre waiting for its head, or waiting out RestartSec
+    services = {"servekit-vllm.service": {"state": "stopped", "status": "activating"},
+                "servekit-vllm-chat-1.service": {"state": "running", "status": "active"},
+                "servekit-vllm-chat-0.service": {"state": "stopped", "status": "inactive"},
+                "servekit-vllm-watchdog.service": {"state": "running", "status": "active"},
+                "servekit-vllm-chat-1-watchdog.service": {"state": "stopped", "status": "activating"},
+                "servekit-vllm-chat-0-watchdog.service": {"state": "stopped", "status": "failed"},
+                "ssh.service": {"state": "running", "status": "active"}}
+    paused = render_with_services(tmp_path, note, services, {}, "__vllm_paused")
+    assert paused == {
+        "engines": ["servekit-vllm-chat-1.service", "servekit-vllm.service"],
+        "watchdogs": ["servekit-vllm-chat-1-watchdog.service", "servekit-vllm-watchdog.service"]}, (
+        "an engine or watchdog still starting must be stopped for the NCCL run (and started again after it)")
