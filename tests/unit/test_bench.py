@@ -292,3 +292,54 @@ def test_serving_nccl_is_the_library_torch_mapped(maps, library):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.loaded_nccl(maps) == library
+
+
+def render_with_services(tmp_path, task: dict, services: dict, variables: dict, result: str) -> object:
+    """``result`` after ``task`` on localhost, where service_facts found ``services``.
+
+    service_facts' own view of a unit: state 'running' only while systemd's SUB
+    is running (else 'stopped'), status its ACTIVE state (active, activating...).
+    """
+    task = dict(task, vars={**task.get("vars", {}), "ansible_facts": {"services": services}, **variables})
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+             "vars_files": [str(ROOT / "roles/vllm/defaults/main.yml")],
+             "tasks": [task, {"ansible.builtin.copy": {"content": "{{ " + result + " | to_json }}",
+                                                       "dest": str(tmp_path / "out.json")},
+                              "vars": task["vars"]}]}]
+    proc = ansible_playbook(write_play(tmp_path / "play.yml", play), timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    return yaml.safe_load((tmp_path / "out.json").read_text())
+
+
+def test_serving_check_knows_the_engine_by_its_configured_unit(tmp_path):
+    check = yaml.safe_load((ROOT / "roles/bench/tasks/serving_check.yml").read_text())[1]
+    assert check["name"].startswith("Serving engines - fail")
+    services = {"llm-engine.service": {"state": "running", "status": "active"},
+                "servekit-vllm-chat-1.service": {"state": "running", "status": "active"},
+                "servekit-vllm-chat-0.service": {"state": "stopped", "status": "inactive"},
+                "servekit-vllm-chat-1-watchdog.service": {"state": "running", "status": "active"},
+                "ssh.service": {"state": "running", "status": "active"}}
+    # its engine list only: the assert is the role's, the list what it checks
+    listing = {"ansible.builtin.debug": {"msg": "the engines are read below"}, "vars": check["vars"]}
+    live = render_with_services(tmp_path, listing, services, {"vllm_unit_name": "llm-engine.service"},
+                                "__bench_live_engines")
+    assert sorted(live) == ["llm-engine.service", "servekit-vllm-chat-1.service"], (
+        "the NCCL run's check must know the engine by vllm_unit_name, as pause.yml does")
+
+
+def test_pause_stops_engines_and_watchdogs_still_starting(tmp_path):
+    note = yaml.safe_load((ROOT / "roles/vllm/tasks/pause.yml").read_text())[1]
+    assert note["name"].startswith("Pause - note")
+    # activating: a worker rank in ExecStartPre waiting for its head, or waiting out RestartSec
+    services = {"servekit-vllm.service": {"state": "stopped", "status": "activating"},
+                "servekit-vllm-chat-1.service": {"state": "running", "status": "active"},
+                "servekit-vllm-chat-0.service": {"state": "stopped", "status": "inactive"},
+                "servekit-vllm-watchdog.service": {"state": "running", "status": "active"},
+                "servekit-vllm-chat-1-watchdog.service": {"state": "stopped", "status": "activating"},
+                "servekit-vllm-chat-0-watchdog.service": {"state": "stopped", "status": "failed"},
+                "ssh.service": {"state": "running", "status": "active"}}
+    paused = render_with_services(tmp_path, note, services, {}, "__vllm_paused")
+    assert paused == {
+        "engines": ["servekit-vllm-chat-1.service", "servekit-vllm.service"],
+        "watchdogs": ["servekit-vllm-chat-1-watchdog.service", "servekit-vllm-watchdog.service"]}, (
+        "an engine or watchdog still starting must be stopped for the NCCL run (and started again after it)")

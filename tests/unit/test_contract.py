@@ -20,6 +20,8 @@ OTHER_NAME = re.compile(r"(?<![\w.\-/{'\"])(" + "|".join(ROLES) + r")_[a-z0-9_]*
 ALLOWED = {
     ("bench", "vllm_api_key"): "the API key is a vllm secret (vault); bench is a client that sends it",
     ("bench", "vllm_model_source"): "the benchmark's tokenizer is the model folder the vllm stage copies",
+    ("bench", "vllm_unit_name"): "the NCCL run's serving check knows the engine as vllm's pause.yml, "
+                                 "which bench imports, does",
     ("ray", "vllm_environment"): "ray_environment defaults to vLLM's: the Ray workers run vLLM's ranks",
     ("rdma", "preflight_unified_memory"): "a fact the preflight stage publishes (rdma runs preflight first)",
     ("monitoring", "vllm_router_worker_health"): "a Prometheus metric name in an alert rule, not a variable",
