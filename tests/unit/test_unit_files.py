@@ -175,5 +175,32 @@ def test_replica_engine_units_as_the_vllm_role_writes_them(tmp_path):
     assert (argv[argv.index("--host") + 1], argv[argv.index("--port") + 1]) == ("10.0.0.1", "8100")
     assert env["VLLM_RAY_DP_PLACEMENT_NODE_IPS"] == "10.0.0.1,10.0.0.2"
     assert env["VLLM_RAY_DP_PACK_STRATEGY"] == "span"
+    assert env["VLLM_DP_MASTER_IP"] == "10.0.0.1", "the first node's Ray address, not vLLM's 127.0.0.1"
     assert "CUDA_VISIBLE_DEVICES" not in env, "Ray gives each rank its device"
     assert re.search(r"(?m)^After=.*servekit-ray\.service", text), text
+
+
+@pytest.mark.parametrize(("local", "driver"), [
+    ([{"unit": "servekit-vllm-lab-tiny-2.service", "nodes": ["n1", "n2"]}], True),
+    ([{"unit": "servekit-vllm-chat-1.service", "nodes": ["n1"]}], False),
+    ([], False),
+])
+def test_the_first_node_of_a_spanning_replica_keeps_secrets_out_of_its_ranks(tmp_path, local, driver):
+    """tasks/secrets.yml writes ray_non_carry_over_env_vars.json where a Ray driver runs
+    (__vllm_ray_driver_here): without it, vLLM copies HF_TOKEN and VLLM_API_KEY into the engine
+    actor's runtime env (seen on the 4-node lab, 2026-12-07). A spanning replica's first node runs
+    one; a node with only single-node (mp) replicas does not."""
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"head": {"hosts": {"n1": host}}}}}))
+    (tmp_path / "vars.json").write_text(json.dumps({
+        "cluster_executor": "ray", "__vllm_local_replicas": local, "__vllm_single_active": False}))
+    play = [{"hosts": "n1", "gather_facts": False,
+             "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml") for role, kind in
+                            (("cluster", "defaults"), ("vllm", "defaults"), ("vllm", "vars"))],
+             "tasks": [{"ansible.builtin.copy": {"content": "{{ __vllm_ray_driver_here | bool }}",
+                                                 "dest": str(tmp_path / "out"), "mode": "0644"}}]}]
+    proc = ansible_playbook("-i", inventory, write_play(tmp_path / "play.yml", play),
+                            "-e", f"@{tmp_path / 'vars.json'}")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "out").read_text() == str(driver)
