@@ -15,8 +15,8 @@ description:
     input problem at once, each naming its field, or with the first replica that does not fit,
     naming the deployment, the devices it needs and what is free.
   - Refuses MODEL_NAME together with deployments (O(model_name)).
-  - Returns RV(not_served), what the serving side does not run (replica engines on the container
-    runtime, a replica across nodes beside other engines without the Ray executor), for the
+  - Returns RV(not_served), what the serving side does not run (a replica across nodes beside
+    other engines without the Ray executor), for the
     validate role to refuse after every other rule; this module itself does not fail on it.
   - When the set runs as replica engines (more than one engine, or one served under another name
     than its registry entry), RV(replica_engines) lists one engine per replica with its node (the
@@ -45,10 +45,6 @@ options:
     description: The MODEL_NAME environment variable of the run (empty when unset).
     type: str
     default: ""
-  runtime:
-    description: C(cluster_runtime); replica engines run on C(native) only.
-    type: str
-    default: native
   executor:
     description: C(cluster_executor); a replica across nodes beside other engines needs C(ray).
     type: str
@@ -134,7 +130,6 @@ def run_module() -> None:
             "nodes": {"type": "list", "elements": "str", "required": True},
             "devices": {"type": "dict", "required": True},
             "model_name": {"type": "str", "default": ""},
-            "runtime": {"type": "str", "default": "native"},
             "executor": {"type": "str", "default": "ray"},
             "port_base": {"type": "int", "default": 8100},
         },
@@ -156,7 +151,7 @@ def run_module() -> None:
         module.fail_json(msg=str(exc), **result)
     result.update(placement=[r.as_dict() for r in replicas], table=format_table(replicas),
                   engines=engines(replicas),
-                  not_served=not_served_yet(raw, replicas, params["runtime"], params["executor"]),
+                  not_served=not_served_yet(raw, replicas, params["executor"]),
                   replica_engines=(replica_engines(replicas, params["port_base"])
                                    if serves_replicas(raw, replicas) else []))
     module.exit_json(**result)

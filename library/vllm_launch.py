@@ -102,6 +102,24 @@ options:
         runs C(docker compose up) and passes the vLLM argv to the container).
     type: list
     elements: str
+  exec_prefix:
+    description:
+      - The container runtime's exec into the node's Ray container (C(podman exec servekit-ray)).
+        When set, the unit runs vLLM through it, the environment passed by name (O(environment),
+        O(env_names)), and stops it by the PID recorded in O(pid_file); O(exec_start) and
+        O(exec_stop) then stay unset.
+    type: list
+    elements: str
+    default: []
+  env_names:
+    description: Further variables the exec passes by name (the secrets file's, which systemd reads).
+    type: list
+    elements: str
+    default: []
+  pid_file:
+    description: Where, inside the container, the exec records vLLM's PID (one file per unit).
+    type: str
+    default: /tmp/servekit-vllm.pid
   exec_start_pre:
     description:
       - A command the unit runs before O(exec_start) (C(ExecStartPre=)); the vllm role makes
@@ -200,6 +218,16 @@ env:
   returned: always
   type: dict
   sample: {VLLM_HOST_IP: 192.168.100.1}
+exec_argv:
+  description: What the unit's C(ExecStart=) runs (O(argv), or its exec in the container); empty when none.
+  returned: always
+  type: list
+  elements: str
+exec_stop_argv:
+  description: What the unit's C(ExecStop=) runs; empty when the unit has none.
+  returned: always
+  type: list
+  elements: str
 unit:
   description:
     - The systemd unit text (C(templates/vllm-launch.service.j2), rendered by the action plugin);
@@ -252,6 +280,7 @@ from ansible.module_utils.vllm_registry import (  # noqa: E402
     NodeSpec,
     RegistryError,
     build_launch_plan,
+    container_exec,
     load_registry_file,
     select_model,
     unit_model,
@@ -285,6 +314,10 @@ def build_module() -> AnsibleModule:
             "master_port": {"type": "int", "default": 29501},
             "command": {"type": "list", "elements": "str", "default": ["vllm"]},
             "exec_start": {"type": "list", "elements": "str"},
+            "exec_prefix": {"type": "list", "elements": "str", "default": []},
+            "env_names": {"type": "list", "elements": "str", "default": []},
+            # inside the container, whose /tmp only vLLM's exec and its stop write
+            "pid_file": {"type": "str", "default": "/tmp/servekit-vllm.pid"},  # noqa: S108
             "exec_start_pre": {"type": "list", "elements": "str"},
             "exec_stop": {"type": "list", "elements": "str"},
             "timeout_start_sec": {"type": "int"},
@@ -300,7 +333,8 @@ def build_module() -> AnsibleModule:
             "_unit": {"type": "str"},
         },
         required_one_of=[("registry", "registry_path")],
-        mutually_exclusive=[("registry", "registry_path")],
+        mutually_exclusive=[("registry", "registry_path"), ("exec_prefix", "exec_start"),
+                            ("exec_prefix", "exec_stop")],
         supports_check_mode=True,
     )
 
@@ -322,12 +356,17 @@ def plan_launch(params: dict, entry: dict, node: NodeSpec) -> tuple[LaunchPlan, 
     if not plan.active:
         return plan, None
     plan.argv.extend(params["extra_args"])
-    return plan, unit_vars(
+    options = {name: params[name] for name in UNIT_OPTIONS}
+    exec_argv = params["exec_start"]
+    if params["exec_prefix"]:
+        exec_argv, options["exec_stop"] = container_exec(
+            params["exec_prefix"], plan.argv, [*plan.env, *params["env_names"]], params["pid_file"])
+    return plan, dict(unit_vars(
         plan,
-        exec_argv=params["exec_start"],
+        exec_argv=exec_argv,
         checksums={str(k): str(v) for k, v in params["checksums"].items()},
-        **{name: params[name] for name in UNIT_OPTIONS},
-    )
+        **options,
+    ), exec_argv=exec_argv or plan.argv, exec_stop_argv=options["exec_stop"] or [])
 
 
 def _read(path: str) -> str | None:
@@ -383,6 +422,8 @@ def main() -> None:
                              "templates/vllm-launch.service.j2 on the control node; run it with the "
                              "project's ansible.cfg (action_plugins = ./action_plugins)")
     result = dict(plan.as_dict(), unit=params["_unit"] or "", unit_vars=template_vars,
+                  exec_argv=(template_vars or {}).get("exec_argv", []),
+                  exec_stop_argv=(template_vars or {}).get("exec_stop_argv", []),
                   models=sorted(models), registry={"models": models}, changed=False)
     if params["dest"]:
         result.update(apply_unit(module, params["dest"], params["_unit"] if plan.active else None))

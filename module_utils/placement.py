@@ -296,21 +296,17 @@ def replica_engines(replicas: Sequence[Replica], port_base: int) -> list[dict[st
     return out
 
 
-def not_served_yet(raw: Any, replicas: Sequence[Replica], runtime: str = "native",
-                   executor: str = "ray") -> list[str]:
+def not_served_yet(raw: Any, replicas: Sequence[Replica], executor: str = "ray") -> list[str]:
     """What a placed deployment set asks that the serving side does not run (issue 21).
 
     Replicas inside one node each run as their own engine (vLLM's mp executor on its devices). A
     replica that spans nodes beside other engines runs under the Ray executor, its ranks held to its
     nodes by vLLM's Ray data-parallel placement (docs/serving.md), so it needs
-    ``cluster_executor: ray``. Replica engines run on the native runtime only.
+    ``cluster_executor: ray``. Either runtime: on the container runtime each replica engine runs in
+    its node's Ray container, as the single engine does.
     """
     if not raw or not serves_replicas(raw, replicas):
         return []
-    if runtime != "native":
-        return [f"cluster_runtime = {runtime!r}: replica engines (cluster_deployments with more than one "
-                f"engine, or one served under another name) run on the native runtime only; allowed with "
-                f"{FIELD}: native"]
     spanning = [r for r in replicas if len(r.nodes) > 1]
     if spanning and executor != "ray":
         first = spanning[0]

@@ -470,6 +470,26 @@ def unit_model(unit: str | None) -> str | None:
     return None
 
 
+def container_exec(prefix: list[str], argv: list[str], env_names: list[str], pid_file: str
+                   ) -> tuple[list[str], list[str]]:
+    """ExecStart= and ExecStop= argvs that run ``argv`` in the node's Ray container (container runtime).
+
+    ``prefix`` is the engine's exec into that container (``podman exec servekit-ray``). The
+    environment reaches the exec by name (``--env=NAME`` takes the unit's value: Environment= and the
+    secrets file, never on the command line). ``sh`` records the PID in ``pid_file`` (inside the
+    container, one per unit) so that ExecStop can stop vLLM: the engines do not stop an exec'd
+    process when their client is killed (moby/moby#9098, docker/cli#5309); SIGTERM, then SIGKILL
+    after 50 s. ``$$`` is systemd's escape of ``$``.
+    """
+    start = [*prefix[:-1], *(f"--env={name}" for name in sorted(set(env_names))), *prefix[-1:],
+             "/bin/sh", "-c", f'echo $$ > {pid_file} && exec "$@"', "vllm", *argv]
+    stop = [*prefix, "/bin/sh", "-c",
+            f'p=$(cat {pid_file} 2>/dev/null) && kill -TERM "$p" 2>/dev/null || exit 0; i=0; '
+            f'while kill -0 "$p" 2>/dev/null; do i=$((i+1)); if [ "$i" -ge 50 ]; then kill -KILL "$p"; fi; '
+            f'sleep 1; done; rm -f {pid_file}']
+    return start, stop
+
+
 def _command_line(argv: list[str] | None) -> str:
     return " ".join(systemd_quote(word) for word in argv or [])
 

@@ -80,8 +80,7 @@ def render_placement(args: argparse.Namespace) -> int:
         replicas = view.placement(project_root(), args.model or os.environ.get("MODEL_NAME"))
     except PlacementError as exc:
         raise UsageError(str(exc)) from exc
-    unserved = not_served_yet(view.deployments, replicas, str(view.var("cluster_runtime") or "native"),
-                              str(view.var("cluster_executor") or "ray"))
+    unserved = not_served_yet(view.deployments, replicas, str(view.var("cluster_executor") or "ray"))
     if args.format == "json":
         print(json.dumps({"placement": [r.as_dict() for r in replicas], "engines": engines(replicas),
                           "not_served": unserved}, indent=2))

@@ -37,14 +37,16 @@ LAUNCH = {
     "host_address": "{{ cluster_data_address }}", "executor": "ray", "runtime": "container",
     "command": "{{ vllm_command }}", "environment": "{{ vllm_environment }}",
     "environment_files": ["{{ cluster_env_file }}", "{{ vllm_secrets_file }}"],
-    "checksums": "{{ {cluster_env_file: cluster_env_checksum} }}"}
+    "checksums": "{{ {cluster_env_file: cluster_env_checksum} }}",
+    "exec_prefix": "{{ cluster_exec_prefix }}", "env_names": "{{ __vllm_secret_names }}",
+    "pid_file": "{{ __vllm_pid_file }}"}
 
 
 def _render(tmp: Path, *extra: str) -> Path:
     out = tmp / "out"
     dump = ("{{ {'ray_exec_start': __ray_exec_start, 'ray_exec_stop': __ray_exec_stop,"
-            " 'ray_python': cluster_python, 'vllm_exec_start': __vllm_exec_start,"
-            " 'vllm_exec_stop': __vllm_exec_stop} | to_json }}")
+            " 'ray_python': cluster_python, 'vllm_exec_start': __vllm_plan.exec_argv,"
+            " 'vllm_exec_stop': __vllm_plan.exec_stop_argv} | to_json }}")
     play = [{"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "validate.yml")}, {
         "name": "Render the container runtime",
         "hosts": "head:workers",
@@ -69,8 +71,7 @@ def _render(tmp: Path, *extra: str) -> Path:
                 "content": dump, "dest": "{{ out }}/argv.json",
                 "mode": "0644"}},
             {"name": "vLLM unit", "vllm_launch": {
-                **LAUNCH, "exec_start": "{{ __vllm_exec_start }}", "exec_stop": "{{ __vllm_exec_stop }}",
-                "dest": "{{ out }}/servekit-vllm.service"},
+                **LAUNCH, "dest": "{{ out }}/servekit-vllm.service"},
              "when": "__vllm_plan.active"},
         ],
     }]

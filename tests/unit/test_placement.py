@@ -183,31 +183,25 @@ FOUR_NODES = {"a": 8, "b": 8, "c": 8, "d": 8}
 
 
 @pytest.mark.parametrize(
-    ("raw", "devices", "runtime", "executor", "message"),
+    ("raw", "devices", "executor", "message"),
     [
         # a replica across nodes beside other engines: Ray places its ranks, so the Ray executor
-        ([{"name": "r1", "model": "deepseek-r1"}, {"name": "m", "model": "tp4"}], FOUR_NODES, "native", "mp",
+        ([{"name": "r1", "model": "deepseek-r1"}, {"name": "m", "model": "tp4"}], FOUR_NODES, "mp",
          "cluster_executor = 'mp': replica 1 of 'r1' spans nodes a, b, and a replica across nodes "
          "beside other engines runs under the Ray executor (its ranks are placed on its nodes by Ray); "
          "allowed: ray. The placement:\nDEPLOYMENT  REPLICA  MODEL        NODE  DEVICES\n"),
         # ... and one spanning replica under another name is a replica engine too
-        ([{"name": "chat", "model": "deepseek-r1"}], H100x2, "native", "mp",
+        ([{"name": "chat", "model": "deepseek-r1"}], H100x2, "mp",
          "cluster_executor = 'mp': replica 1 of 'chat' spans nodes h100-01, h100-02"),
-        # replica engines on the native runtime only
-        ([{"name": "m", "model": "tp4", "replicas": 4}], H100x2, "container", "ray",
-         "cluster_runtime = 'container': replica engines (cluster_deployments with more than one engine, "
-         "or one served under another name) run on the native runtime only; allowed with "
-         "cluster_deployments: native"),
         # two names, one unit name
-        ([{"name": "a/b", "model": "tp4"}, {"name": "A-B", "model": "tp4"}], H100x2, "native", "ray",
+        ([{"name": "a/b", "model": "tp4"}, {"name": "A-B", "model": "tp4"}], H100x2, "ray",
          "cluster_deployments: names 'a/b' and 'A-B' give the same unit name (servekit-vllm-a-b-N.service); "
          "rename one"),
     ],
-    ids=["spanning-beside-others-mp", "spanning-renamed-mp", "container", "same-unit"],
+    ids=["spanning-beside-others-mp", "spanning-renamed-mp", "same-unit"],
 )
-def test_what_the_serving_side_cannot_run_is_refused_with_the_placement(raw, devices, runtime, executor,
-                                                                        message):
-    problems = not_served_yet(raw, plan(raw, SIZED, devices), runtime, executor)
+def test_what_the_serving_side_cannot_run_is_refused_with_the_placement(raw, devices, executor, message):
+    problems = not_served_yet(raw, plan(raw, SIZED, devices), executor)
     assert len(problems) == 1 and message in problems[0], problems
 
 
@@ -225,7 +219,7 @@ def test_a_spanning_replica_beside_others_is_served_under_ray_from_its_first_nod
     port and router target on the first node of its pair, every node of the pair in ``nodes``."""
     raw = [{"name": "r1", "model": "deepseek-r1", "replicas": 2}]
     placed = plan(raw, SIZED, FOUR_NODES)
-    assert not_served_yet(raw, placed, "native", "ray") == []
+    assert not_served_yet(raw, placed, "ray") == []
     assert serves_replicas(raw, placed)
     assert [(e["unit"], e["node"], e["nodes"], e["devices"], e["port"])
             for e in replica_engines(placed, 8100)] == [
@@ -252,12 +246,12 @@ def test_replicas_inside_nodes_run_as_replica_engines_with_their_own_unit_and_po
     assert not serves_replicas([], plan([{"name": "tp4", "model": "tp4"}], SIZED, H100x2))
     alone = [{"name": "tp4", "model": "tp4"}]
     assert not serves_replicas(alone, plan(alone, SIZED, H100x2))
-    assert not_served_yet(alone, plan(alone, SIZED, H100x2), "container") == []
+    assert not_served_yet(alone, plan(alone, SIZED, H100x2)) == []
     renamed = [{"name": "chat", "model": "tp4"}]
     assert serves_replicas(renamed, plan(renamed, SIZED, H100x2))
     spanning = [{"name": "deepseek-r1", "model": "deepseek-r1"}]
     assert not serves_replicas(spanning, plan(spanning, SIZED, H100x2))
-    assert not_served_yet(spanning, plan(spanning, SIZED, H100x2), "container", "mp") == []
+    assert not_served_yet(spanning, plan(spanning, SIZED, H100x2), "mp") == []
 
 
 @pytest.mark.parametrize(("name", "slug"), [("lab-tiny", "lab-tiny"), ("org/Model_v1.5", "org-model-v1-5"),
@@ -309,14 +303,10 @@ def _validate(tmp_path, deployments, env: dict | None = None):
          {"vars": {"cluster_runtime": "native", "cluster_executor": "mp"}},
          "cluster_executor = 'mp': replica 1 of 'r1' spans nodes h100-01, h100-02, and a replica across "
          "nodes beside other engines runs under the Ray executor"),
-        ([{"name": "chat", "model": "gpt-oss-120b", "replicas": 2}],
-         {"vars": {"cluster_runtime": "container"}},
-         "cluster_runtime = 'container': replica engines (cluster_deployments with more than one engine, "
-         "or one served under another name) run on the native runtime only"),
         ([{"name": "deepseek-r1", "model": "deepseek-r1"}], {"MODEL_NAME": "gpt-oss-120b"},
          "MODEL_NAME = 'gpt-oss-120b' is set, but cluster_deployments decides what is served"),
     ],
-    ids=["input-rules", "does-not-fit", "spanning-renamed-mp", "container", "model-name"],
+    ids=["input-rules", "does-not-fit", "spanning-renamed-mp", "model-name"],
 )
 def test_the_validate_play_refuses_before_the_registry_check(tmp_path, deployments, env, message):
     proc = _validate(tmp_path, deployments, env)
@@ -413,8 +403,8 @@ def test_the_h100_example_deployments_use_all_16_gpus_and_pass_validate(tmp_path
     passes = _validate(tmp_path / "one", one_engine)
     assert passes.returncode == 0, passes.stdout[-3000:]
     assert "model deepseek-r1: 16 device(s) over 2 of 2 node(s)" in passes.stdout
-    # replica engines run on the native runtime; the example runs containers, and says so
-    eight = _validate(tmp_path / "eight", replicas, {"vars": {"cluster_runtime": "native"}})
+    # replica engines on the example's container runtime, and on the native one
+    eight = _validate(tmp_path / "eight", replicas)
     assert eight.returncode == 0, eight.stdout[-3000:]
-    refused = _validate(tmp_path / "eight-containers", replicas)
-    assert refused.returncode == 2 and "cluster_runtime = 'container': replica engines" in refused.stdout
+    native = _validate(tmp_path / "eight-native", replicas, {"vars": {"cluster_runtime": "native"}})
+    assert native.returncode == 0, native.stdout[-3000:]

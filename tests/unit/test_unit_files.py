@@ -125,17 +125,15 @@ def _replica_unit_task() -> dict:
     return next(t for t in tasks if t.get("name") == "Write each replica engine's unit")
 
 
-def test_replica_engine_units_as_the_vllm_role_writes_them(tmp_path):
-    """The vllm role's own "Write each replica engine's unit" task (roles/vllm/tasks/replicas.yml),
-    run by ansible-playbook with the role's defaults and vars for two replicas: one inside a node
-    runs vLLM's mp executor on its devices; one across two nodes runs the Ray executor under
-    vLLM's Ray data-parallel backend, its placement group held to its own nodes' Ray addresses
-    (VLLM_RAY_DP_PLACEMENT_NODE_IPS, vLLM 0.32 v1/engine/utils.py), with no device mask of its own."""
+INSIDE = {"deployment": "chat", "replica": 0, "model": "lab-tiny-tp1", "node": "n1", "nodes": ["n1"],
+          "devices": [1], "port": 8101, "unit": "servekit-vllm-chat-1.service"}
+ACROSS = {"deployment": "lab-tiny", "replica": 1, "model": "lab-tiny", "node": "n1",
+          "nodes": ["n1", "n2"], "devices": [0], "port": 8100, "unit": "servekit-vllm-lab-tiny-2.service"}
+
+
+def _write_replica_units(tmp_path: Path, **extra: object) -> None:
+    """Run the role's own task for INSIDE and ACROSS on n1, units written to ``tmp_path``."""
     registry = yaml.safe_load((ROOT / "config/model_registry.yml").read_text())
-    inside = {"deployment": "chat", "replica": 0, "model": "lab-tiny-tp1", "node": "n1", "nodes": ["n1"],
-              "devices": [1], "port": 8101, "unit": "servekit-vllm-chat-1.service"}
-    across = {"deployment": "lab-tiny", "replica": 1, "model": "lab-tiny", "node": "n1",
-              "nodes": ["n1", "n2"], "devices": [0], "port": 8100, "unit": "servekit-vllm-lab-tiny-2.service"}
     host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(yaml.safe_dump({"all": {
@@ -145,8 +143,8 @@ def test_replica_engine_units_as_the_vllm_role_writes_them(tmp_path):
     (tmp_path / "vars.json").write_text(json.dumps({
         "cluster_executor": "ray", "vllm_unit_dir": str(tmp_path), "__vllm_stage_items": [],
         "__vllm_ray_auth_env": {}, "cluster_env_checksum": "0" * 40,
-        "__vllm_venv_requirements": {"stat": {"checksum": "1" * 40}}}))
-    task = dict(_replica_unit_task(), loop=[inside, across])
+        "__vllm_venv_requirements": {"stat": {"checksum": "1" * 40}}, **extra}))
+    task = dict(_replica_unit_task(), loop=[INSIDE, ACROSS])
     play = [{"hosts": "n1", "gather_facts": False,
              "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml") for role, kind in
                             (("cluster", "defaults"), ("vllm", "defaults"), ("vllm", "vars"))],
@@ -155,12 +153,27 @@ def test_replica_engine_units_as_the_vllm_role_writes_them(tmp_path):
                             "-e", f"@{tmp_path / 'vars.json'}")
     assert proc.returncode == 0, proc.stdout[-3000:]
 
+
+def _exec_start(text: str, key: str = "ExecStart=") -> list[str]:
+    return shlex.split(next(line for line in text.splitlines() if line.startswith(key))[len(key):])
+
+
+def _unit_env(text: str) -> dict[str, str]:
+    return dict(shlex.split(line[12:])[0].split("=", 1) for line in text.splitlines()
+                if line.startswith("Environment="))
+
+
+def test_replica_engine_units_as_the_vllm_role_writes_them(tmp_path):
+    """The vllm role's own "Write each replica engine's unit" task (roles/vllm/tasks/replicas.yml),
+    run by ansible-playbook with the role's defaults and vars for two replicas: one inside a node
+    runs vLLM's mp executor on its devices; one across two nodes runs the Ray executor under
+    vLLM's Ray data-parallel backend, its placement group held to its own nodes' Ray addresses
+    (VLLM_RAY_DP_PLACEMENT_NODE_IPS, vLLM 0.32 v1/engine/utils.py), with no device mask of its own."""
+    _write_replica_units(tmp_path)
+
     def unit(name: str) -> tuple[list[str], dict[str, str], str]:
         text = (tmp_path / name).read_text()
-        argv = shlex.split(next(line for line in text.splitlines() if line.startswith("ExecStart="))[10:])
-        env = dict(shlex.split(line[12:])[0].split("=", 1) for line in text.splitlines()
-                   if line.startswith("Environment="))
-        return argv, env, text
+        return _exec_start(text), _unit_env(text), text
 
     argv, env, _ = unit("servekit-vllm-chat-1.service")
     assert argv[argv.index("--distributed-executor-backend") + 1] == "mp"
@@ -178,6 +191,33 @@ def test_replica_engine_units_as_the_vllm_role_writes_them(tmp_path):
     assert env["VLLM_DP_MASTER_IP"] == "10.0.0.1", "the first node's Ray address, not vLLM's 127.0.0.1"
     assert "CUDA_VISIBLE_DEVICES" not in env, "Ray gives each rank its device"
     assert re.search(r"(?m)^After=.*servekit-ray\.service", text), text
+
+
+def test_replica_engines_on_the_container_runtime_run_in_the_nodes_ray_container(tmp_path):
+    """cluster_runtime: container: each replica engine's unit execs vLLM in the node's Ray container
+    like the single engine (Podman here), its environment passed by name (the secrets never on the
+    command line), its PID in a file of its own there so that stopping one replica stops only it."""
+    _write_replica_units(tmp_path, cluster_runtime="container", cluster_container_engine="podman",
+                         vllm_api_key="sk-not-in-argv")
+    starts, stops = [], []
+    for name in ("servekit-vllm-chat-1.service", "servekit-vllm-lab-tiny-2.service"):
+        text = (tmp_path / name).read_text()
+        argv, stop, env = _exec_start(text), _exec_start(text, "ExecStop="), _unit_env(text)
+        assert "sk-not-in-argv" not in text
+        box = argv.index("servekit-ray")
+        assert argv[:2] == ["/usr/bin/podman", "exec"]
+        assert stop[:3] == ["/usr/bin/podman", "exec", "servekit-ray"]
+        assert sorted(argv[2:box]) == sorted(f"--env={key}" for key in [*env, "VLLM_API_KEY"]), argv[:box]
+        assert argv[box + 1:box + 3] == ["/bin/sh", "-c"] and argv[box + 4:box + 6] == ["vllm", "vllm"]
+        assert re.search(r"(?m)^After=.*servekit-ray\.service", text), "the exec needs the Ray container"
+        pid = f"/tmp/{name.removesuffix('.service')}.pid"
+        # systemd turns $$ into $: sh gets `echo $$ > PID && exec "$@"`
+        assert argv[box + 3] == f'echo $$$$ > {pid} && exec "$$@"' and pid in stop[-1]
+        starts.append(argv)
+        stops.append(stop)
+    inside, across = starts
+    assert "--env=CUDA_VISIBLE_DEVICES" in inside and "--env=VLLM_RAY_DP_PLACEMENT_NODE_IPS" in across
+    assert stops[0] != stops[1]
 
 
 @pytest.mark.parametrize(("local", "driver"), [
