@@ -87,6 +87,12 @@ class Machines:
         ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_file(ssh_dir / "authorized_keys", pub, 0o600)
         run(["ssh-keygen", "-A", "-f", str(rootfs)])
+        # root's user manager stays up (lingering). Without it every SSH
+        # session that ends last stops user@0.service, and in the nspawn node
+        # (hybrid cgroups) that stop can hang in final-sigkill for minutes while
+        # every new SSH session waits for it: each `servekit lab ssh` to the
+        # worker hung for about 3 minutes on the container lab, 2026-12-08.
+        write_file(rootfs / "var/lib/systemd/linger/root", "")
         (rootfs / ".servekit-node").write_text(node.name + "\n")
 
     def pid(self, node: Node) -> int | None:

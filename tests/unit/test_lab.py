@@ -282,3 +282,20 @@ def test_no_lab_function_takes_the_paths_as_a_parameter():
                 threaded += [f"{path.name}:{func.lineno} {func.name}({arg.arg})" for arg in args
                              if arg.annotation is not None and "Paths" in ast.unparse(arg.annotation)]
     assert threaded == []
+
+
+def test_a_node_root_filesystem_keeps_roots_user_manager_up(tmp_path, monkeypatch):
+    """Each node's rootfs makes root linger: its user manager never stops between SSH sessions (a stop
+    that hung in final-sigkill held every new `servekit lab ssh` for minutes, 2026-12-08)."""
+    from servekit.lab import base, nodes
+
+    paths = base.Paths(root=tmp_path, state=tmp_path / "state", cache=tmp_path / "cache")
+    (paths.base / "etc/ssh").mkdir(parents=True)
+    paths.key.parent.mkdir(parents=True)
+    paths.key.with_suffix(".pub").write_text("ssh-ed25519 AAAA lab\n")
+    monkeypatch.setattr(nodes, "host_nameserver", lambda: "192.0.2.53")
+    node = base.plan_nodes(1)[0]
+    nodes.Machines(paths).prepare_rootfs(node, [node])
+    rootfs = paths.rootfs(node)
+    assert (rootfs / "var/lib/systemd/linger/root").is_file()
+    assert (rootfs / "root/.ssh/authorized_keys").read_text() == "ssh-ed25519 AAAA lab\n"
