@@ -73,9 +73,11 @@ def test_the_keepers_rule(served, registered, removed, failing, kind):
 
 
 class _Engine(BaseHTTPRequestHandler):
-    """vLLM's completion endpoint; ``mode`` per port: serving, hang, dead (500) or key (401)."""
+    """vLLM's completion endpoint and /metrics; ``mode`` per port: serving, hang, busy (hangs too,
+    but its vllm:generation_tokens_total grows, as a saturated engine's does), dead (500) or key (401)."""
 
     modes: ClassVar[dict[int, str]] = {}
+    generated: ClassVar[dict[int, int]] = {}
     bodies: ClassVar[list] = []
     auth: ClassVar[list] = []
 
@@ -91,13 +93,22 @@ class _Engine(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        self._send(200, {})  # /health says 200 whatever the engine does
+        port = self.server.server_address[1]
+        if self.path == "/metrics" and self.modes.get(port) == "busy":
+            type(self).generated[port] = self.generated.get(port, 0) + 7
+            text = f'vllm:generation_tokens_total{{model_name="m"}} {self.generated[port]}.0\n'.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+            return
+        self._send(200, {})  # /health says 200 whatever the engine does; /metrics: no counters
 
     def do_POST(self):
         type(self).bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         type(self).auth.append(self.headers.get("Authorization"))
         mode = self.modes.get(self.server.server_address[1], "serving")
-        if mode == "hang":
+        if mode in ("hang", "busy"):
             time.sleep(3)
             return None
         if mode == "dead":
@@ -158,7 +169,7 @@ def cluster(tmp_path):
     workers = [{"url": urls[0], "model_id": "m"}, {"url": urls[1], "model_id": "m"},
                {"url": urls[2], "model_id": "solo"}]
     (tmp_path / "router-workers.json").write_text(json.dumps(workers))
-    _Engine.modes, _Engine.bodies, _Engine.auth = {}, [], []
+    _Engine.modes, _Engine.bodies, _Engine.auth, _Engine.generated = {}, [], [], {}
     _Router.workers = {w["url"]: w["model_id"] for w in workers}
     _Router.calls = []
     yield router_url, urls, tmp_path
@@ -192,6 +203,20 @@ def test_a_hanging_replica_goes_out_and_comes_back_when_it_answers(cluster, monk
     assert "TimeoutError" in out[0] or "timed out" in out[0], out
     assert out[1].startswith(f"deployment m replica {urls[0]}: put back in the router: serving again"), out
     assert "sk-test" not in "".join(out)
+
+
+def test_a_busy_replica_is_not_taken_out(cluster, capsys):
+    """A saturated engine queues the probe past its timeout, but it generates tokens: it stays in.
+    Only the round after the first can tell (the first has no count to compare)."""
+    router, urls, tmp = cluster
+    keeper = keeper_mod.Keeper(router, str(tmp / "router-workers.json"), 1.0, None)
+    _Engine.modes[_port(urls[0])] = "busy"
+    keeper.tokens[urls[0]] = 0.0  # as the round before it left it
+    keeper.round()
+    keeper.round()
+    assert _Router.calls == [] and urls[0] in _Router.workers
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and "generated tokens since the last round: busy, not dead" in out[0], out
 
 
 def test_a_deployments_last_replica_stays_and_is_named_once(cluster, capsys):

@@ -15,7 +15,9 @@ requests. Every --interval seconds the keeper asks each replica for a real
 one-token completion; a replica that gives none is taken out of the router
 (DELETE /workers/<url>) while another healthy replica of its deployment stays
 in, and put back (POST /workers) once it answers again. It puts back only
-what it took out itself: the roll takes replicas out on purpose.
+what it took out itself: the roll takes replicas out on purpose. A replica
+whose probe times out but whose vllm:generation_tokens_total grew since the
+last round is busy, not dead (a saturated engine queues the probe): it stays.
 
 Only the standard library: it runs with the system's python3.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -142,6 +145,19 @@ def decide(worker: dict, served: bool, registered: list[Registered], *,
     return Action("remove", f"no completion; {len(others)} other healthy replica(s) stay in the router")
 
 
+TOKENS = re.compile(r"(?m)^vllm:generation_tokens_total(?:\{[^}]*\})? ([0-9.eE+-]+)$")
+
+
+def generated_tokens(url: str, timeout: float) -> float | None:
+    """vLLM's vllm:generation_tokens_total of a replica (its /metrics), None when it gives none."""
+    try:
+        status, text = _request(f"{url}/metrics", "GET", timeout)
+    except (OSError, ValueError):
+        return None
+    found = TOKENS.findall(text.decode(errors="replace")) if status == 200 else []
+    return sum(float(value) for value in found) if found else None
+
+
 def probe(url: str, model_id: str, api_key: str | None, timeout: float) -> tuple[bool | None, str]:
     """One real one-token completion from a replica engine: (served, why not).
     served is None when the engine refused the probe's key (401/403): that says
@@ -182,6 +198,7 @@ class Keeper:
         self.api_key = os.environ.get("VLLM_API_KEY") or None
         self.removed: set[str] = set()
         self.said: dict[str, str] = {}
+        self.tokens: dict[str, float | None] = {}  # each replica's generated tokens at the last round
         if state and os.path.exists(state):
             with open(state, encoding="utf-8") as handle:
                 self.removed = set(json.load(handle))
@@ -205,21 +222,35 @@ class Keeper:
         if self.removed - known:  # scaled away: nothing to put back
             self.removed &= known
             self.save()
-        with ThreadPoolExecutor(max_workers=max(1, len(workers))) as pool:
-            results = list(pool.map(lambda w: probe(w["url"], w["model_id"], self.api_key, self.timeout),
-                                    workers))
+        with ThreadPoolExecutor(max_workers=2 * max(1, len(workers))) as pool:
+            probes = [pool.submit(probe, w["url"], w["model_id"], self.api_key, self.timeout)
+                      for w in workers]
+            counts = [pool.submit(generated_tokens, w["url"], self.timeout) for w in workers]
+            results = [p.result() for p in probes]
+            tokens = [c.result() for c in counts]
+        busy = set()
+        for worker, (served, _), now in zip(workers, results, tokens, strict=True):
+            before = self.tokens.get(worker["url"])
+            if served is False and now is not None and before is not None and now > before:
+                busy.add(worker["url"])
+            self.tokens[worker["url"]] = now
         try:
             registered = router_workers(self.router, self.timeout)
         except (OSError, ValueError) as exc:
             self.say_once("router", f"router {self.router} did not list its workers: {exc}")
             return
         self.said.pop("router", None)
-        failing = {w["url"] for w, (served, _) in zip(workers, results, strict=True) if served is False}
+        failing = {w["url"] for w, (served, _) in zip(workers, results, strict=True)
+                   if served is False and w["url"] not in busy}
         for worker, (served, why) in zip(workers, results, strict=True):
             url, model_id = worker["url"], worker["model_id"]
             where = f"deployment {model_id} replica {url}"
             if served is None:
                 self.say_once(url, f"{where}: probe inconclusive, left as it is: {why}")
+                continue
+            if url in busy:
+                self.say_once(url, f"{where}: no completion ({why}), but it generated tokens since the last "
+                                   f"round: busy, not dead; left as it is")
                 continue
             action = decide(worker, served, registered, removed=self.removed, failing=failing)
             self.act(action, worker, why, registered)
