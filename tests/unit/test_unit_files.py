@@ -32,7 +32,8 @@ UNITS = {
 }
 # What systemd says of an ExecStart= binary that is not installed on this machine.
 NOT_INSTALLED = re.compile(r"^\S+\.service: Command (/\S+) is not executable: No such file or directory$")
-NODE_ONLY = {"/usr/sbin/nginx", "/usr/sbin/nft", "/opt/servekit/bin/vllm", "/usr/bin/python3"}
+NODE_ONLY = {"/usr/sbin/nginx", "/usr/sbin/nft", "/opt/servekit/bin/vllm", "/usr/bin/python3",
+             "/opt/servekit/router/bin/vllm-router"}
 
 
 def complaints(stderr: str) -> tuple[list[str], set[str]]:
@@ -244,3 +245,53 @@ def test_the_first_node_of_a_spanning_replica_keeps_secrets_out_of_its_ranks(tmp
                             "-e", f"@{tmp_path / 'vars.json'}")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "out").read_text() == str(driver)
+
+
+def test_the_router_and_its_rotation_keeper_as_the_vllm_role_writes_them(tmp_path):
+    """The head's router unit and its rotation keeper's (templates/servekit-router.service.j2,
+    servekit-router-keeper.service.j2), rendered by ansible-playbook with the role's defaults and
+    vars: systemd-analyze accepts both; the keeper stops and restarts with the router, reads the
+    API key from the root-only file (never its command line), and its ExecStart parses with
+    router_workers.py's own parser; the router retries a request 6 times (its 6th attempt reaches
+    another replica once the failing one's circuit opens, vllm-router 0.1.17)."""
+    sys.path.insert(0, str(ROOT / "roles/vllm/files"))
+    import router_workers
+
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"head": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    (tmp_path / "vars.json").write_text(json.dumps({
+        "cluster_data_address": "10.0.0.7", "vllm_api_key": "sk-not-in-argv",
+        "vllm_router_probe_interval": 7}))
+    play = [{"hosts": "head", "gather_facts": False,
+             "vars_files": [str(ROOT / f"roles/{role}/{kind}/main.yml") for role, kind in
+                            (("cluster", "defaults"), ("vllm", "defaults"), ("vllm", "vars"))],
+             "tasks": [{"ansible.builtin.template": {
+                 "src": str(ROOT / f"roles/vllm/templates/{name}.j2"), "dest": str(tmp_path / name),
+                 "mode": "0644"}} for name in ("servekit-router.service", "servekit-router-keeper.service")]}]
+    proc = ansible_playbook("-i", inventory, write_play(tmp_path / "play.yml", play),
+                            "-e", f"@{tmp_path / 'vars.json'}")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    router, keeper = (tmp_path / "servekit-router.service"), (tmp_path / "servekit-router-keeper.service")
+    router_argv = _exec_start(router.read_text())
+    assert router_argv[router_argv.index("--retry-max-retries") + 1] == "6"
+    assert "--health-failure-threshold" not in router_argv, "ignored in --enable-igw mode (0.1.17)"
+    register = _exec_start(router.read_text(), "ExecStartPost=")
+    assert router_workers.build_parser().parse_args(register[2:]).func == router_workers.register
+    text = keeper.read_text()
+    assert "sk-not-in-argv" not in text
+    assert re.search(r"(?m)^PartOf=servekit-router\.service$", text), "the keeper stops with the router"
+    assert re.search(r"(?m)^After=servekit-router\.service$", text)
+    assert re.search(r"(?m)^EnvironmentFile=-/etc/servekit/vllm-secrets\.env$", text)
+    assert re.search(r"(?m)^WantedBy=servekit-router\.service$", text), "the router's start pulls it in"
+    argv = _exec_start(text)
+    assert argv[:3] == ["/usr/bin/python3", "/opt/servekit/bin/servekit-router-workers", "keep"]
+    args = router_workers.build_parser().parse_args(argv[2:])
+    assert (args.func, args.router, args.workers, args.interval, args.timeout) == (
+        router_workers.keep, "http://127.0.0.1:8200", "/etc/servekit/router-workers.json", 7.0, 10.0)
+    assert args.state == "/run/servekit-router-keeper/removed.json"
+    assert re.search(r"(?m)^RuntimeDirectory=servekit-router-keeper$", text), "where --state lives"
+    if SYSTEMD_ANALYZE is not None:
+        other, missing = complaints(systemd_verify(router, keeper).stderr)
+        assert not other, other
+        assert missing <= {"/opt/servekit/router/bin/vllm-router"}, missing
