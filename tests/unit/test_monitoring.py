@@ -410,15 +410,20 @@ def _rules_test(out: Path) -> dict:
         {"series": 'servekit_tls_cert_not_after_seconds{node="worker",path="/b.crt"}',
          "values": f"{(expiry_days + 1) * 86400}x{steps}"},
         # replica engines: deployment d's replica 2 (on worker) answers scrapes but the router keeps
-        # it out of rotation; deployment e's only replica stops answering altogether
+        # it out of rotation; deployment e's only replica stops answering altogether; d's replica 3
+        # answers /health and scrapes, but the rotation keeper took it out (its completions hang):
+        # the router's gauge keeps its last value, 1
         *({"series": f'vllm_router_worker_health{{job="router",node="head",worker="{w}"}}', "values": v}
           for w, v in (("http://h:8100", f"1x{steps}"), ("http://w:8100", f"1 0x{steps}"),
-                       ("http://h:8101", f"1 0x{steps}"))),
+                       ("http://h:8101", f"1 0x{steps}"), ("http://w:8101", f"1x{steps}"))),
+        *({"series": f'servekit_router_keeper_out{{job="node",node="head",worker="{w}"}}', "values": v}
+          for w, v in (("http://h:8100", f"0x{steps}"), ("http://w:8101", f"0 1x{steps}"))),
         *({"series": f'up{{job="vllm_replica",node="{n}",deployment="{d}",replica="{r}",worker="{w}"}}',
            "values": v}
           for n, d, r, w, v in (("head", "d", "1", "http://h:8100", f"1x{steps}"),
                                 ("worker", "d", "2", "http://w:8100", f"1x{steps}"),
-                                ("head", "e", "1", "http://h:8101", f"1 0x{steps}"))),
+                                ("head", "e", "1", "http://h:8101", f"1 0x{steps}"),
+                                ("worker", "d", "3", "http://w:8101", f"1x{steps}"))),
     ]
     fired = [
         {"alertname": "VllmNotReady", "exp_alerts": [{
@@ -440,7 +445,8 @@ def _rules_test(out: Path) -> dict:
         {"alertname": "ReplicaOutOfRotation", "exp_alerts": [
             {"exp_labels": {"severity": "warning", "node": n, "worker": w, "deployment": d, "replica": r},
              "exp_annotations": {"summary": f"{d} replica {r} on {n} is out of rotation"}}
-            for w, d, r, n in (("http://w:8100", "d", "2", "worker"), ("http://h:8101", "e", "1", "head"))]},
+            for w, d, r, n in (("http://w:8100", "d", "2", "worker"), ("http://h:8101", "e", "1", "head"),
+                               ("http://w:8101", "d", "3", "worker"))]},
         {"alertname": "DeploymentUnavailable", "exp_alerts": [{
             "exp_labels": {"severity": "critical", "deployment": "e"},
             "exp_annotations": {"summary": "no replica of e is in rotation"}}]},

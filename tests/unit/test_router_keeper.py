@@ -205,6 +205,23 @@ def test_a_hanging_replica_goes_out_and_comes_back_when_it_answers(cluster, monk
     assert "sk-test" not in "".join(out)
 
 
+def test_the_replicas_held_out_are_a_metric_for_the_alert(cluster):
+    """The router's vllm_router_worker_health keeps a removed worker's last value (1, seen on the
+    lab 2026-12-08), so ReplicaOutOfRotation reads servekit_router_keeper_out."""
+    router, urls, tmp = cluster
+    prom = tmp / "textfile" / "servekit-router-keeper.prom"
+    keeper = keeper_mod.Keeper(router, str(tmp / "router-workers.json"), 1.0, None, str(prom))
+    keeper.round()
+    assert f'servekit_router_keeper_out{{worker="{urls[0]}"}} 0' in prom.read_text()
+    _Engine.modes[_port(urls[0])] = "hang"
+    keeper.round()
+    lines = [line for line in prom.read_text().splitlines() if not line.startswith("#")]
+    assert lines == [f'servekit_router_keeper_out{{worker="{urls[0]}"}} 1',
+                     f'servekit_router_keeper_out{{worker="{urls[1]}"}} 0',
+                     f'servekit_router_keeper_out{{worker="{urls[2]}"}} 0']
+    assert oct(prom.stat().st_mode & 0o777) == "0o644"
+
+
 def test_a_busy_replica_is_not_taken_out(cluster, capsys):
     """A saturated engine queues the probe past its timeout, but it generates tokens: it stays in.
     Only the round after the first can tell (the first has no count to compare)."""

@@ -18,6 +18,10 @@ in, and put back (POST /workers) once it answers again. It puts back only
 what it took out itself: the roll takes replicas out on purpose. A replica
 whose probe times out but whose vllm:generation_tokens_total grew since the
 last round is busy, not dead (a saturated engine queues the probe): it stays.
+With --metrics-file it writes servekit_router_keeper_out{worker} (1 while it
+holds a replica out) for node_exporter's textfile collector: the router's own
+vllm_router_worker_health keeps a removed worker's last value, so the
+ReplicaOutOfRotation alert reads this one too.
 
 Only the standard library: it runs with the system's python3.
 
@@ -188,13 +192,40 @@ def router_workers(router: str, timeout: float) -> list[Registered]:
             for w in json.loads(text).get("workers", [])]
 
 
+def render_out(urls: list[str], removed: set[str]) -> str:
+    """servekit_router_keeper_out per replica, Prometheus text format 0.0.4."""
+    lines = ["# HELP servekit_router_keeper_out 1 while the rotation keeper holds the replica out",
+             "# TYPE servekit_router_keeper_out gauge"]
+    for url in urls:
+        label = url.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+        lines.append(f'servekit_router_keeper_out{{worker="{label}"}} {1 if url in removed else 0}')
+    return "\n".join(lines) + "\n"
+
+
+def write_out(path: str | None, urls: list[str], removed: set[str]) -> None:
+    """Replace ``path`` atomically (a reader never sees half a file); errors are logged, not fatal."""
+    if not path:
+        return
+    try:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(render_out(urls, removed))
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as exc:
+        log(f"cannot write metrics to {path}: {exc}")
+
+
 class Keeper:
     """The keeper's memory across rounds: the replicas it took out (also in --state,
     so a restart of the keeper alone does not forget them) and what it last said
     of each replica it left alone, so the journal gets one line per change."""
 
-    def __init__(self, router: str, workers_file: str, timeout: float, state: str | None) -> None:
+    def __init__(self, router: str, workers_file: str, timeout: float, state: str | None,
+                 metrics_file: str | None = None) -> None:
         self.router, self.workers_file, self.timeout, self.state = router, workers_file, timeout, state
+        self.metrics_file = metrics_file
         self.api_key = os.environ.get("VLLM_API_KEY") or None
         self.removed: set[str] = set()
         self.said: dict[str, str] = {}
@@ -218,6 +249,12 @@ class Keeper:
 
     def round(self) -> None:
         workers = read_workers(self.workers_file)
+        try:
+            self._round(workers)
+        finally:
+            write_out(self.metrics_file, [w["url"] for w in workers], self.removed)
+
+    def _round(self, workers: list[dict]) -> None:
         known = {w["url"] for w in workers}
         if self.removed - known:  # scaled away: nothing to put back
             self.removed &= known
@@ -288,7 +325,7 @@ class Keeper:
 
 
 def keep(args: argparse.Namespace) -> int:
-    keeper = Keeper(args.router, args.workers, args.timeout, args.state)
+    keeper = Keeper(args.router, args.workers, args.timeout, args.state, args.metrics_file)
     log(f"keeping {args.workers} in {args.router}: a completion from each every {args.interval:g} s "
         f"(timeout {args.timeout:g} s); holding out {sorted(keeper.removed) or 'none'}")
     while True:
@@ -314,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--interval", type=float, default=5.0, help="seconds between probe rounds")
     sub.add_argument("--timeout", type=float, default=10.0, help="seconds one probe may take")
     sub.add_argument("--state", help="file that keeps the replicas the keeper took out across its restarts")
+    sub.add_argument("--metrics-file", help="servekit_router_keeper_out, for node_exporter's textfiles")
     sub.set_defaults(func=keep)
     return parser
 
