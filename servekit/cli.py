@@ -95,8 +95,8 @@ def _add_day2_parsers(sub) -> None:
     logs.add_argument("node", nargs="?", help="one node (default: every node)")
     logs.add_argument("--inventory", "-i", help=inventory_help)
     logs.add_argument("--unit", "-u", action="append", choices=tuple(cmd.LOG_UNITS),
-                      help="repeatable (default: all of ray, vllm, watchdog, proxy, router, and every "
-                           "replica engine)")
+                      help="repeatable (default: all of ray, vllm, watchdog, proxy, router, keeper, "
+                           "and every replica engine)")
     logs.add_argument("--deployment", "-d",
                       help="only this deployment's replica engines (cluster_deployments)")
     logs.add_argument("--replica", "-r", type=int, help="with --deployment: only its replica N (1-based)")

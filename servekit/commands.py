@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -171,9 +172,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 # day 2: status, logs, down
 # --------------------------------------------------------------------------
 
-# `servekit logs --unit`: the inventory variable naming each unit (None: fixed name).
+# `servekit logs --unit`: the inventory variable naming each unit (None: a name of its own).
 LOG_UNITS = {"ray": None, "vllm": "vllm_unit_name", "watchdog": "vllm_watchdog_unit",
-             "proxy": "vllm_api_proxy_unit", "router": "vllm_router_unit"}
+             "proxy": "vllm_api_proxy_unit", "router": "vllm_router_unit", "keeper": None}
 
 
 def _day2_cluster(given: str | None) -> tuple[Path, Path, ClusterView]:
@@ -188,7 +189,10 @@ def _day2_cluster(given: str | None) -> tuple[Path, Path, ClusterView]:
 
 
 def unit_names(view: ClusterView) -> dict[str, str]:
-    return {kind: (view.var(var) if var else "servekit-ray.service") for kind, var in LOG_UNITS.items()}
+    names = {kind: view.var(var) for kind, var in LOG_UNITS.items() if var}
+    # the rotation keeper's unit is named after the router's (roles/vllm/vars/main.yml)
+    keeper = re.sub(r"\.service$", "-keeper.service", str(names["router"]))
+    return {**names, "ray": "servekit-ray.service", "keeper": keeper}
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -300,7 +300,7 @@ def test_logs_select_a_deployments_replica_engines_by_their_unit_names(tmp_path)
     parser = build_parser()
     names = {"ray": "servekit-ray.service", "vllm": "servekit-vllm.service",
              "watchdog": "servekit-vllm-watchdog.service", "proxy": "servekit-api-proxy.service",
-             "router": "servekit-router.service"}
+             "router": "servekit-router.service", "keeper": "servekit-router-keeper.service"}
 
     def units(*argv):
         return commands.log_units(parser.parse_args(["logs", *argv]), names)
@@ -308,7 +308,9 @@ def test_logs_select_a_deployments_replica_engines_by_their_unit_names(tmp_path)
     assert units("--deployment", "org/Chat.v2", "--replica", "3") == ["servekit-vllm-org-chat-v2-3.service"]
     assert units("-d", "lab-tiny") == ["servekit-vllm-lab-tiny-[0-9]*.service"]
     assert units("-u", "router") == ["servekit-router.service"]
-    assert units()[-2:] == ["servekit-router.service", "servekit-vllm-*-[0-9]*.service"]
+    assert units("-u", "keeper") == ["servekit-router-keeper.service"]
+    assert units()[-3:] == ["servekit-router.service", "servekit-router-keeper.service",
+                            "servekit-vllm-*-[0-9]*.service"]
     with pytest.raises(commands.UsageError, match="--replica: needs --deployment NAME"):
         units("--replica", "1")
     # the patterns as journalctl -u matches them (fnmatch): lab-tiny's replicas, not lab-tiny-b's
