@@ -288,7 +288,7 @@ def test_the_router_and_its_rotation_keeper_as_the_vllm_role_writes_them(tmp_pat
     assert argv[:3] == ["/usr/bin/python3", "/opt/servekit/bin/servekit-router-workers", "keep"]
     args = router_workers.build_parser().parse_args(argv[2:])
     assert (args.func, args.router, args.workers, args.interval, args.timeout) == (
-        router_workers.keep, "http://127.0.0.1:8200", "/etc/servekit/router-workers.json", 7.0, 10.0)
+        router_workers.keep, "http://127.0.0.1:8200", "/etc/servekit/router-workers.json", 7.0, 8.0)
     assert args.state == "/run/servekit-router-keeper/removed.json"
     assert re.search(r"(?m)^RuntimeDirectory=servekit-router-keeper$", text), "where --state lives"
     if SYSTEMD_ANALYZE is not None:

@@ -16,8 +16,9 @@ one-token completion; a replica that gives none is taken out of the router
 (DELETE /workers/<url>) while another healthy replica of its deployment stays
 in, and put back (POST /workers) once it answers again. It puts back only
 what it took out itself: the roll takes replicas out on purpose. A replica
-whose probe times out but whose vllm:generation_tokens_total grew since the
-last round is busy, not dead (a saturated engine queues the probe): it stays.
+whose probe gives nothing but whose vllm:generation_tokens_total grew while
+the probe waited is busy, not dead (a saturated engine queues the probe): it
+stays.
 With --metrics-file it writes servekit_router_keeper_out{worker} (1 while it
 holds a replica out) for node_exporter's textfile collector: the router's own
 vllm_router_worker_health keeps a removed worker's last value, so the
@@ -229,7 +230,6 @@ class Keeper:
         self.api_key = os.environ.get("VLLM_API_KEY") or None
         self.removed: set[str] = set()
         self.said: dict[str, str] = {}
-        self.tokens: dict[str, float | None] = {}  # each replica's generated tokens at the last round
         if state and os.path.exists(state):
             with open(state, encoding="utf-8") as handle:
                 self.removed = set(json.load(handle))
@@ -259,18 +259,16 @@ class Keeper:
         if self.removed - known:  # scaled away: nothing to put back
             self.removed &= known
             self.save()
-        with ThreadPoolExecutor(max_workers=2 * max(1, len(workers))) as pool:
-            probes = [pool.submit(probe, w["url"], w["model_id"], self.api_key, self.timeout)
-                      for w in workers]
-            counts = [pool.submit(generated_tokens, w["url"], self.timeout) for w in workers]
-            results = [p.result() for p in probes]
-            tokens = [c.result() for c in counts]
-        busy = set()
-        for worker, (served, _), now in zip(workers, results, tokens, strict=True):
-            before = self.tokens.get(worker["url"])
-            if served is False and now is not None and before is not None and now > before:
-                busy.add(worker["url"])
-            self.tokens[worker["url"]] = now
+        # each replica's generated tokens before and after its probe: a dead engine's stand still
+        # while the probe waits, a saturated one's grow
+        with ThreadPoolExecutor(max_workers=max(1, len(workers))) as pool:
+            before = list(pool.map(lambda w: generated_tokens(w["url"], self.timeout), workers))
+            results = list(pool.map(lambda w: probe(w["url"], w["model_id"], self.api_key, self.timeout),
+                                    workers))
+            after = list(pool.map(lambda w, r: generated_tokens(w["url"], self.timeout) if r[0] is False
+                                  else None, workers, results))
+        busy = {w["url"] for w, start, end in zip(workers, before, after, strict=True)
+                if start is not None and end is not None and end > start}
         try:
             registered = router_workers(self.router, self.timeout)
         except (OSError, ValueError) as exc:
@@ -286,8 +284,8 @@ class Keeper:
                 self.say_once(url, f"{where}: probe inconclusive, left as it is: {why}")
                 continue
             if url in busy:
-                self.say_once(url, f"{where}: no completion ({why}), but it generated tokens since the last "
-                                   f"round: busy, not dead; left as it is")
+                self.say_once(url, f"{where}: no completion ({why}), but it generated tokens while the "
+                                   f"probe waited: busy, not dead; left as it is")
                 continue
             action = decide(worker, served, registered, removed=self.removed, failing=failing)
             self.act(action, worker, why, registered)
@@ -348,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(func=register)
     sub = commands.add_parser("keep", parents=[common],
                               help="keep replicas that give no completion out of the router")
-    sub.add_argument("--interval", type=float, default=5.0, help="seconds between probe rounds")
-    sub.add_argument("--timeout", type=float, default=10.0, help="seconds one probe may take")
+    sub.add_argument("--interval", type=float, default=2.0, help="seconds between probe rounds")
+    sub.add_argument("--timeout", type=float, default=8.0, help="seconds one probe may take")
     sub.add_argument("--state", help="file that keeps the replicas the keeper took out across its restarts")
     sub.add_argument("--metrics-file", help="servekit_router_keeper_out, for node_exporter's textfiles")
     sub.set_defaults(func=keep)
