@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import yaml
@@ -113,3 +114,18 @@ def write_bench_run(results_dir: Path, summary: dict) -> Path:
     run_dir.mkdir(parents=True)
     (run_dir / bench_report.SUMMARY_FILE).write_text(json.dumps(summary))
     return run_dir
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A loopback HTTP stand-in's base: JSON answers (``_send``) and no request log in pytest's output."""
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, payload: object) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

@@ -15,11 +15,11 @@ import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, JsonHandler
 
 # The file the vllm role installs on the head, tested as it is deployed.
 _spec = importlib.util.spec_from_file_location(
@@ -72,7 +72,7 @@ def test_the_keepers_rule(served, registered, removed, failing, kind):
 # --------------------------------------------------------------------------
 
 
-class _Engine(BaseHTTPRequestHandler):
+class _Engine(JsonHandler):
     """vLLM's completion endpoint and /metrics; ``mode`` per port: serving, hang, busy (hangs too,
     but its vllm:generation_tokens_total grows, as a saturated engine's does), dead (500) or key (401)."""
 
@@ -81,16 +81,6 @@ class _Engine(BaseHTTPRequestHandler):
     bodies: ClassVar[list] = []
     auth: ClassVar[list] = []
 
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         port = self.server.server_address[1]
@@ -118,22 +108,12 @@ class _Engine(BaseHTTPRequestHandler):
         return self._send(200, {"choices": [{"text": "x"}]})
 
 
-class _Router(BaseHTTPRequestHandler):
+class _Router(JsonHandler):
     """vllm-router's worker API (--enable-igw), with its GET /workers fields (tests/unit/test_day2.py)."""
 
     workers: ClassVar[dict[str, str]] = {}
     calls: ClassVar[list] = []
 
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         self._send(200, {"workers": [{"id": url, "url": url, "model_id": model, "is_healthy": True,

@@ -19,12 +19,12 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from helpers import ROOT, run
+from helpers import ROOT, JsonHandler, run
 
 WHEELHOUSE = Path(os.environ.get("SERVEKIT_CACHE_DIR", "/var/cache/servekit")) / "wheelhouse"
 ROUTER_WHEELS = sorted(WHEELHOUSE.glob("vllm_router-0.1.17-*.whl"))
@@ -36,22 +36,12 @@ pytestmark = [
 ]
 
 
-class _Engine(BaseHTTPRequestHandler):
+class _Engine(JsonHandler):
     """A replica engine: /health always 200; completions answer, or hang while ``hang`` holds its port."""
 
     hang: ClassVar[set[int]] = set()
     released = threading.Event()
 
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         self._send(200, {})

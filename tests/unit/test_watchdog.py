@@ -11,12 +11,12 @@ import json
 import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, JsonHandler
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 # The file the vllm role installs on the nodes, tested as it is deployed.
@@ -68,20 +68,10 @@ def test_progress_counter_from_real_vllm_metrics():
     assert watchdog.generated_tokens("") is None
 
 
-class _FakeVllm(BaseHTTPRequestHandler):
+class _FakeVllm(JsonHandler):
     mode = "serving"
     seen_auth: ClassVar[list] = []
 
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         type(self).seen_auth.append(self.headers.get("Authorization"))
